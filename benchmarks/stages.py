@@ -1,0 +1,96 @@
+"""Per-stage CPU cost of the hot path, per recipient, with references in the same run.
+
+Stages: decode (msgspec into the Job Structs) vs `json.loads` of the same body; intake
+checks; policy; render (the foundation renders with python-liquid itself, so its ratio to
+python-liquid is 1 until the personalization issue compiles templates).
+
+    .venv/bin/python benchmarks/stages.py [--recipients 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.config import LimitsConfig  # noqa: E402
+from gateway.demo.run import example_jobs  # noqa: E402
+from gateway.intake.model import JOB_DECODER  # noqa: E402
+from gateway.intake.validate import check_job  # noqa: E402
+from gateway.personalize.render import Personalizer, context  # noqa: E402
+from gateway.personalize.templates import compile_job  # noqa: E402
+from gateway.plugins import channel_classes, plugin_manager  # noqa: E402
+from gateway.policy import rules  # noqa: E402
+
+
+def scaled_cart(n: int) -> bytes:
+    """The shared cart example with its 4 recipients repeated and varied to `n`."""
+    job = json.loads(dict(example_jobs())["job-cart-reminder.json"])
+    base = job["recipients"]
+    recipients = []
+    for i in range(n):
+        r = json.loads(json.dumps(base[i % len(base)]))
+        r["user_id"] = f"u-{i}"
+        if "first_name" in r["attributes"] and i % 7 == 0:
+            del r["attributes"]["first_name"]
+        recipients.append(r)
+    job["recipients"] = recipients
+    return json.dumps(job).encode()
+
+
+def best_of(fn: Any, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def run(n: int) -> dict[str, Any]:
+    body = scaled_cart(n)
+    job = JOB_DECODER.decode(body)
+    variants = compile_job(job, 20_000)
+    personalizer = Personalizer(job, variants)
+    from gateway.config import GatewayConfig
+
+    speaker_cls = channel_classes(plugin_manager(GatewayConfig()))["speaker"]
+    speaker = speaker_cls.__new__(speaker_cls)
+
+    def render_all() -> None:
+        for r in job.recipients:
+            try:
+                personalizer.render(r, "speaker", "speaker", context(job, r, "speaker"))
+            except Exception:
+                pass
+
+    def policy_all() -> None:
+        for r in job.recipients:
+            rules.check(job, r, speaker, 1.8e9)
+
+    figures = {
+        "decode_us": best_of(lambda: JOB_DECODER.decode(body)) / n * 1e6,
+        "json_loads_us": best_of(lambda: json.loads(body)) / n * 1e6,
+        "intake_checks_us": best_of(lambda: check_job(job, LimitsConfig())) / n * 1e6,
+        "render_us": best_of(render_all, 3) / n * 1e6,
+        "policy_us": best_of(policy_all) / n * 1e6,
+    }
+    figures["decode_vs_json_loads"] = figures["json_loads_us"] / figures["decode_us"]
+    return {"recipients": n, "body_bytes": len(body), **{k: round(v, 3) for k, v in figures.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=10_000)
+    args = parser.parse_args()
+    print(json.dumps(run(args.recipients), indent=2))
+
+
+if __name__ == "__main__":
+    main()

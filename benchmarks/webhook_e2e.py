@@ -1,0 +1,137 @@
+"""End to end on the demo path: POST /v1/jobs -> embedded store -> speaker webhook -> receiver.
+
+Three processes share the machine, as in a deployment: `gateway serve` (config/demo.toml
+with its store on a temporary file, synchronous=full like the shipped default), the
+Standard Webhooks receiver of `gateway.testing` (verifying every signature), and this
+driver posting jobs over HTTP. Reports recipients/s accepted (202 = durably stored) and
+delivered/s as counted by the receiver.
+
+    .venv/bin/python benchmarks/webhook_e2e.py [--recipients 50000] [--per-job 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.demo.run import synthetic_jobs  # noqa: E402
+from gateway.testing import new_secret  # noqa: E402
+
+
+async def _spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    while True:
+        line = (await proc.stdout.readline()).decode()
+        if not line:
+            raise SystemExit(f"{args} exited before it was ready")
+        if line.startswith(ready):
+            return proc, line.split()[-1]
+
+
+async def _follow(proc: asyncio.subprocess.Process, state: dict[str, int]) -> None:
+    assert proc.stdout is not None
+    while line := (await proc.stdout.readline()).decode():
+        if line.startswith("received "):
+            parts = line.split()
+            state["received"], state["duplicates"], state["rejected"] = int(parts[1]), int(parts[3]), int(parts[5])
+
+
+async def run(total: int, per_job: int) -> dict[str, object]:
+    secret, api_key = new_secret(), secrets.token_urlsafe(16)
+    env = dict(os.environ, WEBHOOK_SECRET=secret, GATEWAY_DEMO_SPEAKER_SECRET=secret, GATEWAY_DEMO_API_KEY=api_key)
+    receiver, receiver_url = await _spawn(sys.executable, "-m", "gateway.testing.webhook", env=env,
+                                          ready="webhook receiver on")
+    state = {"received": 0, "duplicates": 0, "rejected": 0}
+    follower = asyncio.create_task(_follow(receiver, state))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text((REPO / "config" / "demo.toml").read_text()
+                          .replace("http://demo-receiver", receiver_url)
+                          .replace('url = "sqlite:data/demo.db"', f'url = "sqlite:{tmp}/bench.db"')
+                          .replace('synchronous = "normal"', 'synchronous = "full"'))
+        gateway, url = await _spawn(sys.executable, "-m", "gateway", "--config", str(config), "serve",
+                                    env=env, ready="gateway listening on")
+        jobs = synthetic_jobs(total, per_job)
+        try:
+            async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {api_key}"}) as http:
+                started = time.perf_counter()
+                ids = []
+                for _, body in jobs:
+                    while True:
+                        async with http.post("/v1/jobs", data=body) as r:
+                            if r.status == 429:
+                                await asyncio.sleep(float(r.headers.get("Retry-After", "1")) / 10)
+                                continue
+                            assert r.status == 202, await r.text()
+                            ids.append((await r.json())["job_id"])
+                            break
+                accepted = time.perf_counter() - started
+                expected_sent = sum(1 for n in range(total) if n % 50 != 0 and n % 40 != 1)
+                while True:
+                    done = 0
+                    for job_id in ids:
+                        async with http.get(f"/v1/jobs/{job_id}", params={"limit": "1"}) as r:
+                            done += (await r.json())["state"] == "completed"
+                    if done == len(ids) and state["received"] >= expected_sent:
+                        break
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - started
+        finally:
+            gateway.terminate()
+            await gateway.wait()
+            receiver.terminate()
+            await receiver.wait()
+            follower.cancel()
+    return {
+        "recipients": total,
+        "jobs": len(jobs),
+        "delivered": state["received"],
+        "rejected_by_receiver": state["rejected"],
+        "redeliveries": state["duplicates"],
+        "accept_seconds": round(accepted, 3),
+        "accepted_recipients_per_s": round(total / accepted),
+        "end_to_end_seconds": round(elapsed, 3),
+        "decided_recipients_per_s": round(total / elapsed),
+        "delivered_per_s": round(state["received"] / elapsed),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=50_000)
+    parser.add_argument("--per-job", type=int, default=1000)
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        result = uvloop.run(run(args.recipients, args.per_job))
+    except ImportError:
+        result = asyncio.run(run(args.recipients, args.per_job))
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                      cwd=REPO).stdout.strip()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

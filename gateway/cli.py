@@ -1,0 +1,113 @@
+"""The `gateway` command: serve, check-config, plugins, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run on uvloop when it is installed (it is a dependency on POSIX)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    run(serve(_config(args), args.host, args.port))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.store import make_store
+
+    path = args.file or args.config
+    config = load_config(path)
+    try:
+        make_store(config.store)
+        configured = configure_channels(config, channel_classes(plugin_manager(config)))
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, str(path or "built-in defaults")) from None
+    print(f"{path or 'built-in defaults'}: OK ({len(configured)} channel(s) configured: "
+          f"{', '.join(sorted(configured)) or 'none'})")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from gateway.plugins import channel_classes, configure_channels, describe, plugin_manager
+
+    config = _config(args)
+    pm = plugin_manager(config)
+    classes = channel_classes(pm)
+    try:
+        configured = set(configure_channels(config, classes))
+    except ConfigError:
+        configured = set()
+    rows = [("plugin", "channels", "module", "from")]
+    for info in describe(pm):
+        origin = f"{info.distribution} {info.version}" if info.distribution else "registered in-process"
+        channels = ", ".join(f"{c}{'' if c in configured else ' (not configured)'}" for c in info.channels)
+        rows.append((info.name, channels or "-", info.module, origin))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.run import demo
+
+    return run(demo(args.config or "config/demo.toml", args.recipients))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Notification delivery gateway")
+    p.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else ./config/gateway.toml "
+                                    "if present, else built-in defaults)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the HTTP API and the delivery workers")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+    s = sub.add_parser("check-config", help="validate a config file; report every error with its key path")
+    s.add_argument("file", nargs="?")
+    s.set_defaults(fn=cmd_check_config)
+    s = sub.add_parser("plugins", help="list loaded plugins, their channels and where they came from")
+    s.set_defaults(fn=cmd_plugins)
+    s = sub.add_parser("demo", help="run the gateway against local receivers with the example jobs")
+    s.add_argument("--recipients", type=int, default=5000,
+                   help="size of the synthetic throughput job (default 5000; 0 to skip)")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

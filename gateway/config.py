@@ -1,0 +1,235 @@
+"""One TOML file, decoded into Structs that reject unknown keys.
+
+`load_config` reports *every* problem with its key path (`store.synchronous: ...`) rather
+than the first one msgspec meets, because an operator fixing a config file should not have
+to run the checker once per typo. Secrets are read from the environment or a file and kept
+in `Secret`, whose repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+DEFAULT_PATH = Path("config/gateway.toml")
+ENV_VAR = "GATEWAY_CONFIG"
+
+Duration = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)$")]
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def seconds(duration: str) -> float:
+    """`"90m"` -> 5400.0."""
+    number, unit = re.fullmatch(r"([0-9.]+)([a-z]+)", duration).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `problems` holds one line per bad key."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class Secret:
+    """A secret value that is safe to log: str() and repr() mask it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class SecretRef(_Section):
+    """Where a secret lives: `{ env = "NAME" }` or `{ file = "path" }`."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def resolve(self, path: str) -> Secret:
+        if (self.env is None) == (self.file is None):
+            raise ConfigError([f"{path}: give exactly one of `env` or `file`"])
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ConfigError([f"{path}.env: environment variable {self.env} is not set"])
+            return Secret(value)
+        try:
+            return Secret(Path(self.file).read_text().strip())  # type: ignore[arg-type]
+        except OSError as exc:
+            raise ConfigError([f"{path}.file: cannot read {self.file}: {exc.strerror}"]) from None
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    # API keys come from the environment or a file, never from this file: it gets committed.
+    api_keys_env: str = "GATEWAY_API_KEYS"
+    api_keys_file: str | None = None
+    shutdown_timeout: Duration = "30s"
+
+
+class LimitsConfig(_Section):
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    max_recipients: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_variants: Annotated[int, msgspec.Meta(ge=1)] = 20
+    max_template_chars: Annotated[int, msgspec.Meta(ge=1)] = 20_000
+    max_devices: Annotated[int, msgspec.Meta(ge=1)] = 50
+
+
+class IntakeConfig(_Section):
+    idempotency_ttl: Duration = "24h"
+    max_inflight_recipients: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    retry_after: Annotated[int, msgspec.Meta(ge=1)] = 2
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:data/gateway.db"
+    # "full" fsyncs each group commit: an accepted job survives a power cut, not only a crash.
+    synchronous: Literal["normal", "full"] = "full"
+    group_commit_max: Annotated[int, msgspec.Meta(ge=1)] = 512
+
+
+class PipelineConfig(_Section):
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+
+
+class DeliveryConfig(_Section):
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    backoff_base: Duration = "500ms"
+    backoff_max: Duration = "30s"
+
+
+class PluginsConfig(_Section):
+    # Entry-point names to skip, e.g. to replace a built-in channel with your own.
+    disable: list[str] = []
+
+
+class GatewayConfig(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    # One table per channel, checked against that channel's own Config Struct once the
+    # plugins are loaded (`gateway.plugins.configure_channels`).
+    channels: dict[str, dict[str, Any]] = {}
+
+
+def struct_problems(data: Any, struct: type[msgspec.Struct], path: str) -> list[str]:
+    """Every problem in `data` for `struct`, each with its dotted key path.
+
+    msgspec stops at the first error, so walk the Struct's fields and convert each one on
+    its own; nested Structs (and dicts of Structs) are walked the same way.
+    """
+    if not isinstance(data, dict):
+        return [f"{path or '(top level)'}: expected a table, got {type(data).__name__}"]
+    info = msgspec.inspect.type_info(struct)
+    fields = {f.encode_name: f for f in info.fields}  # type: ignore[attr-defined]
+    problems = [f"{_join(path, key)}: unknown key" for key in data if key not in fields]
+    for name, field in fields.items():
+        key_path = _join(path, name)
+        if name not in data:
+            if field.required:
+                problems.append(f"{key_path}: required key is missing")
+            continue
+        value, ftype = data[name], field.type
+        if isinstance(ftype, msgspec.inspect.StructType):
+            problems += struct_problems(value, ftype.cls, key_path)
+        elif (
+            isinstance(ftype, msgspec.inspect.DictType)
+            and isinstance(ftype.value_type, msgspec.inspect.StructType)
+            and isinstance(value, dict)
+        ):
+            for sub, subvalue in value.items():
+                problems += struct_problems(subvalue, ftype.value_type.cls, _join(key_path, sub))
+        else:
+            try:
+                msgspec.convert(value, _hints(struct)[field.name])
+            except msgspec.ValidationError as exc:
+                problems.append(f"{key_path}: {_plain(exc)}")
+    return problems
+
+
+@functools.cache
+def _hints(struct: type) -> dict[str, Any]:
+    return typing.get_type_hints(struct, include_extras=True)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _plain(exc: msgspec.ValidationError) -> str:
+    # "Expected `int`, got `str` - at `$[0]`" -> the part that helps an operator.
+    return str(exc).split(" - at ")[0]
+
+
+def convert_section(data: Any, struct: type[msgspec.Struct], path: str) -> Any:
+    problems = struct_problems(data, struct, path)
+    if problems:
+        raise ConfigError(problems)
+    return msgspec.convert(data, struct)
+
+
+def default_path() -> Path | None:
+    """Without --config: $GATEWAY_CONFIG, else ./config/gateway.toml if present."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load_config(path: str | Path | None = None) -> GatewayConfig:
+    path = Path(path) if path is not None else default_path()
+    if path is None:
+        return GatewayConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+    try:
+        config = convert_section(data, GatewayConfig, "")
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, str(path)) from None
+    return config
+
+
+def api_keys(server: ServerConfig) -> list[Secret]:
+    """Keys from $api_keys_env (comma separated) and/or api_keys_file (one per line)."""
+    keys: list[str] = []
+    raw = os.environ.get(server.api_keys_env, "")
+    keys += [k.strip() for k in raw.split(",") if k.strip()]
+    if server.api_keys_file:
+        try:
+            text = Path(server.api_keys_file).read_text()
+        except OSError as exc:
+            raise ConfigError([f"server.api_keys_file: cannot read: {exc.strerror}"]) from None
+        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [Secret(k) for k in keys]

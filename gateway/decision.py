@@ -1,0 +1,41 @@
+"""The decision: what happened to one recipient on one channel, and why.
+
+Every recipient ends with one decision per channel of its job. Reasons are short stable
+codes that upstream can switch on; `detail` carries the human part (a provider message,
+the missing template path).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Outcome = Literal["sent", "deferred", "suppressed", "capped", "failed", "invalid_token"]
+OUTCOMES: tuple[str, ...] = ("sent", "deferred", "suppressed", "capped", "failed", "invalid_token")
+
+
+class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
+    recipient: int
+    user_id: str
+    channel: str
+    outcome: Outcome
+    reason: str | None = None
+    detail: str | None = None
+    variant: str | None = None
+    until: float | None = None  # deferred: epoch seconds of release
+    at: float = 0.0
+    # Dead tokens/subscriptions this decision reports, so upstream can delete them.
+    invalid_tokens: list[str] | None = None
+
+
+# Reasons the core itself gives (channels add provider reasons of their own).
+CHANNEL_UNAVAILABLE = "channel_unavailable"
+NO_DEVICE = "no_device"
+MISSING_DATA = "missing_data"
+EXPIRED = "expired"
+UNSUBSCRIBED = "unsubscribed"
+NOT_SUBSCRIBED = "not_subscribed"  # marketing, and no subscription state given for the group
+NO_CONTENT = "no_content"
+NOT_NEEDED = "fallback_not_needed"  # routing "first": an earlier channel succeeded
+RETRIES_EXHAUSTED = "retries_exhausted"

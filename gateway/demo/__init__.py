@@ -1,0 +1,1 @@
+"""`gateway demo` and the example jobs it posts."""

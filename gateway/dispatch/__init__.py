@@ -1,0 +1,1 @@
+"""Dispatch: handing rendered deliveries to channels, with retries."""

@@ -1,0 +1,1 @@
+"""Intake: the send-job contract, its validation and the HTTP API."""

@@ -1,0 +1,97 @@
+"""The OpenAPI 3.1 description of the HTTP API; schemas come from the Structs themselves,
+so the document cannot drift from what the decoder accepts."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from gateway import __version__
+from gateway.decision import Decision
+from gateway.intake.model import Job
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                   "path": {"type": "string", "description": "JSON path of the bad field, e.g. $.recipients[3].email"}},
+    "required": ["error", "message"],
+}
+
+
+@functools.cache
+def openapi_spec() -> dict[str, Any]:
+    (job_schema, decision_schema), components = msgspec.json.schema_components((Job, Decision), ref_template=_REF)
+    components["Error"] = _ERROR
+    components["Accepted"] = {
+        "type": "object",
+        "properties": {"job_id": {"type": "string"}, "recipients": {"type": "integer"},
+                       "warnings": {"type": "array", "items": {"type": "string"}}},
+        "required": ["job_id", "recipients"],
+    }
+    components["JobStatus"] = {
+        "type": "object",
+        "properties": {
+            "job_id": {"type": "string"}, "campaign": {"type": "string"},
+            "state": {"enum": ["accepted", "running", "completed"]},
+            "recipients": {"type": "integer"}, "recipients_done": {"type": "integer"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "number"}, "finished_at": {"type": ["number", "null"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "decisions": {"type": "array", "items": decision_schema},
+            "offset": {"type": "integer"}, "next_offset": {"type": ["integer", "null"]},
+        },
+    }
+    err = _ref("Error")
+    bearer = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Notification gateway", "version": __version__},
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/jobs": {"post": {
+                "summary": "Accept a send job; 202 only once it is durably stored",
+                "security": bearer,
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "maxLength": 255}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema}}},
+                "responses": {
+                    "202": _json(_ref("Accepted"), "Accepted and stored"),
+                    "400": _json(err, "Invalid job; `path` names the field"),
+                    "401": _json(err, "Missing or unknown API key"),
+                    "409": _json(err, "Idempotency-Key reused with a different body"),
+                    "413": _json(err, "Body or recipient list over the configured limit"),
+                    "429": _json(err, "Too much in flight; retry after the Retry-After header"),
+                    "503": _json(err, "Not accepting jobs (shutting down or store unavailable)"),
+                },
+            }},
+            "/v1/jobs/{job_id}": {"get": {
+                "summary": "Job state, counts per outcome and decisions (paginated)",
+                "security": bearer,
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {"200": _json(_ref("JobStatus"), "The job"), "404": _json(err, "No such job")},
+            }},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Ready when the store and every configured channel are up",
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format",
+                                 "responses": {"200": {"description": "metrics"}}}},
+        },
+    }

@@ -1,0 +1,109 @@
+"""Accepting a send job: idempotency, validation, admission, durable store, then queue.
+
+HTTP-free so the CLI, tests and the HTTP handler share one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+
+from gateway.app import Gateway
+from gateway.config import seconds
+from gateway.intake.validate import JobError, accept_job
+from gateway.pipeline import RunningJob
+from gateway.store import IdempotencyRecord, JobRecord
+
+_json = msgspec.json.Encoder()
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class Intake:
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+        # Same key in flight twice in this process: the second waits for the first's answer.
+        self._inflight_keys: dict[str, asyncio.Future[None]] = {}
+
+    async def submit(self, body: bytes, key_scope: str, idempotency_key: str | None) -> Reply:
+        if not self.gw.accepting:
+            return _error(503, "shutting_down", "the gateway is not accepting jobs", retry_after=5)
+        if idempotency_key is None:
+            return await self._accept(body, None)
+        if len(idempotency_key) > 255:
+            return _error(400, "invalid_idempotency_key", "Idempotency-Key is longer than 255 characters")
+        key = f"{key_scope}:{idempotency_key}"
+        while (pending := self._inflight_keys.get(key)) is not None:
+            await asyncio.shield(pending)
+        # Claim the key with no await between the check above and this line.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight_keys[key] = done
+        body_hash = hashlib.sha256(body).hexdigest()
+        try:
+            existing = await self.gw.store.get_idempotency(key, self.gw.clock.now())
+            if existing is not None:
+                return _replay(existing, body_hash)
+            return await self._accept(body, (key, body_hash))
+        finally:
+            del self._inflight_keys[key]
+            done.set_result(None)
+
+    async def _accept(self, body: bytes, idempotency: tuple[str, str] | None) -> Reply:
+        gw = self.gw
+        try:
+            accepted = accept_job(body, gw.config.limits, set(gw.channels))
+        except JobError as exc:
+            gw.metrics.jobs_rejected.inc(str(exc.status))
+            return Reply(exc.status, _json.encode(exc.body()), {})
+        job = accepted.job
+        n = len(job.recipients)
+        if not gw.admission.try_acquire(n):
+            gw.metrics.jobs_rejected.inc("429")
+            return _error(429, "busy", f"{gw.admission.inflight} recipients are in flight (limit "
+                          f"{gw.admission.limit}); retry later", retry_after=gw.config.intake.retry_after)
+        job_id = uuid.uuid4().hex
+        now = gw.clock.now()
+        response = {"job_id": job_id, "recipients": n}
+        if accepted.warnings:
+            response["warnings"] = accepted.warnings
+        reply_body = _json.encode(response)
+        record = None
+        if idempotency is not None:
+            record = IdempotencyRecord(key=idempotency[0], body_hash=idempotency[1], status=202,
+                                       response=reply_body, expires_at=now + seconds(gw.config.intake.idempotency_ttl))
+        job_record = JobRecord(id=job_id, campaign=job.campaign, state="accepted", recipients=n, cursor=0,
+                               warnings=accepted.warnings, created_at=now)
+        try:
+            existing = await gw.store.accept_job(job_record, body, record, now)
+        except Exception:
+            gw.admission.release(n)
+            raise
+        if existing is not None:  # another process took the key between our read and write
+            gw.admission.release(n)
+            return _replay(existing, idempotency[1])  # type: ignore[index]
+        gw.metrics.jobs_accepted.inc()
+        gw.metrics.recipients_accepted.inc(by=n)
+        assert gw.runner is not None
+        gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic()))
+        return Reply(202, reply_body, {"Location": f"/v1/jobs/{job_id}"})
+
+
+def _replay(existing: IdempotencyRecord, body_hash: str) -> Reply:
+    if existing.body_hash != body_hash:
+        return _error(409, "idempotency_key_reused",
+                      "this Idempotency-Key was used with a different body; use a new key for a new job")
+    return Reply(existing.status, existing.response, {"Idempotent-Replayed": "true"})
+
+
+def _error(status: int, error: str, message: str, retry_after: int | None = None) -> Reply:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return Reply(status, _json.encode({"error": error, "message": message}), headers)

@@ -1,0 +1,204 @@
+"""Turning a request body into a valid Job, or a 4xx that names the bad field."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from gateway.config import LimitsConfig
+from gateway.intake.model import JOB_DECODER, Device, Job
+from gateway.personalize.templates import CompiledVariant, TemplateError, compile_job
+
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+class JobError(Exception):
+    """A job the gateway will not accept: HTTP `status`, JSON `path`, what was expected."""
+
+    def __init__(self, status: int, path: str, message: str):
+        self.status = status
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+    def body(self) -> dict[str, object]:
+        return {"error": "invalid_job" if self.status == 400 else "too_large",
+                "path": self.path, "message": self.message}
+
+
+@dataclass
+class AcceptedJob:
+    job: Job
+    variants: list[CompiledVariant]
+    warnings: list[str] = field(default_factory=list)
+
+
+def decode_job(body: bytes, limits: LimitsConfig) -> Job:
+    if len(body) > limits.max_body_bytes:
+        raise JobError(413, "$", f"body is {len(body)} bytes, the limit is {limits.max_body_bytes}")
+    try:
+        return JOB_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        path = match.group(1) if match else "$"
+        message = text[: match.start()] if match else text
+        if "[...]" in path:
+            path = name_dict_keys(body, path)
+        raise JobError(400, path, message) from None
+    except msgspec.DecodeError as exc:
+        raise JobError(400, "$", f"body is not valid JSON: {exc}") from None
+
+
+_SEGMENT = re.compile(r"\.[A-Za-z_][A-Za-z0-9_]*|\[[0-9]+\]|\[\.\.\.\]")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def name_dict_keys(body: bytes, path: str) -> str:
+    """msgspec writes a dict key as `[...]`; find the key whose value fails, walking the
+    raw JSON beside the Job's type hints, so the error says
+    `$.recipients[0].subscriptions.push`. Falls back to msgspec's path."""
+    try:
+        node: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError:  # the type error came before a syntax error further on
+        return path
+    tp: Any = Job
+    out = "$"
+    for segment in _SEGMENT.findall(path.removeprefix("$")):
+        tp = _strip_optional(tp)
+        origin = typing.get_origin(tp)
+        if segment == "[...]":
+            if not (isinstance(node, dict) and origin is dict):
+                return path
+            value_type = typing.get_args(tp)[1]
+            bad = next((k for k, v in node.items() if not _converts(v, value_type)), None)
+            if bad is None:
+                return path
+            out += f".{bad}" if _IDENT.fullmatch(bad) else f"[{json.dumps(bad)}]"
+            node, tp = node[bad], value_type
+        elif segment.startswith("["):
+            if not (isinstance(node, list) and origin is list):
+                return path
+            out += segment
+            node, tp = node[int(segment[1:-1])], typing.get_args(tp)[0]
+        else:
+            name = segment[1:]
+            if not (isinstance(node, dict) and name in node and isinstance(tp, type)
+                    and issubclass(tp, msgspec.Struct)):
+                return path
+            out += segment
+            node, tp = node[name], typing.get_type_hints(tp)[name]
+    return out
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [t for t in typing.get_args(tp) if t is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return tp
+
+
+def _converts(value: Any, target: Any) -> bool:
+    try:
+        msgspec.convert(value, target)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def accept_job(body: bytes, limits: LimitsConfig, channels_available: set[str]) -> AcceptedJob:
+    """Decode, check every cross-field rule, compile the templates (once per job)."""
+    job = decode_job(body, limits)
+    check_job(job, limits)
+    try:
+        variants = compile_job(job, limits.max_template_chars)
+    except TemplateError as exc:
+        raise JobError(400, exc.path, exc.message) from None
+    warnings = [
+        f"channel '{c}' is not available on this gateway: its decisions will be "
+        f"suppressed: channel_unavailable"
+        for c in job.channels
+        if c not in channels_available
+    ]
+    return AcceptedJob(job, variants, warnings)
+
+
+def check_job(job: Job, limits: LimitsConfig) -> None:
+    if len(job.recipients) > limits.max_recipients:
+        raise JobError(413, "$.recipients",
+                       f"{len(job.recipients)} recipients, the limit is {limits.max_recipients} per job")
+    if len(job.variants) > limits.max_variants:
+        raise JobError(400, "$.variants",
+                       f"{len(job.variants)} variants, the limit is {limits.max_variants}")
+    _check_unique(job.channels, "$.channels", "channel")
+    _check_unique([v.name for v in job.variants], "$.variants", "variant name")
+    for i, variant in enumerate(job.variants[:-1]):
+        if variant.when is None:
+            raise JobError(400, f"$.variants[{i}].when",
+                           "only the last variant (the default) may omit `when`; "
+                           "this one would hide every variant after it")
+    last = len(job.variants) - 1
+    if job.variants[last].when is not None:
+        raise JobError(400, f"$.variants[{last}].when",
+                       "the last variant is the default and must not have `when` "
+                       "(add a default variant without a condition)")
+    if job.expires_at is not None and job.expires_at.tzinfo is None:
+        raise JobError(400, "$.expires_at", "expected an instant with a time zone offset, e.g. 2026-12-05T00:00:00Z")
+    for r, recipient in enumerate(job.recipients):
+        where = f"$.recipients[{r}]"
+        if recipient.email is not None and not _EMAIL.match(recipient.email):
+            raise JobError(400, f"{where}.email", "expected an email address")
+        if len(recipient.devices) > limits.max_devices:
+            raise JobError(400, f"{where}.devices",
+                           f"{len(recipient.devices)} devices, the limit is {limits.max_devices}")
+        for d, device in enumerate(recipient.devices):
+            _check_device(device, f"{where}.devices[{d}]")
+
+
+def _check_unique(values: list[str], path: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise JobError(400, f"{path}[{i}]", f"duplicate {what} '{value}'")
+        seen.add(value)
+
+
+# What each built-in channel's devices must carry. A plugin channel's devices need a
+# `token` or a `target`; the plugin checks the rest when it sends.
+DEVICE_FIELDS: dict[str, tuple[str, ...]] = {
+    "apns": ("token",),
+    "fcm": ("token",),
+    "webpush": ("subscription",),
+    "speaker": ("target", "device_id"),
+}
+_ALL_FIELDS = ("token", "subscription", "target", "device_id")
+
+
+def _check_device(device: Device, path: str) -> None:
+    required = DEVICE_FIELDS.get(device.channel)
+    if required is None:
+        if device.token is None and device.target is None:
+            raise JobError(400, f"{path}.token", f"a '{device.channel}' device needs a `token` or a `target`")
+        return
+    for name in required:
+        if getattr(device, name) is None:
+            raise JobError(400, f"{path}.{name}", f"a '{device.channel}' device needs `{name}`")
+    for name in _ALL_FIELDS:
+        if name not in required and getattr(device, name) is not None:
+            raise JobError(400, f"{path}.{name}", f"a '{device.channel}' device does not take `{name}`")
+    if device.channel == "apns" and not (_HEX.match(device.token or "") and len(device.token or "") % 2 == 0):
+        raise JobError(400, f"{path}.token", "expected an APNs device token in hexadecimal")
+    if device.subscription is not None:
+        url = urlsplit(device.subscription.endpoint)
+        if url.scheme != "https" or not url.hostname:
+            raise JobError(400, f"{path}.subscription.endpoint", "expected an https:// push service URL")

@@ -1,0 +1,1 @@
+"""Personalization: compiling a job's templates and rendering them per recipient."""

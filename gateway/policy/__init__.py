@@ -1,0 +1,1 @@
+"""Delivery policy: may this recipient get this message on this channel, now?"""

@@ -1,0 +1,18 @@
+"""Stores behind one interface; `open_store` picks the backend from `store.url`."""
+
+from __future__ import annotations
+
+from gateway.config import ConfigError, StoreConfig
+from gateway.store.base import IdempotencyRecord, JobRecord, Store, StoreUnavailable
+
+__all__ = ["IdempotencyRecord", "JobRecord", "Store", "StoreUnavailable", "make_store"]
+
+
+def make_store(config: StoreConfig) -> Store:
+    url = config.url
+    if url.startswith("sqlite:"):
+        from gateway.store.sqlite import SQLiteStore
+
+        path = url.removeprefix("sqlite:").removeprefix("//")
+        return SQLiteStore(path or ":memory:", config.synchronous, config.group_commit_max)
+    raise ConfigError([f"store.url: unsupported scheme in {url!r} (supported: sqlite:PATH)"])

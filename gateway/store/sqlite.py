@@ -1,0 +1,279 @@
+"""The embedded store: SQLite in WAL mode, written by one thread with group commits.
+
+Every write is a small function queued to the writer thread. The thread takes whatever
+has queued up (up to `group_commit_max`), runs it in one transaction, with a savepoint per
+write so one failing write does not undo the others, commits once (one fsync), and only
+then resolves the callers' futures. So a `202` waits for durability, but a burst of
+accepted jobs and recorded batches shares fsyncs instead of paying one each.
+Reads go through a second connection on its own thread: WAL lets them run beside writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.decision import Decision
+from gateway.store.base import IdempotencyRecord, JobRecord, Store, StoreUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    campaign TEXT NOT NULL,
+    state TEXT NOT NULL,
+    recipients INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    warnings TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(state, created_at) WHERE state != 'completed';
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id TEXT NOT NULL,
+    recipient INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    variant TEXT,
+    until REAL,
+    at REAL NOT NULL,
+    invalid_tokens TEXT,
+    UNIQUE (job_id, recipient, channel)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    body_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    response BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+_JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at"
+_DECISION_COLUMNS = "recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens"
+_STOP = object()
+_json = msgspec.json.Encoder()
+_strings = msgspec.json.Decoder(list[str])
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, synchronous: str = "full", group_commit_max: int = 512):
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.group_commit_max = group_commit_max
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+        self._read_conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0  # for tests and metrics: how many group commits ran
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        try:
+            write_conn = self._connect()
+            write_conn.executescript(SCHEMA)
+            self._read_conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        self._writer = threading.Thread(target=self._write_loop, args=(write_conn,), name="store-write", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._read_conn is not None:
+            self._reader.submit(self._read_conn.close).result()
+            self._read_conn = None
+        self._reader.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            return (await self._read(lambda c: c.execute("SELECT 1").fetchone()[0])) == 1
+        except sqlite3.Error:
+            return False
+
+    # -- plumbing --------------------------------------------------------------------
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        if self._writer is None or self._loop is None:
+            raise StoreUnavailable("store is not open")
+        future = self._loop.create_future()
+        self._queue.put((fn, future))
+        return future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                conn.close()
+                return
+            group = [item]
+            while len(group) < self.group_commit_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                group.append(nxt)
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, future in group:
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        outcomes.append((future, fn(conn), None))
+                        conn.execute("RELEASE w")
+                    except Exception as exc:  # one bad write must not undo its neighbours
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                        outcomes.append((future, None, exc))
+                conn.execute("COMMIT")
+                self.commits += 1
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                error = StoreUnavailable(f"commit failed: {exc}")
+                outcomes = [(future, None, error) for _, future in group]
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        assert self._loop is not None and self._read_conn is not None
+        conn = self._read_conn
+        return await self._loop.run_in_executor(self._reader, fn, conn)
+
+    # -- jobs ------------------------------------------------------------------------
+    async def accept_job(
+        self, job: JobRecord, body: bytes, idempotency: IdempotencyRecord | None, now: float
+    ) -> IdempotencyRecord | None:
+        def write(conn: sqlite3.Connection) -> IdempotencyRecord | None:
+            if idempotency is not None:
+                existing = _idempotency(conn, idempotency.key, now)
+                if existing is not None:
+                    return existing
+                conn.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (idempotency.key, idempotency.body_hash, idempotency.status,
+                     idempotency.response, idempotency.expires_at),
+                )
+            conn.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.campaign, job.state, job.recipients, job.cursor,
+                 _json.encode(job.warnings).decode(), job.created_at, job.finished_at, body),
+            )
+            return None
+
+        return await self._write(write)
+
+    async def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
+        return await self._read(lambda c: _idempotency(c, key, now))
+
+    async def resumable_jobs(self) -> list[JobRecord]:
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state != 'completed' ORDER BY created_at").fetchall())
+        return [_job(row) for row in rows]
+
+    async def job_body(self, job_id: str) -> bytes:
+        row = await self._read(lambda c: c.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        if row is None:
+            raise KeyError(job_id)
+        return bytes(row[0])
+
+    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float) -> None:
+        rows = [
+            (job_id, d.recipient, d.user_id, d.channel, d.outcome, d.reason, d.detail, d.variant,
+             d.until, d.at or now, _json.encode(d.invalid_tokens).decode() if d.invalid_tokens else None)
+            for d in decisions
+        ]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                # Rows go in the job's channel order; rowid keeps that order for reads.
+                f"INSERT OR REPLACE INTO decisions (job_id, {_DECISION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute(
+                "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
+                (cursor, job_id),
+            )
+
+        await self._write(write)
+
+    async def finish_job(self, job_id: str, now: float) -> None:
+        await self._write(lambda c: c.execute(
+            "UPDATE jobs SET state = 'completed', finished_at = ?, cursor = recipients WHERE id = ?", (now, job_id)))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return _job(row) if row else None
+
+    async def outcome_counts(self, job_id: str) -> dict[str, int]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT outcome, count(*) FROM decisions WHERE job_id = ? GROUP BY outcome", (job_id,)).fetchall())
+        return dict(rows)
+
+    async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE job_id = ? "
+            "ORDER BY recipient, rowid LIMIT ? OFFSET ?", (job_id, limit, offset)).fetchall())
+        return [
+            Decision(recipient=r[0], user_id=r[1], channel=r[2], outcome=r[3], reason=r[4], detail=r[5],
+                     variant=r[6], until=r[7], at=r[8], invalid_tokens=_strings.decode(r[9]) if r[9] else None)
+            for r in rows
+        ]
+
+    async def purge_expired(self, now: float) -> int:
+        return await self._write(lambda c: c.execute(
+            "DELETE FROM idempotency WHERE expires_at <= ?", (now,)).rowcount)
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _idempotency(conn: sqlite3.Connection, key: str, now: float) -> IdempotencyRecord | None:
+    row = conn.execute(
+        "SELECT key, body_hash, status, response, expires_at FROM idempotency WHERE key = ? AND expires_at > ?",
+        (key, now),
+    ).fetchone()
+    if row is None:
+        return None
+    return IdempotencyRecord(key=row[0], body_hash=row[1], status=row[2], response=bytes(row[3]), expires_at=row[4])
+
+
+def _job(row: tuple[Any, ...]) -> JobRecord:
+    return JobRecord(id=row[0], campaign=row[1], state=row[2], recipients=row[3], cursor=row[4],
+                     warnings=_strings.decode(row[5]), created_at=row[6], finished_at=row[7])

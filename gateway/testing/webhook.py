@@ -1,0 +1,185 @@
+"""A local webhook receiver that verifies Standard Webhooks signatures.
+
+Used by the tests, `gateway demo` and the benchmarks, and meant for plugin authors too.
+It rejects a bad signature (401) or a timestamp more than `tolerance` seconds off (400),
+keeps the first copy of each `webhook-id` and counts redeliveries of the same id (the
+idempotency a real receiver applies), and can inject faults: a scripted status per
+device, `Retry-After`, latency, or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    webhook_id: str
+    path: str
+    timestamp: int
+    payload: dict[str, Any]
+    raw: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    copies: int = 1
+
+
+@dataclass
+class Fault:
+    status: int = 200
+    retry_after: str | None = None
+    delay: float = 0.0
+    drop: bool = False  # close the connection without answering
+
+
+# fault(payload, attempt) -> Fault | None; attempt counts copies of that webhook-id, from 1.
+FaultScript = Callable[[dict[str, Any], int], "Fault | None"]
+
+
+@dataclass
+class WebhookReceiver:
+    secret: str  # whsec_...
+    tolerance: float = 300.0
+    fault: FaultScript | None = None
+    latency: float = 0.0
+    received: dict[str, Received] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def duplicates(self) -> int:
+        """Copies of an id beyond the first that were answered 2xx."""
+        return sum(r.copies - 1 for r in self.received.values())
+
+    def verify(self, headers: Any, body: bytes) -> str | None:
+        """None when the request is authentic, else why not."""
+        msg_id = headers.get("webhook-id")
+        stamp = headers.get("webhook-timestamp")
+        signatures = headers.get("webhook-signature")
+        if not (msg_id and stamp and signatures):
+            return "missing webhook headers"
+        try:
+            timestamp = int(stamp)
+        except ValueError:
+            return "bad timestamp"
+        if abs(time.time() - timestamp) > self.tolerance:
+            return "timestamp outside tolerance"
+        key = base64.b64decode(self.secret.removeprefix("whsec_"))
+        expected = base64.b64encode(
+            hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()).decode()
+        for signature in signatures.split(" "):
+            version, _, value = signature.partition(",")
+            if version == "v1" and hmac.compare_digest(value, expected):
+                return None
+        return "no valid signature"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        problem = self.verify(request.headers, body)
+        if problem is not None:
+            self.rejected.append(problem)
+            return web.json_response({"error": problem}, status=401 if "signature" in problem else 400)
+        msg_id = request.headers["webhook-id"]
+        payload = msgspec.json.decode(body)
+        attempt = self.attempts[msg_id] = self.attempts.get(msg_id, 0) + 1
+        fault = self.fault(payload, attempt) if self.fault else None
+        delay = self.latency + (fault.delay if fault else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        if fault is not None and fault.drop:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        status = fault.status if fault else 200
+        if 200 <= status < 300:
+            if msg_id in self.received:
+                self.received[msg_id].copies += 1
+            else:
+                self.received[msg_id] = Received(msg_id, request.path, int(request.headers["webhook-timestamp"]),
+                                                 payload, body, dict(request.headers))
+            self._arrived.set()
+        headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else None
+        return web.json_response({"ok": 200 <= status < 300}, status=status, headers=headers)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until `count` distinct deliveries have arrived."""
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> WebhookReceiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+async def _serve(secret: str, host: str, port: int) -> None:
+    receiver = WebhookReceiver(secret)
+    url = await receiver.start(host, port)
+    print(f"webhook receiver on {url}", flush=True)
+    last = -1
+    while True:  # report progress on stdout so a driving process can follow
+        await asyncio.sleep(0.2)
+        if len(receiver.received) != last:
+            last = len(receiver.received)
+            print(f"received {last} duplicates {receiver.duplicates} rejected {len(receiver.rejected)}", flush=True)
+
+
+def main() -> None:
+    """`python -m gateway.testing.webhook --secret whsec_... [--port N]`"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Standard Webhooks receiver that verifies signatures")
+    parser.add_argument("--secret", default=os.environ.get("WEBHOOK_SECRET"),
+                        required="WEBHOOK_SECRET" not in os.environ)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.run(_serve(args.secret, args.host, args.port))
+    except ImportError:
+        asyncio.run(_serve(args.secret, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Smart-speaker channel: a signed webhook to a hub the user owns.
+
+No speaker vendor offers free-form announcements through a public push API, so the
+realistic route is a webhook to a hub (a Home Assistant instance, a skill backend) that
+speaks the message on a device. Requests are signed with the Standard Webhooks scheme:
+
+    webhook-id:        the delivery id (stable across retries: the receiver's dedupe key)
+    webhook-timestamp: epoch seconds
+    webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">
+
+Targets (URL + secret) come from config; a job names a target, never a URL, so a job
+cannot make the gateway call an arbitrary address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from gateway.channel import (
+    Channel,
+    Delivery,
+    InvalidToken,
+    PermanentFailure,
+    Result,
+    Sent,
+    TransientFailure,
+    map_bounded,
+    parse_retry_after,
+)
+from gateway.config import ConfigError, Duration, SecretRef, seconds
+from gateway.hookspecs import hookimpl
+from gateway.intake.model import Device
+
+SECRET_PREFIX = "whsec_"
+# Statuses the Standard Webhooks guidance treats as "slow down", not "broken".
+THROTTLE_STATUSES = frozenset({408, 425, 429, 502, 503, 504})
+
+
+class Target(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: str
+    secret: SecretRef
+    timeout: Duration = "15s"
+
+
+class SpeakerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    targets: dict[str, Target] = {}
+    # Requests in flight at once across all targets.
+    concurrency: int = 128
+
+
+def signing_key(secret: str) -> bytes:
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"expected a secret starting with {SECRET_PREFIX!r}")
+    try:
+        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError("the part after whsec_ is not base64") from None
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def classify(status: int, retry_after: float | None) -> Result:
+    """The provider response table of PROTOCOLS.md, as data."""
+    if 200 <= status < 300:
+        return Sent()
+    if 300 <= status < 400:
+        return PermanentFailure("redirect_refused", f"HTTP {status}: redirects are not followed")
+    if status == 410:
+        return InvalidToken("target_gone")
+    if status in THROTTLE_STATUSES or status >= 500:
+        return TransientFailure(f"http_{status}", retry_after)
+    return PermanentFailure(f"http_{status}")
+
+
+class _Target:
+    def __init__(self, name: str, config: Target, key: bytes):
+        self.name = name
+        self.url = config.url
+        self.key = key
+        self.timeout = aiohttp.ClientTimeout(total=seconds(config.timeout))
+        self.gone = False  # a 410 disables the target for the rest of this process
+
+
+class SpeakerChannel(Channel):
+    name = "speaker"
+    content_kind = "speaker"
+    subscription_group = "speaker"
+    Config = SpeakerConfig
+
+    def __init__(self, config: SpeakerConfig, targets: dict[str, _Target], session: aiohttp.ClientSession):
+        super().__init__(config)
+        self.targets = targets
+        self.session = session
+
+    @classmethod
+    def check_config(cls, config: SpeakerConfig, path: str) -> list[str]:
+        problems = []
+        for name, target in config.targets.items():
+            where = f"{path}.targets.{name}"
+            url = urlsplit(target.url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                problems.append(f"{where}.url: expected an http(s) URL, got {target.url!r}")
+            try:
+                signing_key(target.secret.resolve(f"{where}.secret").reveal())
+            except ConfigError as exc:
+                problems += exc.problems
+            except ValueError as exc:
+                problems.append(f"{where}.secret: {exc}")
+        return problems
+
+    @classmethod
+    async def create(cls, config: SpeakerConfig) -> SpeakerChannel:
+        targets = {
+            name: _Target(name, t, signing_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()))
+            for name, t in config.targets.items()
+        }
+        connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=config.concurrency)
+        session = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
+        return cls(config, targets, session)
+
+    def destinations(self, recipient) -> list[Device | str]:  # type: ignore[no-untyped-def]
+        return [d for d in recipient.devices if d.channel == "speaker"]
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return await map_bounded(deliveries, self._send, self.config.concurrency)
+
+    async def _send(self, delivery: Delivery) -> Result:
+        device = delivery.to
+        assert isinstance(device, Device)
+        target = self.targets.get(device.target or "")
+        if target is None:
+            return PermanentFailure("unknown_target", f"no target {device.target!r} in [channels.speaker.targets]")
+        if target.gone:
+            return InvalidToken("target_gone")
+        body = _encode({
+            "type": "speaker.announce",
+            "speech": delivery.content.speech,
+            "device_id": device.device_id,
+            "target": device.target,
+            "user_id": delivery.user_id,
+            "campaign": delivery.campaign,
+            "job_id": delivery.job_id,
+        })
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(target.key, delivery.id, timestamp, body),
+        }
+        try:
+            async with self.session.post(target.url, data=body, headers=headers, allow_redirects=False,
+                                         timeout=target.timeout) as response:
+                await response.read()
+                result = classify(response.status, parse_retry_after(response.headers.get("retry-after"),
+                                                                     time.time()))
+        except TimeoutError:
+            return TransientFailure("timeout")
+        except aiohttp.ClientError as exc:
+            return TransientFailure(f"connection_error: {type(exc).__name__}")
+        if isinstance(result, InvalidToken):
+            target.gone = True
+        return result
+
+    async def aclose(self) -> None:
+        await self.session.close()
+        await asyncio.sleep(0)  # let aiohttp close its transports before the loop goes
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+@hookimpl(trylast=True)
+def register_channels() -> list[type[Channel]]:
+    return [SpeakerChannel]

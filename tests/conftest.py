@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import GatewayConfig
+from gateway.server import RunningServer, start_server
+from gateway.testing import WebhookReceiver, new_secret
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_EXAMPLES = REPO.parent / "shared" / "examples"
+API_KEY = "test-key-0123456789"
+
+
+def make_config(tmp_path: Path, receiver_url: str | None = None, **sections: dict[str, Any]) -> GatewayConfig:
+    """A config on a fresh SQLite file; the speaker target points at `receiver_url`."""
+    data: dict[str, Any] = {
+        "server": {"port": 0, "api_keys_env": "GATEWAY_TEST_API_KEYS", "shutdown_timeout": "5s"},
+        "store": {"url": f"sqlite:{tmp_path}/gateway.db", "synchronous": "normal"},
+        "delivery": {"backoff_base": "10ms", "backoff_max": "50ms"},
+        "pipeline": {"workers": 2, "batch_size": 50},
+    }
+    if receiver_url is not None:
+        data["channels"] = {"speaker": {"targets": {
+            "home-hub": {"url": f"{receiver_url}/hooks/home-hub", "secret": {"env": "GATEWAY_TEST_SPEAKER_SECRET"}},
+        }}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return msgspec.convert(data, GatewayConfig)
+
+
+@pytest.fixture
+def speaker_secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    secret = new_secret()
+    monkeypatch.setenv("GATEWAY_TEST_SPEAKER_SECRET", secret)
+    return secret
+
+
+@pytest.fixture
+def api_key_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("GATEWAY_TEST_API_KEYS", f"other-key,{API_KEY}")
+    return API_KEY
+
+
+@pytest.fixture
+async def receiver(speaker_secret: str) -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver(speaker_secret) as r:
+        yield r
+
+
+@dataclass
+class Running:
+    server: RunningServer
+    http: aiohttp.ClientSession
+    gateway: Gateway
+
+    async def post(self, job: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+                   ) -> tuple[int, dict[str, Any], Any]:
+        body = job if isinstance(job, bytes) else json.dumps(job).encode()
+        async with self.http.post("/v1/jobs", data=body, headers=headers) as r:
+            return r.status, await r.json(), r.headers
+
+    async def status(self, job_id: str, **params: str) -> dict[str, Any]:
+        async with self.http.get(f"/v1/jobs/{job_id}", params=params) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def wait(self, job_id: str, timeout: float = 20) -> dict[str, Any]:
+        import asyncio
+
+        async with asyncio.timeout(timeout):
+            while (status := await self.status(job_id, limit="1000"))["state"] != "completed":
+                await asyncio.sleep(0.01)
+        return status
+
+
+@pytest.fixture
+async def start(tmp_path: Path, api_key_env: str) -> AsyncIterator[Callable[..., Any]]:
+    """start(config=None, gateway_kwargs...) -> Running; everything is stopped after the test."""
+    started: list[Running] = []
+
+    async def _start(config: GatewayConfig | None = None, **gateway_kwargs: Any) -> Running:
+        config = config or make_config(tmp_path)
+        gateway = Gateway(config, **gateway_kwargs)
+        server = await start_server(config, gateway)
+        http = aiohttp.ClientSession(server.url, headers={"Authorization": f"Bearer {api_key_env}"})
+        running = Running(server, http, gateway)
+        started.append(running)
+        return running
+
+    yield _start
+    for running in started:
+        await running.http.close()
+        await running.server.stop()
+
+
+def speaker_job(n: int = 3, **overrides: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "campaign": "test-campaign",
+        "channels": ["speaker"],
+        "variants": [{"name": "default", "content": {"speaker": {
+            "speech": "Hello {{ attributes.first_name | default: 'there' }}"}}}],
+        "recipients": [
+            {"user_id": f"u{i}", "attributes": {"first_name": f"N{i}"},
+             "subscriptions": {"speaker": "opted_in"},
+             "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"d{i}"}]}
+            for i in range(n)
+        ],
+    }
+    job.update(overrides)
+    return job
+
+
+def require_shared() -> bool:
+    return bool(os.environ.get("GATEWAY_REQUIRE_SHARED"))
+
+
+@pytest.fixture
+async def api(start: Callable[..., Any]) -> Running:
+    """A running gateway with no channels configured."""
+    return await start()
