@@ -128,7 +128,7 @@ class SpeakerChannel(Channel):
             for name, t in config.targets.items()
         }
         connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=config.concurrency)
-        session = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
+        session = aiohttp.ClientSession(connector=connector)
         return cls(config, targets, session)
 
     def destinations(self, recipient) -> list[Device | str]:  # type: ignore[no-untyped-def]

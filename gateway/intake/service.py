@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from gateway.pipeline import RunningJob
 from gateway.store import IdempotencyRecord, JobRecord
 
 _json = msgspec.json.Encoder()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,9 +86,13 @@ class Intake:
                                warnings=accepted.warnings, created_at=now)
         try:
             existing = await gw.store.accept_job(job_record, body, record, now)
-        except Exception:
+        except Exception as exc:
+            # Never a 202 for a job that is not stored: the caller retries, nothing is lost.
             gw.admission.release(n)
-            raise
+            log.error("store refused job %s: %s", job_id, exc)
+            gw.metrics.jobs_rejected.inc("503")
+            return _error(503, "store_unavailable", "the job could not be stored; retry later",
+                          retry_after=gw.config.intake.retry_after)
         if existing is not None:  # another process took the key between our read and write
             gw.admission.release(n)
             return _replay(existing, idempotency[1])  # type: ignore[index]

@@ -191,3 +191,11 @@ def test_secrets_never_show_in_repr() -> None:
 
     secret = Secret("whsec_c2VjcmV0")
     assert "c2VjcmV0" not in repr(secret) and "c2VjcmV0" not in str(secret) and "c2VjcmV0" not in f"{secret}"
+
+
+async def test_store_failure_is_503_never_202(api) -> None:
+    await api.gateway.store.close()  # the real write path now raises StoreUnavailable
+    status, body, headers = await api.post(speaker_job(2))
+    assert status == 503 and body["error"] == "store_unavailable"
+    assert headers["Retry-After"]
+    assert api.gateway.admission.inflight == 0
