@@ -124,28 +124,30 @@ async def _post(http: aiohttp.ClientSession, body: bytes) -> dict[str, Any]:
 
 
 async def _wait(http: aiohttp.ClientSession, job_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
-    """Poll until every job is completed; return their full status with all decisions."""
+    """Poll until every job is completed; return their full status with all decisions.
+    Only unfinished jobs are polled, every 100 ms, so the poll does not compete with
+    delivery for the CPU."""
     import asyncio
 
-    total = 0
     deadline = time.monotonic() + timeout
+    latest: dict[str, dict[str, Any]] = {}
     progress: Progress | None = None
     while True:
-        states = []
         for job_id in job_ids:
-            async with http.get(f"/v1/jobs/{job_id}", params={"limit": "1"}) as r:
-                states.append(await r.json())
-        total = sum(s["recipients"] for s in states)
-        progress = progress or Progress(total)
-        progress.show(sum(s["recipients_done"] for s in states),
-                      f"{sum(s['state'] == 'completed' for s in states)}/{len(states)} jobs completed")
-        if all(s["state"] == "completed" for s in states):
+            if latest.get(job_id, {}).get("state") != "completed":
+                async with http.get(f"/v1/jobs/{job_id}", params={"limit": "1"}) as r:
+                    latest[job_id] = await r.json()
+        states = list(latest.values())
+        progress = progress or Progress(sum(s["recipients"] for s in states))
+        completed = sum(s["state"] == "completed" for s in states)
+        progress.show(sum(s["recipients_done"] for s in states), f"{completed}/{len(states)} jobs completed")
+        if completed == len(states):
             progress.end()
             break
         if time.monotonic() > deadline:
             progress.end()
             raise SystemExit(f"jobs not completed after {timeout:.0f}s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
     return [await _all_decisions(http, job_id) for job_id in job_ids]
 
 
