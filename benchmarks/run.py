@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    import render
     import stages
     import webhook_e2e
 
@@ -39,6 +40,9 @@ def main() -> None:
     print(f"stages: {n_stage} recipients ...", flush=True)
     stage = stages.run(n_stage)
     print(json.dumps(stage, indent=2))
+    print("render: compiled vs python-liquid per template field ...", flush=True)
+    rendering = render.run()
+    print(json.dumps({k: v for k, v in rendering.items() if k != "rows"}, indent=2))
     print(f"webhook end to end: {n_e2e} recipients ...", flush=True)
     e2e = runner(webhook_e2e.run(n_e2e, 1000))
     print(json.dumps(e2e, indent=2))
@@ -52,6 +56,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "processor": platform.machine()},
         "stages_us_per_recipient": stage,
+        "render_us_per_field": rendering,
         "webhook_end_to_end": e2e,
     }
     out = HERE / "results" / f"{result['date']}-{commit}{'-quick' if args.quick else ''}.json"

@@ -82,6 +82,9 @@ class Channel:
     Config: ClassVar[type[msgspec.Struct]] = NoConfig
     # Channels that need a [channels.<name>] table are unavailable without one.
     requires_config: ClassVar[bool] = True
+    # Push channels: the provider's payload limit. Rendered content over it has its body
+    # shortened (or fails with payload_too_large) before any provider round trip.
+    max_payload_bytes: ClassVar[int | None] = None
 
     def __init__(self, config: Any):
         self.config = config
@@ -97,6 +100,11 @@ class Channel:
         """Build the channel inside the running loop (sessions, connection pools)."""
         return cls(config)
 
+    def payload_size(self, content: PushContent) -> int:
+        """Bytes of the provider payload this content makes (used with max_payload_bytes).
+        Override with the channel's real payload builder."""
+        return len(_encode(content))
+
     def destinations(self, recipient: Recipient) -> list[Device | str]:
         """Where this recipient can be reached on this channel; empty means no_device."""
         return [d for d in recipient.devices if d.channel == self.name]
@@ -108,6 +116,7 @@ class Channel:
         """Release connections; called once at shutdown."""
 
 
+_encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 R = TypeVar("R")
 

@@ -70,6 +70,53 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from gateway.preview import parse_instant
+
+    now = None
+    if args.now:
+        try:
+            now = parse_instant(args.now)
+        except ValueError as exc:
+            print(f"--now: {exc}", file=sys.stderr)
+            return 2
+    return run(_preview(_config(args), args.job, now, args.json))
+
+
+async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_json: bool) -> int:
+    import time
+    from pathlib import Path
+
+    import msgspec
+
+    from gateway.intake.validate import JobError, accept_job
+    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.preview import preview, table
+
+    try:
+        body = Path(job_path).read_bytes()
+    except OSError as exc:
+        print(f"{job_path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    specs = configure_channels(config, channel_classes(plugin_manager(config)))
+    try:
+        accepted = accept_job(body, config.limits, set(specs))
+    except JobError as exc:
+        print(f"{job_path}: {exc.status}: {exc.path}: {exc.message}", file=sys.stderr)
+        return 1
+    channels = {name: await cls.create(cfg) for name, (cls, cfg) in specs.items()}
+    try:
+        result = preview(accepted, channels, now if now is not None else time.time())
+    finally:
+        for channel in channels.values():
+            await channel.aclose()
+    if as_json:
+        print(msgspec.json.format(msgspec.json.encode(result)).decode())
+    else:
+        print(table(result))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo.run import demo
 
@@ -91,6 +138,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_check_config)
     s = sub.add_parser("plugins", help="list loaded plugins, their channels and where they came from")
     s.set_defaults(fn=cmd_plugins)
+    s = sub.add_parser("preview", help="what a job would do to each recipient; nothing is sent")
+    s.add_argument("job", help="send job JSON file")
+    s.add_argument("--json", action="store_true", help="print the complete preview as JSON")
+    s.add_argument("--now", help="evaluate at this instant (RFC 3339, e.g. 2026-11-28T12:00:00Z)")
+    s.set_defaults(fn=cmd_preview)
     s = sub.add_parser("demo", help="run the gateway against local receivers with the example jobs")
     s.add_argument("--recipients", type=int, default=5000,
                    help="size of the synthetic throughput job (default 5000; 0 to skip)")

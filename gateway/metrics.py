@@ -34,7 +34,8 @@ class Counter:
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        lines += [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in sorted(self.values.items())]
+        values = self.values if (self.values or self.labels) else {(): 0.0}  # expose 0, not nothing
+        lines += [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in sorted(values.items())]
         return lines
 
 

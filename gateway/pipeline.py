@@ -1,4 +1,4 @@
-"""One job, batch by batch: personalize -> policy -> dispatch -> decisions.
+"""One job, batch by batch: plan (policy, personalize) -> dispatch -> decisions.
 
 The per-recipient work is plain calls over Structs; the awaits are per channel per batch
 (one `send_batch` each), the store write and the observer hooks once per batch.
@@ -7,7 +7,7 @@ The per-recipient work is plain calls over Structs; the awaits are per channel p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pluggy
@@ -19,9 +19,9 @@ from gateway.decision import Decision
 from gateway.dispatch.retry import Retrier
 from gateway.intake.model import Device, Job
 from gateway.metrics import Metrics
-from gateway.personalize.render import MissingData, Personalizer, context
+from gateway.personalize.render import Personalizer
 from gateway.personalize.templates import CompiledVariant
-from gateway.policy import rules
+from gateway.planning import Ready, RecipientPlan, Verdict, plan_recipient
 from gateway.store import Store
 
 
@@ -48,7 +48,8 @@ class Pipeline:
     async def run(self, running: RunningJob, stopping: asyncio.Event | None = None) -> bool:
         """Process the job from its cursor. Returns False when stopped early (the rest
         resumes from the stored cursor on the next start)."""
-        personalizer = Personalizer(running.job, running.variants)
+        personalizer = Personalizer(running.job, running.variants,
+                                    {name: c.content_kind for name, c in self.channels.items()})
         recipients = running.job.recipients
         while running.cursor < len(recipients):
             if stopping is not None and stopping.is_set():
@@ -67,57 +68,45 @@ class Pipeline:
     async def process_batch(self, running: RunningJob, personalizer: Personalizer,
                             indices: Sequence[int]) -> list[Decision]:
         job = running.job
+        now = self.clock.now()
+        plans = {i: plan_recipient(job, personalizer, self.channels, job.recipients[i], now) for i in indices}
         decided: dict[tuple[int, str], Decision] = {}
+        for i, plan in plans.items():
+            for channel, step in plan.channels.items():
+                if isinstance(step, Verdict):
+                    decided[(i, channel)] = self._decision(running, i, channel, step.outcome, step.reason,
+                                                           step.detail, plan.variant)
         if job.routing == "all":
-            await self._round(running, personalizer, indices, job.channels, decided)
-        else:
-            remaining = list(indices)
+            await self._send(running, plans, [(i, c) for i, p in plans.items()
+                                              for c, s in p.channels.items() if isinstance(s, Ready)], decided)
+        else:  # "first": channel by channel, only for recipients not yet reached
+            pending = set(indices)
             for position, channel in enumerate(job.channels):
-                sent = await self._round(running, personalizer, remaining, [channel], decided)
-                remaining = [i for i in remaining if i not in sent]
-                for i in sent:
+                targets = [(i, channel) for i in sorted(pending) if isinstance(plans[i].channels[channel], Ready)]
+                for i in await self._send(running, plans, targets, decided):
+                    pending.discard(i)
                     for later in job.channels[position + 1:]:
-                        decided[(i, later)] = self._decision(running, i, later, "suppressed", d.NOT_NEEDED)
-                if not remaining:
+                        decided[(i, later)] = self._decision(running, i, later, "suppressed", d.NOT_NEEDED,
+                                                             None, plans[i].variant)
+                if not pending:
                     break
         return [decided[(i, c)] for i in indices for c in job.channels]
 
-    async def _round(self, running: RunningJob, personalizer: Personalizer, indices: Sequence[int],
-                     channel_names: Sequence[str], decided: dict[tuple[int, str], Decision]) -> set[int]:
-        """Decide `indices` x `channel_names`; return the recipients sent on some channel."""
+    async def _send(self, running: RunningJob, plans: dict[int, RecipientPlan], targets: Iterable[tuple[int, str]],
+                    decided: dict[tuple[int, str], Decision]) -> set[int]:
+        """Deliver the Ready steps of `targets`; decide them; return recipients sent."""
         job = running.job
-        now = self.clock.now()
         outgoing: dict[str, list[Delivery]] = {}
-        variants: dict[tuple[int, str], str] = {}
-        for i in indices:
-            recipient = job.recipients[i]
-            ctx = None
-            for name in channel_names:
-                channel = self.channels.get(name)
-                reason, destinations = rules.check(job, recipient, channel, now)
-                if reason is not None:
-                    decided[(i, name)] = self._decision(running, i, name, "suppressed", reason)
-                    continue
-                assert channel is not None
-                if ctx is None:
-                    ctx = context(job, recipient, name)
-                try:
-                    variant, content = personalizer.render(recipient, name, channel.content_kind, ctx)
-                except MissingData as exc:
-                    decided[(i, name)] = self._decision(running, i, name, "suppressed", d.MISSING_DATA,
-                                                        f"{exc.path}: {exc.detail}", exc.variant)
-                    continue
-                if content is None:
-                    decided[(i, name)] = self._decision(running, i, name, "suppressed", d.NO_CONTENT,
-                                                        f"variant has no {channel.content_kind} content", variant)
-                    continue
-                variants[(i, name)] = variant
-                queue = outgoing.setdefault(name, [])
-                for k, to in enumerate(destinations):
-                    queue.append(Delivery(
-                        id=f"{running.id}.{i}.{name}.{k}", job_id=running.id, campaign=job.campaign,
-                        category=job.category, recipient=i, user_id=recipient.user_id, channel=name,
-                        to=to, content=content, tags=job.tags, expires_at=job.expires_at))
+        for i, name in targets:
+            step = plans[i].channels[name]
+            assert isinstance(step, Ready)
+            queue = outgoing.setdefault(name, [])
+            user_id = job.recipients[i].user_id
+            for k, to in enumerate(step.destinations):
+                queue.append(Delivery(
+                    id=f"{running.id}.{i}.{name}.{k}", job_id=running.id, campaign=job.campaign,
+                    category=job.category, recipient=i, user_id=user_id, channel=name,
+                    to=to, content=step.content, tags=job.tags, expires_at=job.expires_at))
         if not outgoing:
             return set()
         names = list(outgoing)
@@ -125,11 +114,12 @@ class Pipeline:
             *(self.retrier.send(running.id, self.channels[n], outgoing[n]) for n in names))
         sent: set[int] = set()
         for name, results in zip(names, all_results, strict=True):
-            sent |= self._aggregate(running, name, outgoing[name], results, variants, decided)
+            sent |= self._aggregate(running, plans, name, outgoing[name], results, decided)
         return sent
 
-    def _aggregate(self, running: RunningJob, channel: str, deliveries: list[Delivery], results: list[Result],
-                   variants: dict[tuple[int, str], str], decided: dict[tuple[int, str], Decision]) -> set[int]:
+    def _aggregate(self, running: RunningJob, plans: dict[int, RecipientPlan], channel: str,
+                   deliveries: list[Delivery], results: list[Result],
+                   decided: dict[tuple[int, str], Decision]) -> set[int]:
         """Devices of one recipient on one channel make one decision: sent if any device
         got it; invalid_token if every device is dead; else failed with the first reason."""
         by_recipient: dict[int, list[tuple[Delivery, Result]]] = {}
@@ -141,13 +131,14 @@ class Pipeline:
         for i, pairs in by_recipient.items():
             dead = [dv for dv, r in pairs if isinstance(r, InvalidToken)]
             dead_all += dead
-            tokens = [_token(dv.to) for dv in dead] or None
-            variant = variants[(i, channel)]
+            variant = plans[i].variant
             ok = [r for _, r in pairs if isinstance(r, Sent)]
             if ok:
                 sent.add(i)
-                detail = None if len(ok) == len(pairs) else f"{len(ok)} of {len(pairs)} devices"
-                decision = self._decision(running, i, channel, "sent", None, detail, variant)
+                step = plans[i].channels[channel]
+                notes = [n for n in (step.note if isinstance(step, Ready) else None,
+                                     None if len(ok) == len(pairs) else f"{len(ok)} of {len(pairs)} devices") if n]
+                decision = self._decision(running, i, channel, "sent", None, "; ".join(notes) or None, variant)
                 for _ in ok:
                     self.metrics.delivery_latency.observe(elapsed, channel)
             elif len(dead) == len(pairs):
@@ -156,7 +147,7 @@ class Pipeline:
             else:
                 failure = next(r for _, r in pairs if isinstance(r, PermanentFailure))
                 decision = self._decision(running, i, channel, "failed", failure.reason, failure.detail, variant)
-            decision.invalid_tokens = tokens
+            decision.invalid_tokens = [_token(dv.to) for dv in dead] or None
             decided[(i, channel)] = decision
         if dead_all:
             self.pm.hook.tokens_invalidated(channel=channel, deliveries=dead_all)

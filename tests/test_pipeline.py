@@ -126,7 +126,9 @@ async def test_policy_reasons(start, tmp_path, provider_calls) -> None:
     assert all(got[(u, "gone")] == ("suppressed", "channel_unavailable")
                for u in ("unsub", "nostate", "nodevice", "nodata"))
     nodata = next(d for d in done["decisions"] if d["user_id"] == "nodata" and d["channel"] == "alpha")
-    assert "properties.order" in nodata["detail"] and nodata["variant"] == "default"
+    # nothing was chosen: the detail names the default variant, the field and the path
+    assert nodata["detail"] == "default: content.push.body: properties.order is undefined"
+    assert "variant" not in nodata
     assert not provider_calls["alpha"]
 
 

@@ -72,6 +72,29 @@ async def post_job(request: web.Request) -> web.Response:
     return json_response(reply.status, reply.body, reply.headers)
 
 
+async def post_preview(request: web.Request) -> web.Response:
+    from gateway.intake.validate import JobError, accept_job
+    from gateway.preview import parse_instant, preview
+
+    gw = request.app[GATEWAY_KEY]
+    now = gw.clock.now()
+    if "now" in request.query:
+        try:
+            now = parse_instant(request.query["now"])
+        except ValueError as exc:
+            return error(400, "invalid_query", f"now: {exc}")
+    limit = gw.config.limits.max_body_bytes
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
+    try:
+        accepted = accept_job(body, gw.config.limits, set(gw.channels))
+    except JobError as exc:
+        return json_response(exc.status, exc.body())
+    return json_response(200, preview(accepted, gw.channels, now))
+
+
 async def get_job(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     job_id = request.match_info["job_id"]
@@ -136,6 +159,7 @@ def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
     app[KEYS_KEY] = api_keys
     app.router.add_post("/v1/jobs", post_job)
     app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_post("/v1/preview", post_preview)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

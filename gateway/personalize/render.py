@@ -1,34 +1,62 @@
-"""Rendering one recipient's content for one channel.
+"""Choosing a recipient's variant and rendering it for each channel.
 
-Foundation stand-in: the default (last) variant is rendered with python-liquid. Variant
-choice by condition and the compiled fast path replace `choose` in the personalization
-issue; the interface (`Personalizer.render`) stays.
+Variants are tried in order. One is chosen when its `when` holds AND every template the
+recipient will receive renders with the recipient's data (the content kinds of the
+channels that passed policy). Missing data makes a variant ineligible, recorded with the
+path; if even the default cannot render, nothing is sent and the decision is
+`suppressed: missing_data`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
-
-from liquid.exceptions import LiquidError, UndefinedError
 
 from gateway.channel import RenderedContent
 from gateway.intake.model import EmailContent, Job, PushContent, Recipient, SpeakerContent
-from gateway.personalize.templates import PUSH_OVERRIDES, CompiledContent, CompiledVariant
+from gateway.personalize.compiler import Missing
+from gateway.personalize.templates import (
+    PUSH_OVERRIDES,
+    CompiledContent,
+    CompiledVariant,
+    RenderFailed,
+    render_error,
+)
 
 _KIND_TYPES = {"push": PushContent, "email": EmailContent, "speaker": SpeakerContent}
+CONDITION_FALSE = "condition_false"
+MISSING_DATA = "missing_data"
+RENDER_ERROR = "render_error"
 
 
-class MissingData(Exception):
-    """The recipient lacks data a template needs; `path` names the template field."""
+@dataclass
+class Skipped:
+    """Why a variant was not chosen."""
 
-    def __init__(self, variant: str, path: str, detail: str):
-        self.variant = variant
-        self.path = path
-        self.detail = detail
-        super().__init__(f"{variant}: {path}: {detail}")
+    variant: str
+    reason: str  # condition_false | missing_data | render_error
+    path: str | None = None  # the template field, for missing_data / render_error
+    detail: str | None = None  # e.g. "attributes.first_name is undefined"
+
+    def describe(self) -> str:
+        if self.reason == CONDITION_FALSE:
+            return f"{self.variant}: condition false"
+        return f"{self.variant}: {self.reason} at {self.path} ({self.detail})"
 
 
-def context(job: Job, recipient: Recipient, channel: str) -> dict[str, Any]:
+@dataclass
+class Choice:
+    variant: str | None  # None: not even the default renders
+    skipped: list[Skipped] = field(default_factory=list)
+    contents: dict[str, RenderedContent | None] = field(default_factory=dict)  # channel -> content
+
+    @property
+    def failure(self) -> Skipped | None:
+        return self.skipped[-1] if self.variant is None and self.skipped else None
+
+
+def context(job: Job, recipient: Recipient, channel: str | None = None) -> dict[str, Any]:
     """The template context, exactly: user_id, attributes, events, properties, campaign,
     channel."""
     return {
@@ -44,42 +72,112 @@ def context(job: Job, recipient: Recipient, channel: str) -> dict[str, Any]:
     }
 
 
+# Content kinds of the channels the product names, so a job's variant choice does not
+# depend on which of these plugins a deployment has installed.
+BUILTIN_KINDS = {"apns": "push", "fcm": "push", "webpush": "push", "email": "email", "speaker": "speaker"}
+
+
+def channel_kinds(job: Job, kinds: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(channel, content kind) for the job's channels whose kind is known: `kinds` from
+    the loaded channel classes, then the built-in names."""
+    out = []
+    for name in job.channels:
+        kind = kinds.get(name) or BUILTIN_KINDS.get(name)
+        if kind is not None:
+            out.append((name, kind))
+    return out
+
+
+@dataclass
+class _Step:
+    """How one channel's content is rendered for one variant, worked out once per job."""
+
+    channel: str
+    kind: str
+    content: CompiledContent | None
+    override: CompiledContent | None  # content.apns / .fcm / .webpush
+    per_channel: bool  # False: the rendering of its kind is shared with other channels
+
+
 class Personalizer:
-    def __init__(self, job: Job, variants: list[CompiledVariant]):
+    def __init__(self, job: Job, variants: list[CompiledVariant], kinds: Mapping[str, str] | None = None):
         self.job = job
         self.variants = variants
+        self.channels = channel_kinds(job, kinds or {})
+        self.steps = {id(v): self._steps(v) for v in variants}
 
-    def choose(self, recipient: Recipient) -> CompiledVariant:
-        return self.variants[-1]
+    def _steps(self, variant: CompiledVariant) -> list[_Step]:
+        steps = []
+        for channel, kind in self.channels:
+            content = variant.kinds.get(kind)
+            override = variant.kinds.get(channel) if kind == "push" and channel in PUSH_OVERRIDES else None
+            per_channel = override is not None or (content is not None and content.uses_channel)
+            steps.append(_Step(channel, kind, content, override, per_channel))
+        return steps
 
-    def render(
-        self, recipient: Recipient, channel: str, kind: str, ctx: dict[str, Any] | None = None
-    ) -> tuple[str, RenderedContent | None]:
-        """(variant name, rendered content), content None when the variant has no content
-        of this kind. Raises MissingData."""
-        variant = self.choose(recipient)
-        compiled = variant.kinds.get(kind)
-        if compiled is None:
-            return variant.name, None
-        if ctx is None:
-            ctx = context(self.job, recipient, channel)
-        else:
-            ctx["channel"] = channel
-        values = _render(compiled, ctx, variant.name, kind)
-        if kind == "push" and channel in PUSH_OVERRIDES and channel in variant.kinds:
-            values.update(_render(variant.kinds[channel], ctx, variant.name, channel))
-        return variant.name, _KIND_TYPES[kind](**values)
+    def choose(self, recipient: Recipient) -> Choice:
+        """The first variant whose condition holds and whose templates for every channel
+        of the job render; `contents` maps each of those channels to its rendering."""
+        scope = context(self.job, recipient)
+        choice = Choice(None)
+        for variant in self.variants:
+            if variant.condition is not None:
+                scope["channel"] = None
+                if not variant.condition(scope):
+                    choice.skipped.append(Skipped(variant.name, CONDITION_FALSE))
+                    continue
+            try:
+                choice.contents = self._render(variant, scope)
+            except _Ineligible as exc:
+                choice.skipped.append(exc.skipped)
+                continue
+            choice.variant = variant.name
+            return choice
+        return choice
+
+    def _render(self, variant: CompiledVariant, scope: dict[str, Any]) -> dict[str, RenderedContent | None]:
+        contents: dict[str, RenderedContent | None] = {}
+        shared: dict[str, RenderedContent] = {}  # kind -> content, for templates blind to `channel`
+        for step in self.steps[id(variant)]:
+            if step.content is None:
+                contents[step.channel] = None
+                continue
+            if not step.per_channel and step.kind in shared:
+                contents[step.channel] = shared[step.kind]
+                continue
+            scope["channel"] = step.channel
+            values = _render_content(step.content, scope, variant.name, step.kind)
+            if step.override is not None:
+                values.update(_render_content(step.override, scope, variant.name, step.channel))
+            content = _KIND_TYPES[step.kind](**values)
+            if not step.per_channel:
+                shared[step.kind] = content
+            contents[step.channel] = content
+        return contents
 
 
-def _render(compiled: CompiledContent, ctx: dict[str, Any], variant: str, kind: str) -> dict[str, Any]:
+class _Ineligible(Exception):
+    def __init__(self, skipped: Skipped):
+        self.skipped = skipped
+
+
+def _render_content(compiled: CompiledContent, scope: dict[str, Any], variant: str, kind: str) -> dict[str, Any]:
     out: dict[str, Any] = dict(compiled.literals)
+    name = ""
     try:
         for name, template in compiled.fields.items():
-            out[name] = template.render(**ctx)
+            out[name] = template.call(scope)
         if compiled.data is not None:
-            out["data"] = {k: t.render(**ctx) for k, t in compiled.data.items()}
-    except UndefinedError as exc:
-        raise MissingData(variant, f"content.{kind}", str(exc).splitlines()[0]) from None
-    except LiquidError as exc:
-        raise MissingData(variant, f"content.{kind}", f"render error: {str(exc).splitlines()[0]}") from None
+            data = {}
+            for key, template in compiled.data.items():
+                name = f"data.{key}"
+                data[key] = template.call(scope)
+            out["data"] = data
+    except Exception as exc:
+        error = render_error(exc)
+        if isinstance(error, Missing):
+            raise _Ineligible(Skipped(variant, MISSING_DATA, f"content.{kind}.{name}", str(error))) from None
+        if isinstance(error, RenderFailed):
+            raise _Ineligible(Skipped(variant, RENDER_ERROR, f"content.{kind}.{name}", str(error))) from None
+        raise
     return out

@@ -1,4 +1,10 @@
-"""Compiling a job's templates once, at intake, with their JSON paths for error messages."""
+"""Compiling a job's templates and conditions once, at intake, with JSON paths for errors.
+
+Each template is parsed by python-liquid (the reference), checked (unknown filters and
+context roots are errors), then compiled to a closure (`compiler.py`) when it stays in the
+compiled subset; otherwise it keeps python-liquid's renderer. Either way it renders the
+same text and raises `Missing` for data the recipient lacks.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,32 @@ from typing import Any
 
 import msgspec
 from liquid import Environment, StrictDefaultUndefined
-from liquid.exceptions import LiquidError
+from liquid.exceptions import LiquidError, UndefinedError
+from liquid.template import BoundTemplate
 
 from gateway.intake.model import Content, Job
-
-# Strict: a reference to data the recipient lacks raises instead of printing "" ("Hi ,"),
-# unless the template gives a `default`. Context values are plain dicts and lists, so a
-# template cannot reach Python attributes or callables.
-ENV = Environment(undefined=StrictDefaultUndefined)
+from gateway.personalize.compiler import Missing, Render, compile_template
+from gateway.personalize.conditions import ConditionError, compile_condition
+from gateway.personalize.filters import default
 
 CONTENT_KINDS = ("push", "email", "speaker")
 PUSH_OVERRIDES = ("apns", "fcm", "webpush")
+# The template context, exactly (PRODUCT.md).
+CONTEXT_ROOTS = frozenset({"user_id", "attributes", "events", "properties", "campaign", "channel"})
+
+
+def _environment(autoescape: bool) -> Environment:
+    # Strict: a reference to data the recipient lacks raises instead of printing "",
+    # unless the template gives a `default`. Context values are plain dicts and lists,
+    # so a template cannot reach Python attributes or callables.
+    env = Environment(undefined=StrictDefaultUndefined, autoescape=autoescape)
+    env.filters["default"] = default
+    return env
+
+
+ENV = _environment(autoescape=False)
+# Values interpolated into email HTML are escaped: a profile must not inject markup.
+HTML_ENV = _environment(autoescape=True)
 
 
 class TemplateError(Exception):
@@ -27,29 +48,81 @@ class TemplateError(Exception):
         super().__init__(f"{path}: {message}")
 
 
-@dataclass
+class RenderFailed(Exception):
+    """A template that cannot render for this recipient for a reason other than missing
+    data (a filter given a value it cannot take)."""
+
+
+@dataclass(eq=False)
+class CompiledField:
+    source: str
+    template: BoundTemplate
+    fast: Render | None  # None: rendered by python-liquid
+    uses_channel: bool
+
+    def __post_init__(self) -> None:
+        # What the hot path calls: the closure, or python-liquid's renderer.
+        self.call: Render = self.fast or (lambda scope: self.template.render(**scope))
+
+    def render(self, scope: dict[str, Any]) -> str:
+        """Render, raising Missing or RenderFailed (see `render_error`)."""
+        try:
+            return self.call(scope)
+        except Exception as exc:
+            raise render_error(exc) from None
+
+
+def render_error(exc: Exception) -> Exception:
+    """Map a render exception to Missing (data the recipient lacks) or RenderFailed."""
+    if isinstance(exc, Missing):
+        return exc
+    if isinstance(exc, UndefinedError):
+        message = str(exc).splitlines()[0]
+        if message.endswith(" is undefined"):
+            return Missing(message.removesuffix(" is undefined"))
+        return Missing(message, message)
+    if isinstance(exc, (LiquidError, TypeError, ValueError, ArithmeticError)):
+        return RenderFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return exc
+
+
+@dataclass(eq=False)
 class CompiledContent:
-    """One content kind (or override) of one variant: field name -> compiled template,
-    or, for `push.data`, key -> compiled template under `data`."""
+    """One content kind (or override) of one variant: field name -> template; `data`
+    key -> template; literals (badge) as they are."""
 
-    fields: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] | None = None
-    literals: dict[str, Any] = field(default_factory=dict)  # badge: not a template
+    fields: dict[str, CompiledField] = field(default_factory=dict)
+    data: dict[str, CompiledField] | None = None
+    literals: dict[str, Any] = field(default_factory=dict)
+    uses_channel: bool = False  # does any template read `channel`? (set once compiled)
+
+    def all_fields(self) -> list[CompiledField]:
+        return [*self.fields.values(), *(self.data or {}).values()]
 
 
-@dataclass
+@dataclass(eq=False)
 class CompiledVariant:
     name: str
     when: str | None
+    condition: Any  # Callable[[scope], bool] | None
     kinds: dict[str, CompiledContent]
 
 
 def compile_job(job: Job, max_template_chars: int) -> list[CompiledVariant]:
-    """Parse every template of every variant; raise TemplateError naming the first bad one."""
-    return [
-        CompiledVariant(v.name, v.when, _compile_content(v.content, f"$.variants[{i}].content", max_template_chars))
-        for i, v in enumerate(job.variants)
-    ]
+    """Parse and compile every template and condition; raise TemplateError naming the
+    first bad one."""
+    variants = []
+    for i, v in enumerate(job.variants):
+        condition = None
+        if v.when is not None:
+            _check_length(v.when, f"$.variants[{i}].when", max_template_chars)
+            try:
+                condition = compile_condition(v.when, ENV)
+            except ConditionError as exc:
+                raise TemplateError(f"$.variants[{i}].when", f"condition: {exc.message}") from None
+        kinds = _compile_content(v.content, f"$.variants[{i}].content", max_template_chars)
+        variants.append(CompiledVariant(v.name, v.when, condition, kinds))
+    return variants
 
 
 def _compile_content(content: Content, path: str, limit: int) -> dict[str, CompiledContent]:
@@ -64,36 +137,38 @@ def _compile_content(content: Content, path: str, limit: int) -> dict[str, Compi
             if value is None:
                 continue
             if isinstance(value, str):
-                compiled.fields[name] = _parse(value, where, limit)
+                env = HTML_ENV if (kind, name) == ("email", "html") else ENV
+                compiled.fields[name] = _compile(value, where, limit, env)
             elif isinstance(value, dict):
-                compiled.data = {k: _parse(v, f"{where}.{k}", limit) for k, v in value.items()}
+                compiled.data = {k: _compile(v, f"{where}.{k}", limit, ENV) for k, v in value.items()}
             else:
                 compiled.literals[name] = value
+        compiled.uses_channel = any(f.uses_channel for f in compiled.all_fields())
         kinds[kind] = compiled
     return kinds
 
 
-# The template context, exactly (PRODUCT.md).
-CONTEXT_ROOTS = frozenset({"user_id", "attributes", "events", "properties", "campaign", "channel"})
-
-
-def _parse(source: str, path: str, limit: int) -> Any:
+def _check_length(source: str, path: str, limit: int) -> None:
     if len(source) > limit:
         raise TemplateError(path, f"template is {len(source)} characters, the limit is {limit}")
+
+
+def _compile(source: str, path: str, limit: int, env: Environment) -> CompiledField:
+    _check_length(source, path, limit)
     try:
-        template = ENV.from_string(source)
+        template = env.from_string(source)
     except LiquidError as exc:
         raise TemplateError(path, f"template syntax error: {_first_line(exc)}") from None
     # Caught here, a typo costs the sender one 400 instead of every recipient's message.
     analysis = template.analyze()
     for name, spans in analysis.filters.items():
-        if name not in ENV.filters:
+        if name not in env.filters:
             raise TemplateError(path, f"unknown filter '{name}' at {_position(source, spans[0].index)}")
     for name, variables in analysis.globals.items():
         if name not in CONTEXT_ROOTS:
             raise TemplateError(path, f"unknown variable '{name}' at {_position(source, variables[0].span.index)}; "
                                 f"templates can use {', '.join(sorted(CONTEXT_ROOTS))}")
-    return template
+    return CompiledField(source, template, compile_template(template, env), "channel" in analysis.globals)
 
 
 def _position(source: str, index: int) -> str:
