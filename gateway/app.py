@@ -15,7 +15,9 @@ from gateway.metrics import Metrics
 from gateway.personalize.templates import compile_job
 from gateway.pipeline import Pipeline, RunningJob
 from gateway.plugins import channel_classes, configure_channels, plugin_manager
+from gateway.policy.engine import load_policy
 from gateway.runner import Admission, Runner
+from gateway.scheduler import Scheduler
 from gateway.store import Store, make_store
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ class Gateway:
     """The running gateway: store, plugins, channels, pipeline and workers."""
 
     def __init__(self, config: GatewayConfig, *, clock: Clock | None = None, extra_plugins: tuple[Any, ...] = (),
-                 store: Store | None = None):
+                 store: Store | None = None, run_background: bool = True):
         self.config = config
         self.clock = clock or Clock()
         self.pm = plugin_manager(config, extra_plugins)
@@ -33,10 +35,14 @@ class Gateway:
         self.store = store or make_store(config.store)
         self.admission = Admission(config.intake.max_inflight_recipients)
         self.metrics = Metrics(queue_depth=lambda: self.admission.inflight)
+        self.policy = load_policy(config)
         self.channels: dict[str, Channel] = {}
         self.runner: Runner | None = None
+        self.scheduler: Scheduler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.accepting = False
-        self._purger: asyncio.Task[None] | None = None
+        # Tests drive the scheduler themselves (with a fake clock): `run_background=False`.
+        self.run_background = run_background
 
     @property
     def ready(self) -> bool:
@@ -47,19 +53,25 @@ class Gateway:
         for name, (cls, channel_config) in self.channel_specs.items():
             self.channels[name] = await cls.create(channel_config)
         retrier = Retrier(self.config.delivery, self.pm, self.metrics, self.clock)
-        pipeline = Pipeline(self.store, self.channels, retrier, self.pm, self.metrics, self.clock,
-                            self.config.pipeline.batch_size)
-        self.runner = Runner(pipeline, self.admission, self.config.pipeline.workers)
+        self.pipeline = Pipeline(self.store, self.channels, retrier, self.pm, self.metrics, self.clock,
+                                 self.config.pipeline.batch_size, self.policy)
+        self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers)
+        self.scheduler = Scheduler(self.store, self.pipeline, self.config.schedule, self.clock)
         await self._resume()
-        self._purger = asyncio.create_task(self._purge_idempotency_keys(), name="idempotency-purge")
+        if self.run_background:
+            self._tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                           asyncio.create_task(self.scheduler.loop(), name="scheduler")]
         self.accepting = True
 
-    async def _purge_idempotency_keys(self, every: float = 600) -> None:
+    async def _housekeeping(self, every: float = 600) -> None:
+        """Expired idempotency keys, and cap history older than any window."""
         while True:
             try:
-                await self.store.purge_expired(self.clock.now())
+                now = self.clock.now()
+                await self.store.purge_expired(now)
+                await self.store.prune_caps(now - self.policy.longest_window)
             except Exception:
-                log.exception("purging expired idempotency keys")
+                log.exception("housekeeping")
             await asyncio.sleep(every)
 
     async def _resume(self) -> None:
@@ -75,8 +87,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self.accepting = False
-        if self._purger is not None:
-            self._purger.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.runner is not None:
             await self.runner.stop(seconds(self.config.server.shutdown_timeout))
         for channel in self.channels.values():

@@ -40,7 +40,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config
     config = load_config(path)
     try:
+        from gateway.policy.engine import load_policy
+
         make_store(config.store)
+        load_policy(config)
         configured = configure_channels(config, channel_classes(plugin_manager(config)))
     except ConfigError as exc:
         raise ConfigError(exc.problems, str(path or "built-in defaults")) from None
@@ -91,6 +94,7 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
 
     from gateway.intake.validate import JobError, accept_job
     from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.policy.engine import load_policy
     from gateway.preview import preview, table
 
     try:
@@ -99,6 +103,7 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         print(f"{job_path}: {exc.strerror}", file=sys.stderr)
         return 2
     specs = configure_channels(config, channel_classes(plugin_manager(config)))
+    policy = load_policy(config)
     try:
         accepted = accept_job(body, config.limits, set(specs))
     except JobError as exc:
@@ -106,7 +111,7 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         return 1
     channels = {name: await cls.create(cfg) for name, (cls, cfg) in specs.items()}
     try:
-        result = preview(accepted, channels, now if now is not None else time.time())
+        result = preview(accepted, channels, policy, now if now is not None else time.time())
     finally:
         for channel in channels.values():
             await channel.aclose()

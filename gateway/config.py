@@ -122,6 +122,23 @@ class DeliveryConfig(_Section):
     backoff_max: Duration = "30s"
 
 
+class QuietHoursConfig(_Section):
+    enabled: bool = True
+    start: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "21:00"
+    end: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "08:00"
+    channels: list[str] = msgspec.field(default_factory=lambda: ["push", "speaker"])  # names, "push", "any"
+    action: Literal["defer", "drop", "ignore"] = "defer"
+    fallback_timezone: str = "UTC"  # for recipients without a valid IANA zone
+    spread: Duration = "15m"  # deferred releases spread over this, per recipient
+    transactional: bool = False  # apply to transactional messages too
+
+
+class ScheduleConfig(_Section):
+    poll_interval: Duration = "1s"  # how often due deferred messages are looked for
+    lease: Duration = "5m"  # a claimed batch returns to the queue if not done by then
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
+
+
 class PluginsConfig(_Section):
     # Entry-point names to skip, e.g. to replace a built-in channel with your own.
     disable: list[str] = []
@@ -135,6 +152,10 @@ class GatewayConfig(_Section):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    quiet_hours: QuietHoursConfig = msgspec.field(default_factory=QuietHoursConfig)
+    schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
+    # Frequency caps, as [[caps]] tables; see config/gateway.toml.
+    caps: list[Any] = []
     # One table per channel, checked against that channel's own Config Struct once the
     # plugins are loaded (`gateway.plugins.configure_channels`).
     channels: dict[str, dict[str, Any]] = {}

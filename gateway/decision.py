@@ -27,6 +27,8 @@ class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
     at: float = 0.0
     # Dead tokens/subscriptions this decision reports, so upstream can delete them.
     invalid_tokens: list[str] | None = None
+    # Facts about how it was decided, e.g. "timezone_fallback".
+    flags: list[str] | None = None
 
 
 # Reasons the core itself gives (channels add provider reasons of their own).
@@ -37,5 +39,5 @@ EXPIRED = "expired"
 UNSUBSCRIBED = "unsubscribed"
 NOT_SUBSCRIBED = "not_subscribed"  # marketing, and no subscription state given for the group
 NO_CONTENT = "no_content"
-NOT_NEEDED = "fallback_not_needed"  # routing "first": an earlier channel succeeded
+NOT_NEEDED = "fallback_not_needed"  # routing "first": an earlier channel succeeded (or is deferred)
 RETRIES_EXHAUSTED = "retries_exhausted"

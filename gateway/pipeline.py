@@ -1,14 +1,15 @@
-"""One job, batch by batch: plan (policy, personalize) -> dispatch -> decisions.
+"""One job, batch by batch: plan (policy, personalize) -> caps -> dispatch -> decisions.
 
-The per-recipient work is plain calls over Structs; the awaits are per channel per batch
-(one `send_batch` each), the store write and the observer hooks once per batch.
+The per-recipient work is plain calls over Structs; the awaits are per batch: one caps
+reservation per routing round, one `send_batch` per channel, one store write (decisions,
+cursor and deferred messages together) and one call of each observer hook.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pluggy
 
@@ -22,7 +23,10 @@ from gateway.metrics import Metrics
 from gateway.personalize.render import Personalizer
 from gateway.personalize.templates import CompiledVariant
 from gateway.planning import Ready, RecipientPlan, Verdict, plan_recipient
+from gateway.policy.caps import Denied
+from gateway.policy.engine import FREQUENCY_CAP, Policy
 from gateway.store import Store
+from gateway.store.base import DeferredItem
 
 
 @dataclass
@@ -32,11 +36,18 @@ class RunningJob:
     variants: list[CompiledVariant]
     cursor: int  # first recipient not yet decided
     accepted_at: float  # monotonic, for the latency histogram
+    personalizer: Personalizer | None = None
+
+
+@dataclass
+class BatchOutcome:
+    decisions: list[Decision] = field(default_factory=list)
+    deferred: list[DeferredItem] = field(default_factory=list)
 
 
 class Pipeline:
     def __init__(self, store: Store, channels: dict[str, Channel], retrier: Retrier, pm: pluggy.PluginManager,
-                 metrics: Metrics, clock: Clock, batch_size: int):
+                 metrics: Metrics, clock: Clock, batch_size: int, policy: Policy):
         self.store = store
         self.channels = channels
         self.retrier = retrier
@@ -44,60 +55,114 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.batch_size = batch_size
+        self.policy = policy
+
+    def personalizer(self, running: RunningJob) -> Personalizer:
+        if running.personalizer is None:
+            running.personalizer = Personalizer(running.job, running.variants,
+                                                {name: c.content_kind for name, c in self.channels.items()})
+        return running.personalizer
 
     async def run(self, running: RunningJob, stopping: asyncio.Event | None = None) -> bool:
         """Process the job from its cursor. Returns False when stopped early (the rest
         resumes from the stored cursor on the next start)."""
-        personalizer = Personalizer(running.job, running.variants,
-                                    {name: c.content_kind for name, c in self.channels.items()})
         recipients = running.job.recipients
         while running.cursor < len(recipients):
             if stopping is not None and stopping.is_set():
                 return False
             lo = running.cursor
             hi = min(lo + self.batch_size, len(recipients))
-            decisions = await self.process_batch(running, personalizer, range(lo, hi))
-            await self.store.record_batch(running.id, hi, decisions, self.clock.now())
+            outcome = await self.process_batch(running, [(i, None) for i in range(lo, hi)])
+            await self.store.record_batch(running.id, hi, outcome.decisions, self.clock.now(), outcome.deferred)
             running.cursor = hi
-            for decision in decisions:
-                self.metrics.decisions.inc(decision.channel, decision.outcome)
-            self.pm.hook.decisions_recorded(job_id=running.id, decisions=decisions)
+            self._observe(running.id, outcome.decisions)
         await self.store.finish_job(running.id, self.clock.now())
         return True
 
-    async def process_batch(self, running: RunningJob, personalizer: Personalizer,
-                            indices: Sequence[int]) -> list[Decision]:
+    async def release(self, running: RunningJob, items: Sequence[DeferredItem]) -> BatchOutcome:
+        """Deferred messages coming due: policy again (a cap may have filled, quiet hours
+        may still hold), then send."""
+        outcome = await self.process_batch(running, [(item.recipient, item.channel) for item in items],
+                                           released=True)
+        self._observe(running.id, outcome.decisions)
+        return outcome
+
+    def _observe(self, job_id: str, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            self.metrics.decisions.inc(decision.channel, decision.outcome)
+        self.pm.hook.decisions_recorded(job_id=job_id, decisions=decisions)
+
+    async def process_batch(self, running: RunningJob, targets: Sequence[tuple[int, str | None]],
+                            released: bool = False) -> BatchOutcome:
+        """`targets`: (recipient, None) for all the job's channels, or (recipient,
+        channel) for one (a released deferred message)."""
         job = running.job
         now = self.clock.now()
-        plans = {i: plan_recipient(job, personalizer, self.channels, job.recipients[i], now) for i in indices}
+        personalizer = self.personalizer(running)
+        plans = {i: plan_recipient(job, personalizer, self.channels, self.policy, job.recipients[i], now,
+                                   only=[only] if only is not None else None, released=released)
+                 for i, only in targets}
         decided: dict[tuple[int, str], Decision] = {}
         for i, plan in plans.items():
             for channel, step in plan.channels.items():
                 if isinstance(step, Verdict):
-                    decided[(i, channel)] = self._decision(running, i, channel, step.outcome, step.reason,
-                                                           step.detail, plan.variant)
-        if job.routing == "all":
+                    decided[(i, channel)] = self._decision(running, i, channel, step, plan.variant)
+        if job.routing == "all" or released:
             await self._send(running, plans, [(i, c) for i, p in plans.items()
-                                              for c, s in p.channels.items() if isinstance(s, Ready)], decided)
-        else:  # "first": channel by channel, only for recipients not yet reached
-            pending = set(indices)
+                                              for c, s in p.channels.items() if isinstance(s, Ready)], decided, now)
+        else:  # "first": channel by channel, for recipients not yet reached or waiting
+            pending = set(plans)
             for position, channel in enumerate(job.channels):
-                targets = [(i, channel) for i in sorted(pending) if isinstance(plans[i].channels[channel], Ready)]
-                for i in await self._send(running, plans, targets, decided):
-                    pending.discard(i)
-                    for later in job.channels[position + 1:]:
-                        decided[(i, later)] = self._decision(running, i, later, "suppressed", d.NOT_NEEDED,
-                                                             None, plans[i].variant)
+                targets_now = [(i, channel) for i in sorted(pending) if isinstance(plans[i].channels[channel], Ready)]
+                await self._send(running, plans, targets_now, decided, now)
+                for i in sorted(pending):
+                    outcome = decided[(i, channel)].outcome
+                    if outcome in ("sent", "deferred"):
+                        pending.discard(i)
+                        detail = None if outcome == "sent" else f"waiting for {channel}"
+                        for later in job.channels[position + 1:]:
+                            decided[(i, later)] = self._decision(
+                                running, i, later, Verdict("suppressed", d.NOT_NEEDED, detail), plans[i].variant)
                 if not pending:
                     break
-        return [decided[(i, c)] for i in indices for c in job.channels]
+        result = BatchOutcome()
+        for i, only in targets:
+            for channel in [only] if only is not None else job.channels:
+                decision = decided[(i, channel)]
+                result.decisions.append(decision)
+                if decision.outcome == "deferred" and decision.until is not None:
+                    result.deferred.append(DeferredItem(running.id, i, channel, decision.until, decision.reason or ""))
+        return result
 
-    async def _send(self, running: RunningJob, plans: dict[int, RecipientPlan], targets: Iterable[tuple[int, str]],
-                    decided: dict[tuple[int, str], Decision]) -> set[int]:
-        """Deliver the Ready steps of `targets`; decide them; return recipients sent."""
+    async def _send(self, running: RunningJob, plans: dict[int, RecipientPlan], targets: list[tuple[int, str]],
+                    decided: dict[tuple[int, str], Decision], now: float) -> None:
+        """Reserve caps for `targets`, deliver what was granted, decide all of them."""
         job = running.job
-        outgoing: dict[str, list[Delivery]] = {}
+        if not targets:
+            return
+        requests = []
         for i, name in targets:
+            step = plans[i].channels[name]
+            assert isinstance(step, Ready)
+            requests.append(self.policy.caps_request(job, job.recipients[i], name, step.tz, now))
+        granted: list[tuple[int, str]] = []
+        expires = job.expires_at.timestamp() if job.expires_at is not None else None
+        for (i, name), outcome in zip(targets, await self.store.reserve_caps(requests, now), strict=True):
+            step = plans[i].channels[name]
+            assert isinstance(step, Ready)
+            if isinstance(outcome, Denied):
+                if outcome.action == "defer" and (expires is None or outcome.free_at <= expires):
+                    verdict = Verdict("deferred", FREQUENCY_CAP, outcome.rule, outcome.free_at, step.flags)
+                elif outcome.action == "defer":
+                    verdict = Verdict("capped", outcome.rule, "no slot frees before expires_at", flags=step.flags)
+                else:
+                    verdict = Verdict("capped", outcome.rule, flags=step.flags)
+                decided[(i, name)] = self._decision(running, i, name, verdict, plans[i].variant)
+                continue
+            step.reservation = outcome.reservation
+            granted.append((i, name))
+        outgoing: dict[str, list[Delivery]] = {}
+        for i, name in granted:
             step = plans[i].channels[name]
             assert isinstance(step, Ready)
             queue = outgoing.setdefault(name, [])
@@ -108,55 +173,58 @@ class Pipeline:
                     category=job.category, recipient=i, user_id=user_id, channel=name,
                     to=to, content=step.content, tags=job.tags, expires_at=job.expires_at))
         if not outgoing:
-            return set()
+            return
         names = list(outgoing)
         all_results = await asyncio.gather(
             *(self.retrier.send(running.id, self.channels[n], outgoing[n]) for n in names))
-        sent: set[int] = set()
+        refunds: list[str] = []
         for name, results in zip(names, all_results, strict=True):
-            sent |= self._aggregate(running, plans, name, outgoing[name], results, decided)
-        return sent
+            self._aggregate(running, plans, name, outgoing[name], results, decided)
+        for i, name in granted:
+            step = plans[i].channels[name]
+            if decided[(i, name)].outcome != "sent" and isinstance(step, Ready) and step.reservation:
+                refunds.append(step.reservation)  # not delivered: it does not count
+        if refunds:
+            await self.store.refund_caps(refunds)
 
     def _aggregate(self, running: RunningJob, plans: dict[int, RecipientPlan], channel: str,
                    deliveries: list[Delivery], results: list[Result],
-                   decided: dict[tuple[int, str], Decision]) -> set[int]:
+                   decided: dict[tuple[int, str], Decision]) -> None:
         """Devices of one recipient on one channel make one decision: sent if any device
         got it; invalid_token if every device is dead; else failed with the first reason."""
         by_recipient: dict[int, list[tuple[Delivery, Result]]] = {}
         for delivery, result in zip(deliveries, results, strict=True):
             by_recipient.setdefault(delivery.recipient, []).append((delivery, result))
-        sent: set[int] = set()
         elapsed = self.clock.monotonic() - running.accepted_at
         dead_all: list[Delivery] = []
         for i, pairs in by_recipient.items():
+            step = plans[i].channels[channel]
+            assert isinstance(step, Ready)
             dead = [dv for dv, r in pairs if isinstance(r, InvalidToken)]
             dead_all += dead
-            variant = plans[i].variant
             ok = [r for _, r in pairs if isinstance(r, Sent)]
             if ok:
-                sent.add(i)
-                step = plans[i].channels[channel]
-                notes = [n for n in (step.note if isinstance(step, Ready) else None,
+                notes = [n for n in (step.note,
                                      None if len(ok) == len(pairs) else f"{len(ok)} of {len(pairs)} devices") if n]
-                decision = self._decision(running, i, channel, "sent", None, "; ".join(notes) or None, variant)
+                verdict = Verdict("sent", "", "; ".join(notes) or None, flags=step.flags)
                 for _ in ok:
                     self.metrics.delivery_latency.observe(elapsed, channel)
             elif len(dead) == len(pairs):
-                reason = pairs[0][1].reason  # type: ignore[union-attr]
-                decision = self._decision(running, i, channel, "invalid_token", reason, None, variant)
+                verdict = Verdict("invalid_token", pairs[0][1].reason, flags=step.flags)  # type: ignore[union-attr]
             else:
                 failure = next(r for _, r in pairs if isinstance(r, PermanentFailure))
-                decision = self._decision(running, i, channel, "failed", failure.reason, failure.detail, variant)
+                verdict = Verdict("failed", failure.reason, failure.detail, flags=step.flags)
+            decision = self._decision(running, i, channel, verdict, plans[i].variant)
             decision.invalid_tokens = [_token(dv.to) for dv in dead] or None
             decided[(i, channel)] = decision
         if dead_all:
             self.pm.hook.tokens_invalidated(channel=channel, deliveries=dead_all)
-        return sent
 
-    def _decision(self, running: RunningJob, i: int, channel: str, outcome: d.Outcome, reason: str | None,
-                  detail: str | None = None, variant: str | None = None) -> Decision:
-        return Decision(recipient=i, user_id=running.job.recipients[i].user_id, channel=channel, outcome=outcome,
-                        reason=reason, detail=detail, variant=variant, at=self.clock.now())
+    def _decision(self, running: RunningJob, i: int, channel: str, verdict: Verdict,
+                  variant: str | None) -> Decision:
+        return Decision(recipient=i, user_id=running.job.recipients[i].user_id, channel=channel,
+                        outcome=verdict.outcome, reason=verdict.reason or None, detail=verdict.detail,
+                        variant=variant, until=verdict.until, at=self.clock.now(), flags=verdict.flags)
 
 
 def _token(to: Device | str) -> str:

@@ -1,37 +1,44 @@
 """What each recipient would get, before anything is sent: policy, variant, content.
 
-Shared by the pipeline (which then dispatches what is ready) and by preview (which
-shows it), so a preview is exactly what a send would do up to the provider call.
+Shared by the pipeline (which then reserves caps and dispatches what is ready) and by
+preview (which shows it), so a preview is what a send would do up to the provider call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from gateway import decision as d
 from gateway.channel import Channel, RenderedContent
 from gateway.intake.model import Device, Job, PushContent, Recipient
 from gateway.personalize.fit import PAYLOAD_TOO_LARGE, PayloadTooLarge, fit_push
 from gateway.personalize.render import Choice, Personalizer
-from gateway.policy import rules
+from gateway.policy.engine import Policy, Screening
 
 
 @dataclass
 class Ready:
-    """May be sent: where, what, and a note for the decision (e.g. body shortened)."""
+    """May be sent now, subject to the frequency caps."""
 
     destinations: list[Device | str]
     content: RenderedContent
-    note: str | None = None
+    tz: ZoneInfo
+    note: str | None = None  # for the decision, e.g. "body shortened ..."
+    flags: list[str] | None = None
+    reservation: str | None = None  # the caps reservation, once granted
 
 
 @dataclass
 class Verdict:
-    """Will not be sent, and why."""
+    """Will not be sent now, and why (deferred ones carry their release time)."""
 
     outcome: d.Outcome
     reason: str
     detail: str | None = None
+    until: float | None = None
+    flags: list[str] | None = None
 
 
 @dataclass
@@ -44,39 +51,45 @@ class RecipientPlan:
         return self.choice.variant if self.choice else None
 
 
-def plan_recipient(job: Job, personalizer: Personalizer, channels: dict[str, Channel], recipient: Recipient,
-                   now: float, always_choose: bool = False) -> RecipientPlan:
-    """`always_choose`: render even when no channel can send (preview shows the copy);
-    the pipeline skips that work."""
+def plan_recipient(job: Job, personalizer: Personalizer, channels: dict[str, Channel], policy: Policy,
+                   recipient: Recipient, now: float, only: Sequence[str] | None = None,
+                   released: bool = False, always_choose: bool = False) -> RecipientPlan:
+    """`only`: plan just these channels (a deferred message coming due, with `released`).
+    `always_choose`: render even when no channel can send (preview shows the copy)."""
     steps: dict[str, Ready | Verdict] = {}
-    passing: list[tuple[str, Channel, list[Device | str]]] = []
-    for name in job.channels:
+    passing: list[tuple[str, Channel, Screening]] = []
+    for name in only if only is not None else job.channels:
         channel = channels.get(name)
-        reason, destinations = rules.check(job, recipient, channel, now)
-        if reason is not None:
-            steps[name] = Verdict("suppressed", reason)
+        screening = policy.check(job, recipient, channel, name, now, released)
+        if screening.outcome is not None:
+            steps[name] = Verdict(screening.outcome, screening.reason or "", screening.detail, screening.until,
+                                  screening.flags)
         else:
             assert channel is not None
-            passing.append((name, channel, destinations))
+            passing.append((name, channel, screening))
     if not passing and not always_choose:
         return RecipientPlan(None, steps)
     choice = personalizer.choose(recipient)
     failure = choice.failure
-    for name, channel, destinations in passing:
+    for name, channel, screening in passing:
         if failure is not None:
-            steps[name] = Verdict("suppressed", failure.reason, f"{failure.variant}: {failure.path}: {failure.detail}")
+            steps[name] = Verdict("suppressed", failure.reason, f"{failure.variant}: {failure.path}: {failure.detail}",
+                                  flags=screening.flags)
             continue
         content = choice.contents.get(name)
         if content is None:
-            steps[name] = Verdict("suppressed", d.NO_CONTENT, f"variant {choice.variant} has no "
-                                                             f"{channel.content_kind} content")
+            steps[name] = Verdict("suppressed", d.NO_CONTENT,
+                                  f"variant {choice.variant} has no {channel.content_kind} content",
+                                  flags=screening.flags)
             continue
         note = None
         if channel.max_payload_bytes is not None and isinstance(content, PushContent):
             try:
                 content, note = fit_push(content, channel.max_payload_bytes, channel.payload_size)
             except PayloadTooLarge as exc:
-                steps[name] = Verdict("failed", PAYLOAD_TOO_LARGE, str(exc))
+                steps[name] = Verdict("failed", PAYLOAD_TOO_LARGE, str(exc), flags=screening.flags)
                 continue
-        steps[name] = Ready(destinations, content, note)
-    return RecipientPlan(choice, {name: steps[name] for name in job.channels})
+        assert screening.tz is not None
+        steps[name] = Ready(screening.destinations, content, screening.tz, note, screening.flags)
+    order = only if only is not None else job.channels
+    return RecipientPlan(choice, {name: steps[name] for name in order})

@@ -16,6 +16,7 @@ from gateway.channel import Channel
 from gateway.intake.validate import AcceptedJob
 from gateway.personalize.render import Personalizer
 from gateway.planning import Ready, plan_recipient
+from gateway.policy.engine import Policy
 
 WOULD_SEND = "would_send"
 
@@ -32,6 +33,8 @@ class ChannelPreview(msgspec.Struct, omit_defaults=True):
     outcome: str  # would_send, or the decision outcome it would get
     reason: str | None = None
     detail: str | None = None
+    until: str | None = None  # deferred: when it would be released
+    flags: list[str] | None = None
     destinations: int = 0
     content: dict[str, Any] | None = None
 
@@ -51,12 +54,14 @@ class Preview(msgspec.Struct):
     recipients: list[RecipientPreview]
 
 
-def preview(accepted: AcceptedJob, channels: dict[str, Channel], now: float) -> Preview:
+def preview(accepted: AcceptedJob, channels: dict[str, Channel], policy: Policy, now: float) -> Preview:
+    """Frequency caps are not evaluated: checking one would consume the slot; they are
+    applied when the job is sent."""
     job = accepted.job
     personalizer = Personalizer(job, accepted.variants, {n: c.content_kind for n, c in channels.items()})
     out = []
     for i, recipient in enumerate(job.recipients):
-        plan = plan_recipient(job, personalizer, channels, recipient, now, always_choose=True)
+        plan = plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True)
         choice = plan.choice
         assert choice is not None
         rows = []
@@ -64,13 +69,19 @@ def preview(accepted: AcceptedJob, channels: dict[str, Channel], now: float) -> 
             rendered = step.content if isinstance(step, Ready) else choice.contents.get(name)
             content = msgspec.to_builtins(rendered) if rendered is not None else None
             if isinstance(step, Ready):
-                rows.append(ChannelPreview(name, WOULD_SEND, None, step.note, len(step.destinations), content))
+                rows.append(ChannelPreview(name, WOULD_SEND, None, step.note, None, step.flags,
+                                           len(step.destinations), content))
             else:
-                rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, 0, content))
+                until = _iso(step.until) if step.until is not None else None
+                rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, until, step.flags, 0,
+                                           content))
         skipped = [SkippedVariant(s.variant, s.reason, s.path, s.detail) for s in choice.skipped]
         out.append(RecipientPreview(i, recipient.user_id, choice.variant, skipped, rows))
-    instant = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
-    return Preview(job.campaign, instant, accepted.warnings, out)
+    return Preview(job.campaign, _iso(now), accepted.warnings, out)
+
+
+def _iso(instant: float) -> str:
+    return datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z")
 
 
 def summary(content: dict[str, Any] | None, width: int = 60) -> str:
@@ -89,7 +100,8 @@ def table(result: Preview) -> str:
     for r in result.recipients:
         first = True
         for c in r.channels:
-            why = " - ".join(x for x in (c.reason, c.detail) if x)
+            until = f"until {c.until}" if c.until else None
+            why = " - ".join(x for x in (c.reason, c.detail, until, *(c.flags or ())) if x)
             rows.append((r.user_id if first else "", (r.variant or "(none)") if first else "", c.channel,
                          c.outcome, why, summary(c.content)))
             first = False

@@ -44,9 +44,13 @@ class RunningServer:
     runner: web.AppRunner
     site: web.TCPSite
     url: str
+    stopped: bool = False
 
     async def stop(self) -> None:
         """Stop accepting connections, finish or journal in-flight work, close."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.gateway.accepting = False
         await self.site.stop()
         await self.gateway.stop()

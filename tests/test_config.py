@@ -129,3 +129,17 @@ def test_default_path_resolution(tmp_path, monkeypatch) -> None:
 def test_durations(n: int, unit: str) -> None:
     factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
     assert seconds(f"{n}{unit}") == pytest.approx(n * factor)
+
+
+def test_the_documented_cap_examples_are_valid(tmp_path) -> None:
+    """config/gateway.toml shows [[caps]] as comments: uncommented, they must load."""
+    text = (REPO / "config" / "gateway.toml").read_text()
+    block = text[text.index("# [[caps]]"):]
+    block = block[:block.index("\n\n")]  # the caps example ends at the first blank line
+    lines = [ln[2:] for ln in block.splitlines() if ln.startswith("# ") and not ln.startswith("# #")]
+    path = tmp_path / "caps.toml"
+    path.write_text("\n".join(ln.split("#")[0].rstrip() for ln in lines) + "\n")
+    from gateway.policy.engine import load_policy
+
+    policy = load_policy(load_config(path))
+    assert [c.name for c in policy.caps] == ["push-daily", "promo-week"]

@@ -28,6 +28,8 @@ api_keys_env = "GATEWAY_TEST_API_KEYS"
 shutdown_timeout = "10s"
 [store]
 url = "sqlite:{tmp_path}/gateway.db"
+[quiet_hours]
+enabled = false
 [pipeline]
 workers = 1
 batch_size = {BATCH}

@@ -24,6 +24,7 @@ from gateway.server import start_server
 from gateway.testing import WebhookReceiver, new_secret
 
 RECEIVER_HOST = "http://demo-receiver"
+SETTLED = ("completed", "waiting")  # waiting: deferred messages (quiet hours...) are scheduled
 
 
 def example_jobs() -> list[tuple[str, bytes]]:
@@ -32,21 +33,21 @@ def example_jobs() -> list[tuple[str, bytes]]:
 
 
 def synthetic_jobs(total: int, per_job: int = 1000) -> list[tuple[str, bytes]]:
-    """Speaker announcements to `total` recipients in jobs of `per_job`, with some
-    recipients unsubscribed or without a device so every path is exercised."""
+    """Order-ready announcements (transactional: quiet hours do not hold them) to `total`
+    recipients in jobs of `per_job`; some have no device, some an unknown time zone."""
     jobs = []
     for start in range(0, total, per_job):
         recipients = []
         for n in range(start, min(start + per_job, total)):
             recipient: dict[str, Any] = {
-                "user_id": f"load-{n}", "timezone": "Europe/Paris",
+                "user_id": f"load-{n}", "timezone": "Not/AZone" if n % 50 == 0 else "Europe/Paris",
                 "attributes": {"first_name": f"User{n}"},
-                "subscriptions": {"speaker": "unsubscribed" if n % 50 == 0 else "opted_in"},
+                "subscriptions": {"speaker": "opted_in"},
                 "devices": [] if n % 40 == 1 else [{"channel": "speaker", "target": "home-hub",
                                                     "device_id": f"room-{n % 7}"}],
             }
             recipients.append(recipient)
-        job = {"campaign": "demo-load", "channels": ["speaker"],
+        job = {"campaign": "demo-load", "category": "transactional", "channels": ["speaker"],
                "variants": [{"name": "default", "content": {
                    "speaker": {"speech": "Good evening {{ attributes.first_name | default: 'there' }}, "
                                          "your order is ready."}}}],
@@ -124,9 +125,9 @@ async def _post(http: aiohttp.ClientSession, body: bytes) -> dict[str, Any]:
 
 
 async def _wait(http: aiohttp.ClientSession, job_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
-    """Poll until every job is completed; return their full status with all decisions.
-    Only unfinished jobs are polled, every 100 ms, so the poll does not compete with
-    delivery for the CPU."""
+    """Poll until every job has been through the pipeline (`completed`, or `waiting` for
+    deferred messages); return their full status with all decisions. Only unsettled jobs
+    are polled, every 100 ms, so the poll does not compete with delivery for the CPU."""
     import asyncio
 
     deadline = time.monotonic() + timeout
@@ -134,13 +135,13 @@ async def _wait(http: aiohttp.ClientSession, job_ids: list[str], timeout: float 
     progress: Progress | None = None
     while True:
         for job_id in job_ids:
-            if latest.get(job_id, {}).get("state") != "completed":
+            if latest.get(job_id, {}).get("state") not in SETTLED:
                 async with http.get(f"/v1/jobs/{job_id}", params={"limit": "1"}) as r:
                     latest[job_id] = await r.json()
         states = list(latest.values())
         progress = progress or Progress(sum(s["recipients"] for s in states))
-        completed = sum(s["state"] == "completed" for s in states)
-        progress.show(sum(s["recipients_done"] for s in states), f"{completed}/{len(states)} jobs completed")
+        completed = sum(s["state"] in SETTLED for s in states)
+        progress.show(sum(s["recipients_done"] for s in states), f"{completed}/{len(states)} jobs through")
         if completed == len(states):
             progress.end()
             break
@@ -169,11 +170,18 @@ def _print_job(name: str, status: dict[str, Any]) -> bool:
     print(f"{name}  (job {status['job_id'][:8]}, {status['state']}: {counts})")
     rows = [("recipient", "channel", "decision", "reason / detail", "variant")]
     for d in status["decisions"]:
-        why = " - ".join(x for x in (d.get("reason"), d.get("detail")) if x)
+        until = f"until {_iso(d['until'])}" if d.get("until") else None
+        why = " - ".join(x for x in (d.get("reason"), d.get("detail"), until, *d.get("flags", ())) if x)
         rows.append((d["user_id"], d["channel"], d["outcome"], why, d.get("variant", "")))
     _table(rows)
     expected = status["recipients"] * len({d["channel"] for d in status["decisions"]} or {1})
-    return status["state"] == "completed" and len(status["decisions"]) == expected
+    return status["state"] in SETTLED and len(status["decisions"]) == expected
+
+
+def _iso(instant: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _print_receiver(receiver: WebhookReceiver) -> None:
@@ -200,7 +208,7 @@ async def _throughput(http: aiohttp.ClientSession, receiver: WebhookReceiver, to
           f"durably stored before each 202)")
     print(f"  decided all in {elapsed:.2f}s: {total / elapsed:,.0f} recipients/s end to end; "
           f"{delivered} delivered and verified ({delivered / elapsed:,.0f}/s), "
-          f"{total - sent} suppressed by policy")
+          f"{total - sent} not sent (no device)")
     return sent == delivered
 
 

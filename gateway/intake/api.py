@@ -92,7 +92,7 @@ async def post_preview(request: web.Request) -> web.Response:
         accepted = accept_job(body, gw.config.limits, set(gw.channels))
     except JobError as exc:
         return json_response(exc.status, exc.body())
-    return json_response(200, preview(accepted, gw.channels, now))
+    return json_response(200, preview(accepted, gw.channels, gw.policy, now))
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -45,7 +45,8 @@ def openapi_spec() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "job_id": {"type": "string"}, "campaign": {"type": "string"},
-            "state": {"enum": ["accepted", "running", "completed"]},
+            "state": {"enum": ["accepted", "running", "waiting", "completed"],
+                      "description": "waiting: every recipient decided, deferred messages scheduled"},
             "recipients": {"type": "integer"}, "recipients_done": {"type": "integer"},
             "warnings": {"type": "array", "items": {"type": "string"}},
             "created_at": {"type": "number"}, "finished_at": {"type": ["number", "null"]},

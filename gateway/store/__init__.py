@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from gateway.config import ConfigError, StoreConfig
-from gateway.store.base import IdempotencyRecord, JobRecord, Store, StoreUnavailable
+from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
 
-__all__ = ["IdempotencyRecord", "JobRecord", "Store", "StoreUnavailable", "make_store"]
+__all__ = ["DeferredItem", "IdempotencyRecord", "JobRecord", "Store", "StoreUnavailable", "make_store"]
 
 
 def make_store(config: StoreConfig) -> Store:

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import msgspec
 
 from gateway.decision import Decision
+from gateway.policy.caps import CapOutcome, CapRequest
 
-JobState = str  # "accepted" | "running" | "completed"
+JobState = str  # "accepted" | "running" | "waiting" (deferred messages left) | "completed"
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -33,6 +34,16 @@ class IdempotencyRecord(msgspec.Struct, kw_only=True):
     status: int
     response: bytes
     expires_at: float
+
+
+class DeferredItem(msgspec.Struct, frozen=True):
+    """A message held back (quiet hours, local-time delivery, a cap), due at `due`."""
+
+    job_id: str
+    recipient: int
+    channel: str
+    due: float
+    reason: str
 
 
 class StoreUnavailable(Exception):
@@ -70,11 +81,41 @@ class Store(abc.ABC):
     async def job_body(self, job_id: str) -> bytes: ...
 
     @abc.abstractmethod
-    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float) -> None:
-        """Store one batch's decisions and advance the job's cursor, atomically."""
+    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
+                           deferred: Sequence[DeferredItem] = ()) -> None:
+        """Store one batch's decisions and deferred messages and advance the job's cursor,
+        atomically."""
 
     @abc.abstractmethod
-    async def finish_job(self, job_id: str, now: float) -> None: ...
+    async def finish_job(self, job_id: str, now: float) -> None:
+        """Every recipient has been through the pipeline: `completed`, or `waiting` while
+        deferred messages remain."""
+
+    # -- frequency caps --------------------------------------------------------------
+    @abc.abstractmethod
+    async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        """Check and take cap slots for a batch of messages, each all-or-nothing, durably
+        and atomically with respect to every other reservation."""
+
+    @abc.abstractmethod
+    async def refund_caps(self, reservations: Sequence[str]) -> None:
+        """Give back slots of messages that were not delivered."""
+
+    @abc.abstractmethod
+    async def prune_caps(self, before: float) -> None:
+        """Forget cap history older than any window reaches."""
+
+    # -- deferred messages -----------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:
+        """Due deferred messages, claimed until `now + lease` so no one else takes them;
+        a claim not settled by then returns (a crashed worker's work is not lost)."""
+
+    @abc.abstractmethod
+    async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
+                              now: float) -> None:
+        """Record released messages' decisions; those deferred again get their new due
+        time, the rest leave the schedule; the job completes when nothing is left."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -14,6 +14,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 import msgspec
 
 from gateway.decision import Decision
-from gateway.store.base import IdempotencyRecord, JobRecord, Store, StoreUnavailable
+from gateway.policy.caps import CapLedger, CapOutcome, CapRequest
+from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -49,8 +51,24 @@ CREATE TABLE IF NOT EXISTS decisions (
     until REAL,
     at REAL NOT NULL,
     invalid_tokens TEXT,
+    flags TEXT,
     UNIQUE (job_id, recipient, channel)
 );
+CREATE TABLE IF NOT EXISTS deferred (
+    job_id TEXT NOT NULL,
+    recipient INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    due REAL NOT NULL,
+    reason TEXT NOT NULL,
+    claimed_until REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, recipient, channel)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deferred_due ON deferred(due);
+-- Frequency-cap history: one row per reservation batch (msgpack of (id, rule, user, at)
+-- entries), and refunds as tombstones; the ledger itself lives in memory.
+CREATE TABLE IF NOT EXISTS cap_batches (at REAL NOT NULL, entries BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS cap_batches_at ON cap_batches(at);
+CREATE TABLE IF NOT EXISTS cap_refunds (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     body_hash TEXT NOT NULL,
@@ -61,9 +79,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 _JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at"
-_DECISION_COLUMNS = "recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens"
+_DECISION_COLUMNS = "recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens, flags"
 _STOP = object()
 _json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack
 _strings = msgspec.json.Decoder(list[str])
 
 
@@ -78,6 +97,7 @@ class SQLiteStore(Store):
         self._read_conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0  # for tests and metrics: how many group commits ran
+        self.caps = CapLedger()
 
     # -- lifecycle -------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -95,6 +115,7 @@ class SQLiteStore(Store):
             write_conn = self._connect()
             write_conn.executescript(SCHEMA)
             self._read_conn = self._connect()
+            self.caps.load(_cap_history(write_conn))
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._writer = threading.Thread(target=self._write_loop, args=(write_conn,), name="store-write", daemon=True)
@@ -195,7 +216,7 @@ class SQLiteStore(Store):
 
     async def resumable_jobs(self) -> list[JobRecord]:
         rows = await self._read(lambda c: c.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state != 'completed' ORDER BY created_at").fetchall())
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at").fetchall())
         return [_job(row) for row in rows]
 
     async def job_body(self, job_id: str) -> bytes:
@@ -204,20 +225,13 @@ class SQLiteStore(Store):
             raise KeyError(job_id)
         return bytes(row[0])
 
-    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float) -> None:
-        rows = [
-            (job_id, d.recipient, d.user_id, d.channel, d.outcome, d.reason, d.detail, d.variant,
-             d.until, d.at or now, _json.encode(d.invalid_tokens).decode() if d.invalid_tokens else None)
-            for d in decisions
-        ]
+    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
+                           deferred: Sequence[DeferredItem] = ()) -> None:
+        rows = _decision_rows(job_id, decisions, now)
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                # Rows go in the job's channel order; rowid keeps that order for reads.
-                f"INSERT OR REPLACE INTO decisions (job_id, {_DECISION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            _write_decisions(conn, rows)
+            _write_deferred(conn, deferred)
             conn.execute(
                 "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
                 (cursor, job_id),
@@ -226,8 +240,60 @@ class SQLiteStore(Store):
         await self._write(write)
 
     async def finish_job(self, job_id: str, now: float) -> None:
-        await self._write(lambda c: c.execute(
-            "UPDATE jobs SET state = 'completed', finished_at = ?, cursor = recipients WHERE id = ?", (now, job_id)))
+        await self._write(lambda c: _close_job(c, job_id, now))
+
+    # -- frequency caps ----------------------------------------------------------------
+    async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        # Checked and taken in memory with no await in between (exact within this
+        # process, which is the embedded store's scope), then made durable before the
+        # caller sends anything, so a restart does not forget what was counted.
+        outcomes, added = self.caps.reserve(requests, now)
+        if added:
+            blob = _msgpack.encode(added)
+            await self._write(lambda c: c.execute("INSERT INTO cap_batches VALUES (?, ?)", (now, blob)))
+        return outcomes
+
+    async def refund_caps(self, reservations: Sequence[str]) -> None:
+        self.caps.refund(reservations)
+        rows = [(r, time.time()) for r in reservations]
+        await self._write(lambda c: c.executemany("INSERT OR IGNORE INTO cap_refunds VALUES (?, ?)", rows))
+
+    async def prune_caps(self, before: float) -> None:
+        self.caps.prune(before)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM cap_batches WHERE at < ?", (before,))
+            conn.execute("DELETE FROM cap_refunds WHERE at < ?", (before,))
+
+        await self._write(write)
+
+    # -- deferred messages -------------------------------------------------------------
+    async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:
+        def write(conn: sqlite3.Connection) -> list[DeferredItem]:
+            rows = conn.execute(
+                "SELECT job_id, recipient, channel, due, reason FROM deferred "
+                "WHERE due <= ? AND claimed_until <= ? ORDER BY due LIMIT ?", (now, now, limit)).fetchall()
+            conn.executemany("UPDATE deferred SET claimed_until = ? WHERE job_id = ? AND recipient = ? AND channel = ?",
+                             [(now + lease, r[0], r[1], r[2]) for r in rows])
+            return [DeferredItem(*r) for r in rows]
+
+        return await self._write(write)
+
+    async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
+                              now: float) -> None:
+        rows = _decision_rows(job_id, decisions, now)
+        again = {(item.recipient, item.channel) for item in deferred}
+        done = [(job_id, d.recipient, d.channel) for d in decisions if (d.recipient, d.channel) not in again]
+
+        def write(conn: sqlite3.Connection) -> None:
+            _write_decisions(conn, rows)
+            conn.executemany("DELETE FROM deferred WHERE job_id = ? AND recipient = ? AND channel = ?", done)
+            _write_deferred(conn, deferred)
+            state = conn.execute("SELECT state, cursor, recipients FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if state is not None and state[0] == "waiting":
+                _close_job(conn, job_id, now)
+
+        await self._write(write)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self._read(lambda c: c.execute(
@@ -245,13 +311,52 @@ class SQLiteStore(Store):
             "ORDER BY recipient, rowid LIMIT ? OFFSET ?", (job_id, limit, offset)).fetchall())
         return [
             Decision(recipient=r[0], user_id=r[1], channel=r[2], outcome=r[3], reason=r[4], detail=r[5],
-                     variant=r[6], until=r[7], at=r[8], invalid_tokens=_strings.decode(r[9]) if r[9] else None)
+                     variant=r[6], until=r[7], at=r[8], invalid_tokens=_strings.decode(r[9]) if r[9] else None,
+                     flags=_strings.decode(r[10]) if r[10] else None)
             for r in rows
         ]
 
     async def purge_expired(self, now: float) -> int:
         return await self._write(lambda c: c.execute(
             "DELETE FROM idempotency WHERE expires_at <= ?", (now,)).rowcount)
+
+
+def _cap_history(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
+    refunded = {row[0] for row in conn.execute("SELECT id FROM cap_refunds")}
+    entries: list[tuple[str, str, str, float]] = []
+    for (blob,) in conn.execute("SELECT entries FROM cap_batches ORDER BY at"):
+        entries += [tuple(e) for e in _msgpack.decode(blob) if e[0] not in refunded]  # type: ignore[misc]
+    return entries
+
+
+def _decision_rows(job_id: str, decisions: Sequence[Decision], now: float) -> list[tuple[Any, ...]]:
+    return [
+        (job_id, d.recipient, d.user_id, d.channel, d.outcome, d.reason, d.detail, d.variant, d.until, d.at or now,
+         _json.encode(d.invalid_tokens).decode() if d.invalid_tokens else None,
+         _json.encode(d.flags).decode() if d.flags else None)
+        for d in decisions
+    ]
+
+
+def _write_decisions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    # Rows go in the job's channel order; rowid keeps that order for reads. A released
+    # deferred message replaces its `deferred` decision (a new rowid: reads order by
+    # recipient first, so the page stays grouped by recipient).
+    conn.executemany(
+        f"INSERT OR REPLACE INTO decisions (job_id, {_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows)
+
+
+def _write_deferred(conn: sqlite3.Connection, items: Sequence[DeferredItem]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO deferred (job_id, recipient, channel, due, reason, claimed_until) "
+        "VALUES (?, ?, ?, ?, ?, 0)", [(i.job_id, i.recipient, i.channel, i.due, i.reason) for i in items])
+
+
+def _close_job(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+    waiting = conn.execute("SELECT 1 FROM deferred WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
+    conn.execute("UPDATE jobs SET state = ?, finished_at = ?, cursor = recipients WHERE id = ?",
+                 ("waiting" if waiting else "completed", None if waiting else now, job_id))
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
