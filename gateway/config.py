@@ -120,6 +120,13 @@ class DeliveryConfig(_Section):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     backoff_base: Duration = "500ms"
     backoff_max: Duration = "30s"
+    # Deliveries in flight at once per provider, across all batches (its stream limits).
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
+    concurrency_per_channel: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
+    # Circuit breaker: this many consecutive transient failures open it for the cooldown
+    # (doubling while probes fail, up to 10 minutes); meanwhile deliveries wait in the store.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 20
+    breaker_cooldown: Duration = "30s"
 
 
 class QuietHoursConfig(_Section):

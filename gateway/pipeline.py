@@ -17,7 +17,8 @@ from gateway import decision as d
 from gateway.channel import Channel, Delivery, InvalidToken, PermanentFailure, Result, Sent
 from gateway.clock import Clock
 from gateway.decision import Decision
-from gateway.dispatch.retry import Retrier
+from gateway.dispatch.breaker import PROVIDER_UNAVAILABLE
+from gateway.dispatch.retry import Postponed, Retrier
 from gateway.intake.model import Device, Job
 from gateway.metrics import Metrics
 from gateway.personalize.render import Personalizer
@@ -138,6 +139,14 @@ class Pipeline:
                     decided: dict[tuple[int, str], Decision], now: float) -> None:
         """Reserve caps for `targets`, deliver what was granted, decide all of them."""
         job = running.job
+        open_now = {name for _, name in targets if not self.retrier.breaker(name).allows(now)}
+        for i, name in [t for t in targets if t[1] in open_now]:
+            step = plans[i].channels[name]
+            until = self.retrier.breaker(name).retry_at()
+            decided[(i, name)] = self._decision(running, i, name, Verdict(
+                "deferred", PROVIDER_UNAVAILABLE, f"{name} is failing: circuit open", until,
+                step.flags if isinstance(step, Ready) else None), plans[i].variant)
+        targets = [t for t in targets if t[1] not in open_now]
         if not targets:
             return
         requests = []
@@ -188,7 +197,7 @@ class Pipeline:
             await self.store.refund_caps(refunds)
 
     def _aggregate(self, running: RunningJob, plans: dict[int, RecipientPlan], channel: str,
-                   deliveries: list[Delivery], results: list[Result],
+                   deliveries: list[Delivery], results: list[Result | Postponed],
                    decided: dict[tuple[int, str], Decision]) -> None:
         """Devices of one recipient on one channel make one decision: sent if any device
         got it; invalid_token if every device is dead; else failed with the first reason."""
@@ -209,10 +218,16 @@ class Pipeline:
                 verdict = Verdict("sent", "", "; ".join(notes) or None, flags=step.flags)
                 for _ in ok:
                     self.metrics.delivery_latency.observe(elapsed, channel)
+            elif all(isinstance(r, Postponed) for _, r in pairs):
+                until = max(r.until for _, r in pairs if isinstance(r, Postponed))
+                verdict = Verdict("deferred", PROVIDER_UNAVAILABLE, f"{channel} is failing: circuit open", until,
+                                  step.flags)
             elif len(dead) == len(pairs):
                 verdict = Verdict("invalid_token", pairs[0][1].reason, flags=step.flags)  # type: ignore[union-attr]
             else:
-                failure = next(r for _, r in pairs if isinstance(r, PermanentFailure))
+                failure = next((r for _, r in pairs if isinstance(r, PermanentFailure)), None)
+                if failure is None:  # some devices dead, the others postponed
+                    failure = PermanentFailure(PROVIDER_UNAVAILABLE, "circuit opened during retries")
                 verdict = Verdict("failed", failure.reason, failure.detail, flags=step.flags)
             decision = self._decision(running, i, channel, verdict, plans[i].variant)
             decision.invalid_tokens = [_token(dv.to) for dv in dead] or None

@@ -7,24 +7,34 @@ delivery id on every attempt (it is the provider idempotency key).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Sequence
 
+import msgspec
 import pluggy
 
-from gateway.channel import Channel, Delivery, PermanentFailure, Result, TransientFailure
+from gateway.channel import Channel, Delivery, PermanentFailure, Result, Sent, TransientFailure
 from gateway.clock import Clock
 from gateway.config import DeliveryConfig, seconds
 from gateway.decision import RETRIES_EXHAUSTED
+from gateway.dispatch.breaker import Breaker
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
+class Postponed(msgspec.Struct, tag="postponed"):
+    """Not attempted (or no longer retried): the provider's circuit is open until `until`."""
+
+    until: float
+
+
 class Retrier:
     def __init__(self, config: DeliveryConfig, pm: pluggy.PluginManager, metrics: Metrics, clock: Clock,
                  rng: random.Random | None = None):
+        self.config = config
         self.max_attempts = config.max_attempts
         self.base = seconds(config.backoff_base)
         self.cap = seconds(config.backoff_max)
@@ -32,18 +42,35 @@ class Retrier:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
+        self._breakers: dict[str, Breaker] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
-    async def send(self, job_id: str, channel: Channel, deliveries: Sequence[Delivery]) -> list[Result]:
-        """One final result per delivery: never a TransientFailure."""
-        final: list[Result | None] = [None] * len(deliveries)
+    def breaker(self, channel: str) -> Breaker:
+        found = self._breakers.get(channel)
+        if found is None:
+            found = self._breakers[channel] = Breaker(channel, self.config.breaker_failures,
+                                                      seconds(self.config.breaker_cooldown))
+        return found
+
+    async def send(self, job_id: str, channel: Channel, deliveries: Sequence[Delivery]) -> list[Result | Postponed]:
+        """One final result per delivery: never a TransientFailure; Postponed when the
+        provider's circuit opened before the delivery could be retried."""
+        final: list[Result | Postponed | None] = [None] * len(deliveries)
         pending = list(range(len(deliveries)))
         attempt = 1
+        breaker = self.breaker(channel.name)
         while pending:
+            if not breaker.allows(self.clock.now()):
+                for i in pending:
+                    final[i] = Postponed(breaker.retry_at())
+                break
             batch = [deliveries[i] for i in pending]
             for delivery in batch:
                 delivery.attempt = attempt
             results = await self._attempt(channel, batch)
             self.pm.hook.delivery_results(job_id=job_id, channel=channel.name, deliveries=batch, results=results)
+            breaker.record(sum(isinstance(r, Sent) for r in results),
+                           sum(isinstance(r, TransientFailure) for r in results), self.clock.now())
             retry: list[int] = []
             waits: list[float] = []
             for i, result in zip(pending, results, strict=True):
@@ -71,7 +98,7 @@ class Retrier:
             await self.clock.sleep(delay)
             pending = retry
             attempt += 1
-        return final  # type: ignore[return-value]
+        return final  # type: ignore[return-value]  # every slot was filled
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))], at least a tenth of it."""
@@ -79,6 +106,17 @@ class Retrier:
         return self.rng.uniform(ceiling / 10, ceiling)
 
     async def _attempt(self, channel: Channel, batch: list[Delivery]) -> list[Result]:
+        """One attempt, at most `concurrency` deliveries in flight for this provider
+        across every batch (chunks of one batch, and other batches, wait their turn)."""
+        limit = self.config.concurrency_per_channel.get(channel.name, self.config.concurrency)
+        lock = self._locks.setdefault(channel.name, asyncio.Lock())
+        results: list[Result] = []
+        async with lock:
+            for lo in range(0, len(batch), limit):
+                results += await self._call(channel, batch[lo:lo + limit])
+        return results
+
+    async def _call(self, channel: Channel, batch: list[Delivery]) -> list[Result]:
         try:
             results = await channel.send_batch(batch)
         except Exception as exc:  # a plugin bug must not take down the batch, nor go unseen

@@ -1,0 +1,103 @@
+"""One failing provider does not slow the others; in-flight limits hold across batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from gateway.channel import Channel, Delivery, Result, Sent, TransientFailure, map_bounded
+from gateway.clock import FakeClock
+from gateway.hookspecs import hookimpl
+from tests.conftest import make_config
+
+
+class Slow(Channel):
+    """A provider that hangs, then times out, until it is told it has recovered."""
+
+    name = "slow"
+    content_kind = "push"
+    subscription_group = "push"
+    requires_config = False
+    healthy: ClassVar[bool] = False
+    attempts: ClassVar[int] = 0
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        Slow.attempts += len(deliveries)
+        if Slow.healthy:
+            return [Sent() for _ in deliveries]
+        await asyncio.sleep(0.3)  # a real timeout's worth of waiting
+        return [TransientFailure("timeout") for _ in deliveries]
+
+
+class Fast(Channel):
+    name = "fast"
+    content_kind = "push"
+    subscription_group = "push"
+    requires_config = False
+    sent: ClassVar[list[str]] = []
+    in_flight: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        async def one(delivery: Delivery) -> Result:
+            Fast.in_flight += 1
+            Fast.peak = max(Fast.peak, Fast.in_flight)
+            await asyncio.sleep(0.001)
+            Fast.in_flight -= 1
+            Fast.sent.append(delivery.user_id)
+            return Sent()
+
+        return await map_bounded(deliveries, one, 100)
+
+
+class Plugin:
+    @hookimpl
+    def register_channels(self):
+        return [Slow, Fast]
+
+
+def job(n: int, channels: list[str]) -> dict:
+    return {"campaign": "c", "channels": channels, "category": "transactional",
+            "variants": [{"name": "d", "content": {"push": {"title": "Hi"}}}],
+            "recipients": [{"user_id": f"u{i}", "devices": [{"channel": c, "token": f"t{i}"} for c in channels]}
+                           for i in range(n)]}
+
+
+async def test_a_timing_out_provider_does_not_slow_another(start, tmp_path) -> None:
+    Slow.healthy, Slow.attempts, Fast.sent = False, 0, []
+    clock = FakeClock(1_800_000_000)
+    config = make_config(tmp_path, pipeline={"batch_size": 5, "workers": 1},
+                         delivery={"breaker_failures": 3, "breaker_cooldown": "60s", "max_attempts": 3})
+    running = await start(config, clock=clock, extra_plugins=(Plugin(),))
+    started = time.perf_counter()
+    _, body, _ = await running.post(job(40, ["slow", "fast"]))
+    status = await running.wait(body["job_id"], states=("waiting",))
+    elapsed = time.perf_counter() - started
+    # Without the breaker: 8 batches x 3 attempts x 0.3 s of the slow provider = 7.2 s.
+    assert elapsed < 1.5, elapsed
+    assert sorted(Fast.sent) == sorted(f"u{i}" for i in range(40))  # all at full speed
+    assert Slow.attempts == 5  # one attempt of the first batch opened the circuit
+    slow = [d for d in status["decisions"] if d["channel"] == "slow"]
+    assert {(d["outcome"], d["reason"]) for d in slow} == {("deferred", "provider_unavailable")}
+    assert {d["until"] for d in slow} == {1_800_000_060}
+    # Its backlog waited in the store; once the provider is back, it goes out.
+    Slow.healthy = True
+    clock.advance(61)
+    while await running.gateway.scheduler.run_due():
+        pass
+    done = await running.wait(body["job_id"])
+    assert [d["outcome"] for d in done["decisions"] if d["channel"] == "slow"] == ["sent"] * 40
+
+
+async def test_in_flight_limit_holds_across_concurrent_batches(start, tmp_path) -> None:
+    Fast.sent, Fast.peak = [], 0
+    config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
+                         delivery={"concurrency_per_channel": {"fast": 7}})
+    running = await start(config, extra_plugins=(Plugin(),))
+    replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(4)))
+    for _, body, _ in replies:
+        await running.wait(body["job_id"])
+    assert len(Fast.sent) == 200
+    assert Fast.peak <= 7
