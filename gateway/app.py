@@ -50,6 +50,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        self.policy.opt_outs = await self.store.opt_outs()
         for name, (cls, channel_config) in self.channel_specs.items():
             self.channels[name] = await cls.create(channel_config)
         retrier = Retrier(self.config.delivery, self.pm, self.metrics, self.clock)

@@ -112,6 +112,11 @@ class Channel:
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         raise NotImplementedError
 
+    def read_unsubscribe_token(self, token: str) -> tuple[str, str] | None:
+        """Channels that put one-click unsubscribe links in their messages verify their
+        tokens here: (address, campaign), or None for a token they did not sign."""
+        return None
+
     async def aclose(self) -> None:
         """Release connections; called once at shutdown."""
 

@@ -1,6 +1,7 @@
-"""`gateway demo`: the gateway, a local receiver and the example jobs, end to end.
+"""`gateway demo`: the gateway, local receivers and the example jobs, end to end.
 
-Starts a Standard Webhooks receiver (`gateway.testing`), serves the gateway on a free port
+Starts a Standard Webhooks receiver and an SMTP server (`gateway.testing`), serves the
+gateway on a free port
 with `config/demo.toml` and a fresh embedded store, posts the example jobs over HTTP
 exactly as upstream would, waits for them, and prints every decision and what the
 receiver got. A synthetic job then measures throughput on the same path.
@@ -22,8 +23,10 @@ import aiohttp
 from gateway.config import load_config
 from gateway.server import start_server
 from gateway.testing import WebhookReceiver, new_secret
+from gateway.testing.smtp import SmtpFake
 
 RECEIVER_HOST = "http://demo-receiver"
+SMTP_HOST = "demo-smtp"
 SETTLED = ("completed", "waiting")  # waiting: deferred messages (quiet hours...) are scheduled
 
 
@@ -75,23 +78,32 @@ class Progress:
 
 async def demo(config_path: str, synthetic: int) -> int:
     os.environ.setdefault("GATEWAY_DEMO_SPEAKER_SECRET", new_secret())
+    os.environ.setdefault("GATEWAY_DEMO_UNSUBSCRIBE_SECRET", secrets.token_urlsafe(24))
     api_key = os.environ.setdefault("GATEWAY_DEMO_API_KEY", secrets.token_urlsafe(24))
     config = load_config(config_path)
     receiver = WebhookReceiver(os.environ["GATEWAY_DEMO_SPEAKER_SECRET"])
     await receiver.start()
+    smtp = SmtpFake()
+    await smtp.start()
     for target in config.channels.get("speaker", {}).get("targets", {}).values():
         target["url"] = target["url"].replace(RECEIVER_HOST, receiver.url)
+    email = config.channels.get("email")
+    if email is not None and email.get("host") == SMTP_HOST:
+        email.update(host=smtp.host, port=smtp.port)
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         config.store.url = f"sqlite:{tmp}/demo.db"
         server = await start_server(config)
+        if email is not None and "unsubscribe" in email:
+            server.gateway.channels["email"].config.unsubscribe.url = server.url  # type: ignore[attr-defined]
         try:
-            return await _run(server.url, api_key, receiver, synthetic)
+            return await _run(server.url, api_key, receiver, smtp, synthetic)
         finally:
             await server.stop()
             await receiver.stop()
+            await smtp.stop()
 
 
-async def _run(base: str, api_key: str, receiver: WebhookReceiver, synthetic: int) -> int:
+async def _run(base: str, api_key: str, receiver: WebhookReceiver, smtp: SmtpFake, synthetic: int) -> int:
     headers = {"Authorization": f"Bearer {api_key}"}
     print(f"gateway on {base}; webhook receiver on {receiver.url}\n")
     ok = True
@@ -107,6 +119,7 @@ async def _run(base: str, api_key: str, receiver: WebhookReceiver, synthetic: in
         for (name, _), status in zip(posted, statuses, strict=True):
             ok &= _print_job(name, status)
         _print_receiver(receiver)
+        _print_smtp(smtp)
         if synthetic:
             ok &= await _throughput(http, receiver, synthetic)
     if receiver.rejected:
@@ -190,6 +203,17 @@ def _print_receiver(receiver: WebhookReceiver) -> None:
     for item in list(receiver.received.values())[:10]:
         p = item.payload
         rows.append((item.path, p["device_id"], p["user_id"], p["speech"]))
+    _table(rows)
+
+
+def _print_smtp(smtp: SmtpFake) -> None:
+    print(f"SMTP server got {len(smtp.received)} message(s):")
+    rows = [("to", "subject", "parts", "one-click unsubscribe")]
+    for mail in smtp.received[:10]:
+        msg = mail.message
+        parts = "text+html" if msg.is_multipart() else "text"
+        rows.append((", ".join(mail.rcpt_tos), str(msg["Subject"]), parts,
+                     "yes" if msg["List-Unsubscribe-Post"] else "no (transactional)"))
     _table(rows)
 
 

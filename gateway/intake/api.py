@@ -23,6 +23,7 @@ INTAKE_KEY = web.AppKey("intake", Intake)
 KEYS_KEY = web.AppKey("api_keys", list)
 SCOPE_KEY = web.RequestKey("key_scope", str)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+PUBLIC_PREFIXES = ("/v1/unsubscribe/",)  # recipients follow these links: no API key
 MAX_PAGE = 1000
 
 
@@ -39,7 +40,8 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
     keys: list[Secret] = request.app[KEYS_KEY]
-    if request.path in PUBLIC_PATHS or not keys:  # no keys: allowed on loopback only (server.keys_for)
+    # No keys: allowed on loopback only (server.keys_for).
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES) or not keys:
         request[SCOPE_KEY] = "local"
         return await handler(request)
     header = request.headers.get("Authorization", "")
@@ -93,6 +95,46 @@ async def post_preview(request: web.Request) -> web.Response:
     except JobError as exc:
         return json_response(exc.status, exc.body())
     return json_response(200, preview(accepted, gw.channels, gw.policy, now))
+
+
+def _unsubscriber(gw: Gateway, token: str) -> tuple[str, str] | None:
+    for channel in gw.channels.values():
+        found = channel.read_unsubscribe_token(token)
+        if found is not None:
+            return found
+    return None
+
+
+async def post_unsubscribe(request: web.Request) -> web.Response:
+    """RFC 8058 one-click: the mailbox provider POSTs List-Unsubscribe=One-Click."""
+    gw = request.app[GATEWAY_KEY]
+    found = _unsubscriber(gw, request.match_info["token"])
+    if found is None:
+        return error(404, "not_found", "unknown unsubscribe link")
+    address, campaign = found
+    await gw.store.record_opt_out(address, campaign, gw.clock.now())
+    gw.policy.opt_outs.add(address.lower())
+    log.info("one-click unsubscribe recorded (campaign %s)", campaign)
+    return web.Response(text="You are unsubscribed.", content_type="text/plain")
+
+
+async def get_unsubscribe(request: web.Request) -> web.Response:
+    """A page with a button, never an unsubscribe on GET: link scanners follow links."""
+    if _unsubscriber(request.app[GATEWAY_KEY], request.match_info["token"]) is None:
+        return error(404, "not_found", "unknown unsubscribe link")
+    page = ('<!doctype html><title>Unsubscribe</title><form method="post">'
+            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>')
+    return web.Response(text=page, content_type="text/html")
+
+
+async def delete_opt_out(request: web.Request) -> web.Response:
+    """Upstream has a new subscription state for the address: stop suppressing it."""
+    gw = request.app[GATEWAY_KEY]
+    address = request.match_info["address"]
+    existed = await gw.store.clear_opt_out(address)
+    gw.policy.opt_outs.discard(address.lower())
+    return web.Response(status=204 if existed else 404)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -160,6 +202,9 @@ def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
     app.router.add_post("/v1/jobs", post_job)
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_post("/v1/preview", post_preview)
+    app.router.add_post("/v1/unsubscribe/{token}", post_unsubscribe)
+    app.router.add_get("/v1/unsubscribe/{token}", get_unsubscribe)
+    app.router.add_delete("/v1/opt-outs/{address}", delete_opt_out)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

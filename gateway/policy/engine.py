@@ -27,6 +27,7 @@ SUBSCRIBED = frozenset({"opted_in", "subscribed"})
 QUIET_HOURS = "quiet_hours"
 DELIVER_AT_LOCAL = "deliver_at_local"
 FREQUENCY_CAP = "frequency_cap"
+OPTED_OUT = "opted_out"
 
 
 @dataclass(slots=True)
@@ -45,6 +46,9 @@ class Screening:
 class Policy:
     def __init__(self, quiet: QuietHoursConfig, caps: Sequence[CapRule]):
         self.quiet = quiet
+        # Addresses that used one-click unsubscribe (lower case); the gateway keeps it
+        # in step with the store.
+        self.opt_outs: set[str] = set()
         fallback = zone(quiet.fallback_timezone)
         assert fallback is not None, "checked by load_policy"
         self.fallback = fallback
@@ -69,6 +73,10 @@ class Policy:
             if state not in SUBSCRIBED:
                 reason = d.UNSUBSCRIBED if state == "unsubscribed" else d.NOT_SUBSCRIBED
                 return Screening(outcome="suppressed", reason=reason, flags=flags)
+            if self.opt_outs and channel.subscription_group == "email" and recipient.email \
+                    and recipient.email.lower() in self.opt_outs:
+                return Screening(outcome="suppressed", reason=OPTED_OUT, flags=flags,
+                                 detail="one-click unsubscribe; upstream clears it with DELETE /v1/opt-outs/{address}")
         destinations = channel.destinations(recipient)
         if not destinations:
             return Screening(outcome="suppressed", reason=d.NO_DEVICE, flags=flags)

@@ -105,6 +105,18 @@ class Store(abc.ABC):
     async def prune_caps(self, before: float) -> None:
         """Forget cap history older than any window reaches."""
 
+    # -- email opt-outs (RFC 8058 one-click unsubscribe) -------------------------------
+    @abc.abstractmethod
+    async def record_opt_out(self, address: str, campaign: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_opt_out(self, address: str) -> bool:
+        """Upstream has a new subscription state for this address; True if one existed."""
+
+    @abc.abstractmethod
+    async def opt_outs(self) -> set[str]:
+        """Every opted-out address (lower case), loaded at start-up."""
+
     # -- deferred messages -----------------------------------------------------------
     @abc.abstractmethod
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:

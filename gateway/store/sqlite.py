@@ -69,6 +69,7 @@ CREATE INDEX IF NOT EXISTS deferred_due ON deferred(due);
 CREATE TABLE IF NOT EXISTS cap_batches (at REAL NOT NULL, entries BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS cap_batches_at ON cap_batches(at);
 CREATE TABLE IF NOT EXISTS cap_refunds (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS opt_outs (address TEXT PRIMARY KEY, campaign TEXT, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     body_hash TEXT NOT NULL,
@@ -266,6 +267,18 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM cap_refunds WHERE at < ?", (before,))
 
         await self._write(write)
+
+    # -- email opt-outs ---------------------------------------------------------------
+    async def record_opt_out(self, address: str, campaign: str, now: float) -> None:
+        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?)",
+                                              (address.lower(), campaign, now)))
+
+    async def clear_opt_out(self, address: str) -> bool:
+        return bool(await self._write(lambda c: c.execute(
+            "DELETE FROM opt_outs WHERE address = ?", (address.lower(),)).rowcount))
+
+    async def opt_outs(self) -> set[str]:
+        return {r[0] for r in await self._read(lambda c: c.execute("SELECT address FROM opt_outs").fetchall())}
 
     # -- deferred messages -------------------------------------------------------------
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:

@@ -1,0 +1,99 @@
+"""A local SMTP server (aiosmtpd) that records what it accepts, for tests and the demo.
+
+It speaks real SMTP on a TCP port: optionally STARTTLS (pass a server `ssl.SSLContext`,
+e.g. from trustme) and AUTH (username/password). Faults are scripted per recipient:
+`fault(address, attempt)` returns an SMTP reply such as "451 4.3.0 try later" or
+"550 5.1.1 no such user", or None to accept. Accepted messages are parsed into
+`email.message.EmailMessage` objects so tests can assert on headers and parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+SmtpFault = Callable[[str, int], "str | None"]
+# aiosmtpd logs every SMTP command at INFO: keep that out of demo and test output.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    tls: bool
+
+
+@dataclass
+class SmtpFake:
+    tls_context: ssl.SSLContext | None = None  # offers STARTTLS when set
+    require_starttls: bool = False
+    username: str | None = None  # AUTH required when set
+    password: str | None = None
+    fault: SmtpFault | None = None
+    received: list[ReceivedMail] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0
+    _server: asyncio.AbstractServer | None = None
+
+    # -- aiosmtpd handler hooks ------------------------------------------------------
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        attempt = self.attempts[address] = self.attempts.get(address, 0) + 1
+        reply = self.fault(address, attempt) if self.fault else None
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.received.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), message,  # type: ignore[arg-type]
+                                          tls=session.ssl is not None))
+        return "250 2.0.0 queued"
+
+    def _authenticate(self, server: SMTP, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = (isinstance(data, LoginPassword) and data.login.decode() == self.username
+              and data.password.decode() == self.password)
+        return AuthResult(success=ok)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        auth = self.username is not None
+
+        def factory() -> SMTP:
+            return SMTP(self, hostname="smtp.test", tls_context=self.tls_context,
+                        require_starttls=self.require_starttls, authenticator=self._authenticate if auth else None,
+                        auth_required=auth, auth_require_tls=self.tls_context is not None)
+
+        self._server = await loop.create_server(factory, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> SmtpFake:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [r.message for r in self.received if address in r.rcpt_tos]

@@ -1,0 +1,252 @@
+"""Email over SMTP (aiosmtplib), from a pool of connected clients.
+
+One aiosmtplib client serialises its sends and does not pipeline, so throughput comes
+from a pool of connections. A dropped connection is re-opened and the send tried once
+more before it counts as a failure. Replies map to results by their class: 4xx is
+transient, 5xx permanent, and a 5xx that says the mailbox does not exist (550, 551, 553)
+is a dead address (`invalid_token`), reported so upstream can stop mailing it.
+
+Marketing mail carries RFC 8058 one-click unsubscribe headers (Gmail and Yahoo require
+them for bulk senders): a per-recipient token signed with the configured secret, served by
+the gateway's `POST /v1/unsubscribe/{token}`. Transactional mail is exempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ssl
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from typing import Literal
+
+import aiosmtplib
+import msgspec
+
+from gateway.channel import (
+    Channel,
+    Delivery,
+    InvalidToken,
+    PermanentFailure,
+    Result,
+    Sent,
+    TransientFailure,
+    map_bounded,
+)
+from gateway.config import ConfigError, Duration, Secret, SecretRef, seconds
+from gateway.hookspecs import hookimpl
+from gateway.intake.model import Device, EmailContent, Recipient
+
+DEAD_MAILBOX_CODES = frozenset({550, 551, 553})
+
+
+class UnsubscribeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # The gateway's public base URL: links are <url>/v1/unsubscribe/<token>.
+    url: str
+    secret: SecretRef  # signs the tokens
+    mailto: str | None = None  # optional second method, e.g. unsubscribe@example.com
+
+
+class MailConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str
+    port: int = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: str | None = None  # trust this CA instead of the system's (private relays, tests)
+    username: str | None = None
+    password: SecretRef | None = None
+    from_address: str
+    from_name: str | None = None
+    reply_to: str | None = None
+    pool_size: int = 8  # connections, each sending one message at a time
+    timeout: Duration = "30s"
+    unsubscribe: UnsubscribeConfig | None = None
+
+
+def sign_token(key: bytes, address: str, campaign: str) -> str:
+    payload = base64.urlsafe_b64encode(msgspec.json.encode([address, campaign])).rstrip(b"=")
+    mac = base64.urlsafe_b64encode(hmac.new(key, payload, hashlib.sha256).digest()[:18])
+    return (payload + b"." + mac).decode()
+
+
+def read_token(key: bytes, token: str) -> tuple[str, str] | None:
+    """(address, campaign) for an authentic token, else None."""
+    payload, _, mac = token.encode().partition(b".")
+    expected = base64.urlsafe_b64encode(hmac.new(key, payload, hashlib.sha256).digest()[:18])
+    if not mac or not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        address, campaign = msgspec.json.decode(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return str(address), str(campaign)
+
+
+def classify_reply(code: int, message: str) -> Result:
+    if 400 <= code < 500:
+        return TransientFailure(f"smtp_{code}")
+    if code in DEAD_MAILBOX_CODES:
+        return InvalidToken(f"smtp_{code}")
+    return PermanentFailure(f"smtp_{code}", message[:200] or None)
+
+
+class _Pool:
+    def __init__(self, config: MailConfig, password: Secret | None, tls: ssl.SSLContext | None):
+        self.config = config
+        self.password = password
+        self.tls = tls
+        self.idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self.created = 0
+
+    async def acquire(self) -> aiosmtplib.SMTP:
+        if self.idle.empty() and self.created < self.config.pool_size:
+            self.created += 1
+            try:
+                return await self._connect()
+            except BaseException:
+                self.created -= 1
+                raise
+        return await self.idle.get()
+
+    def release(self, client: aiosmtplib.SMTP) -> None:
+        self.idle.put_nowait(client)
+
+    async def reconnect(self, client: aiosmtplib.SMTP) -> aiosmtplib.SMTP:
+        client.close()
+        return await self._connect()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self.config
+        client = aiosmtplib.SMTP(hostname=c.host, port=c.port, timeout=seconds(c.timeout),
+                                 use_tls=c.security == "tls", start_tls=c.security == "starttls",
+                                 tls_context=self.tls, username=c.username,
+                                 password=self.password.reveal() if self.password else None)
+        await client.connect()
+        return client
+
+    async def close(self) -> None:
+        while not self.idle.empty():
+            client = self.idle.get_nowait()
+            try:
+                await client.quit()
+            except aiosmtplib.SMTPException:
+                client.close()
+
+
+class MailChannel(Channel):
+    name = "email"
+    content_kind = "email"
+    subscription_group = "email"
+    Config = MailConfig
+
+    def __init__(self, config: MailConfig, pool: _Pool, unsubscribe_key: bytes | None):
+        super().__init__(config)
+        self.pool = pool
+        self.unsubscribe_key = unsubscribe_key
+        self.domain = config.from_address.rpartition("@")[2] or "gateway.invalid"
+
+    @classmethod
+    def check_config(cls, config: MailConfig, path: str) -> list[str]:
+        problems = []
+        if "@" not in config.from_address:
+            problems.append(f"{path}.from_address: expected an email address")
+        if config.password is not None:
+            try:
+                config.password.resolve(f"{path}.password")
+            except ConfigError as exc:
+                problems += exc.problems
+        if config.unsubscribe is not None:
+            try:
+                config.unsubscribe.secret.resolve(f"{path}.unsubscribe.secret")
+            except ConfigError as exc:
+                problems += exc.problems
+            if not config.unsubscribe.url.startswith(("https://", "http://")):
+                problems.append(f"{path}.unsubscribe.url: expected the gateway's public http(s) URL")
+        if config.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=config.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                problems.append(f"{path}.ca_file: {exc}")
+        return problems
+
+    @classmethod
+    async def create(cls, config: MailConfig) -> MailChannel:
+        tls = ssl.create_default_context(cafile=config.ca_file) if config.security != "none" else None
+        password = config.password.resolve("channels.email.password") if config.password else None
+        key = None
+        if config.unsubscribe is not None:
+            key = config.unsubscribe.secret.resolve("channels.email.unsubscribe.secret").reveal().encode()
+        return cls(config, _Pool(config, password, tls), key)
+
+    def destinations(self, recipient: Recipient) -> list[Device | str]:
+        return [recipient.email] if recipient.email else []
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return await map_bounded(deliveries, self._send, self.config.pool_size)
+
+    def message(self, delivery: Delivery) -> EmailMessage:
+        content: EmailContent = delivery.content
+        to = delivery.to
+        assert isinstance(to, str)
+        msg = EmailMessage()
+        msg["From"] = formataddr((self.config.from_name, self.config.from_address)) if self.config.from_name \
+            else self.config.from_address
+        msg["To"] = to
+        msg["Subject"] = content.subject
+        msg["Date"] = formatdate(localtime=False, usegmt=True)
+        # Stable across retries: a relay that saw the first attempt can drop the copy.
+        msg["Message-ID"] = f"<{delivery.id}@{self.domain}>"
+        if self.config.reply_to:
+            msg["Reply-To"] = self.config.reply_to
+        if delivery.category == "marketing" and self.unsubscribe_key is not None:
+            unsubscribe = self.config.unsubscribe
+            assert unsubscribe is not None
+            token = sign_token(self.unsubscribe_key, to, delivery.campaign)
+            links = [f"<{unsubscribe.url.rstrip('/')}/v1/unsubscribe/{token}>"]
+            if unsubscribe.mailto:
+                links.append(f"<mailto:{unsubscribe.mailto}?subject=unsubscribe>")
+            msg["List-Unsubscribe"] = ", ".join(links)
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        msg.set_content(content.text or "")
+        if content.html:
+            msg.add_alternative(content.html, subtype="html")
+        return msg
+
+    async def _send(self, delivery: Delivery) -> Result:
+        msg = self.message(delivery)
+        try:
+            client = await self.pool.acquire()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return TransientFailure(f"connect_failed: {type(exc).__name__}")
+        try:
+            for attempt in (1, 2):
+                try:
+                    await client.send_message(msg)
+                    return Sent(msg["Message-ID"])
+                except aiosmtplib.SMTPServerDisconnected:
+                    if attempt == 2:
+                        return TransientFailure("disconnected")
+                    client = await self.pool.reconnect(client)
+            raise AssertionError("unreachable")
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            return classify_reply(refused.code, refused.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            return classify_reply(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return TransientFailure(f"smtp_error: {type(exc).__name__}")
+        finally:
+            self.pool.release(client)
+
+    def read_unsubscribe_token(self, token: str) -> tuple[str, str] | None:
+        return read_token(self.unsubscribe_key, token) if self.unsubscribe_key else None
+
+    async def aclose(self) -> None:
+        await self.pool.close()
+
+
+@hookimpl(trylast=True)
+def register_channels() -> list[type[Channel]]:
+    return [MailChannel]
