@@ -29,6 +29,11 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 def test_shipped_configs_are_valid(monkeypatch) -> None:
     monkeypatch.setenv("GATEWAY_DEMO_SPEAKER_SECRET", "whsec_c2VjcmV0")
     monkeypatch.setenv("GATEWAY_DEMO_UNSUBSCRIBE_SECRET", "s3cret")
+    import json
+
+    from gateway.testing import FcmFake
+
+    monkeypatch.setenv("GATEWAY_DEMO_FCM_SERVICE_ACCOUNT", json.dumps(FcmFake().service_account()))
     for name in ("gateway.toml", "demo.toml"):
         assert main(["check-config", str(REPO / "config" / name)]) == 0
 

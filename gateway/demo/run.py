@@ -1,6 +1,7 @@
 """`gateway demo`: the gateway, local receivers and the example jobs, end to end.
 
-Starts a Standard Webhooks receiver and an SMTP server (`gateway.testing`), serves the
+Starts a Standard Webhooks receiver, an SMTP server and an FCM service (`gateway.testing`),
+serves the
 gateway on a free port
 with `config/demo.toml` and a fresh embedded store, posts the example jobs over HTTP
 exactly as upstream would, waits for them, and prints every decision and what the
@@ -23,10 +24,12 @@ import aiohttp
 from gateway.config import load_config
 from gateway.server import start_server
 from gateway.testing import WebhookReceiver, new_secret
+from gateway.testing.fcm import FcmFake
 from gateway.testing.smtp import SmtpFake
 
 RECEIVER_HOST = "http://demo-receiver"
 SMTP_HOST = "demo-smtp"
+FCM_HOST = "http://demo-fcm"
 SETTLED = ("completed", "waiting")  # waiting: deferred messages (quiet hours...) are scheduled
 
 
@@ -85,25 +88,33 @@ async def demo(config_path: str, synthetic: int) -> int:
     await receiver.start()
     smtp = SmtpFake()
     await smtp.start()
+    fcm = FcmFake()
+    await fcm.start()
+    os.environ["GATEWAY_DEMO_FCM_SERVICE_ACCOUNT"] = json.dumps(fcm.service_account())
     for target in config.channels.get("speaker", {}).get("targets", {}).values():
         target["url"] = target["url"].replace(RECEIVER_HOST, receiver.url)
     email = config.channels.get("email")
     if email is not None and email.get("host") == SMTP_HOST:
         email.update(host=smtp.host, port=smtp.port)
+    fcm_table = config.channels.get("fcm")
+    if fcm_table is not None and fcm_table.get("endpoint") == FCM_HOST:
+        fcm_table["endpoint"] = fcm.url
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         config.store.url = f"sqlite:{tmp}/demo.db"
         server = await start_server(config)
         if email is not None and "unsubscribe" in email:
             server.gateway.channels["email"].config.unsubscribe.url = server.url  # type: ignore[attr-defined]
         try:
-            return await _run(server.url, api_key, receiver, smtp, synthetic)
+            return await _run(server.url, api_key, receiver, smtp, fcm, synthetic)
         finally:
             await server.stop()
             await receiver.stop()
             await smtp.stop()
+            await fcm.stop()
 
 
-async def _run(base: str, api_key: str, receiver: WebhookReceiver, smtp: SmtpFake, synthetic: int) -> int:
+async def _run(base: str, api_key: str, receiver: WebhookReceiver, smtp: SmtpFake, fcm: FcmFake,
+               synthetic: int) -> int:
     headers = {"Authorization": f"Bearer {api_key}"}
     print(f"gateway on {base}; webhook receiver on {receiver.url}\n")
     ok = True
@@ -120,6 +131,7 @@ async def _run(base: str, api_key: str, receiver: WebhookReceiver, smtp: SmtpFak
             ok &= _print_job(name, status)
         _print_receiver(receiver)
         _print_smtp(smtp)
+        _print_fcm(fcm)
         if synthetic:
             ok &= await _throughput(http, receiver, synthetic)
     if receiver.rejected:
@@ -203,6 +215,17 @@ def _print_receiver(receiver: WebhookReceiver) -> None:
     for item in list(receiver.received.values())[:10]:
         p = item.payload
         rows.append((item.path, p["device_id"], p["user_id"], p["speech"]))
+    _table(rows)
+
+
+def _print_fcm(fcm: FcmFake) -> None:
+    print(f"FCM got {len(fcm.received)} message(s) ({len(fcm.issued)} OAuth token(s) issued, "
+          f"{len(fcm.rejected_assertions)} assertion(s) rejected):")
+    rows = [("token", "title", "body", "data")]
+    for message in fcm.received[:10]:
+        note = message.get("notification", {})
+        rows.append((message["token"][:16] + "…", note.get("title", ""), note.get("body", "")[:50],
+                     ", ".join(f"{k}={v}" for k, v in message.get("data", {}).items())))
     _table(rows)
 
 

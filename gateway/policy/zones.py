@@ -12,6 +12,7 @@ Offsets are cached per zone and UTC minute, so the hot path computes each at mos
 from __future__ import annotations
 
 import functools
+import math
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,14 +52,21 @@ def wall(tz: ZoneInfo, instant: float) -> datetime:
     return datetime.fromtimestamp(instant + offset(tz, instant), UTC).replace(tzinfo=None)
 
 
+def _whole_seconds(t: float) -> int:
+    """Floor to the second after rounding to microseconds as datetime.fromtimestamp does,
+    so the arithmetic below and `wall()` never disagree about an instant."""
+    whole = math.floor(t)
+    return whole + 1 if round((t - whole) * 1e6) >= 1_000_000 else whole
+
+
 def minutes_of_day(tz: ZoneInfo, instant: float) -> int:
     """Local minute of the day, by arithmetic on the cached offset (no datetime)."""
-    return int((instant + offset(tz, instant)) // 60) % 1440
+    return (_whole_seconds(instant) + offset(tz, instant)) // 60 % 1440
 
 
 def local_day(tz: ZoneInfo, instant: float) -> int:
     """Local calendar day as a day number since 1970-01-01 (no datetime)."""
-    return int((instant + offset(tz, instant)) // 86400)
+    return (_whole_seconds(instant) + offset(tz, instant)) // 86400
 
 
 def instants_of(tz: ZoneInfo, local: datetime) -> list[float]:

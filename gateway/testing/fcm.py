@@ -1,0 +1,132 @@
+"""A local FCM HTTP v1 service: an OAuth2 token endpoint and the send endpoint.
+
+The token endpoint verifies the service account's RS256 JWT assertion (signature with the
+account's public key, issuer, audience = token_uri, scope, key id) before it issues an
+access token; the send endpoint requires one of those tokens, checks the message (a
+token, string data values, 4096 bytes), and answers with FCM's error bodies for scripted
+faults: `fault(token, attempt) -> FcmFault | None`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+
+
+@dataclass
+class FcmFault:
+    status: int
+    error_code: str | None = None  # details[].errorCode, e.g. "UNREGISTERED"
+    message: str = "scripted fault"
+    retry_after: str | None = None
+
+
+@dataclass
+class FcmFake:
+    project_id: str = "demo-project"
+    fault: Callable[[str, int], FcmFault | None] | None = None
+    received: list[dict[str, Any]] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    issued: list[str] = field(default_factory=list)
+    revoked: set[str] = field(default_factory=set)
+    rejected_assertions: list[str] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def __post_init__(self) -> None:
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_id = secrets.token_hex(8)
+        self.client_email = f"gateway@{self.project_id}.iam.gserviceaccount.com"
+
+    def service_account(self) -> dict[str, str]:
+        """The JSON a Firebase console would give, pointing at this fake's token endpoint."""
+        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()).decode()
+        return {"type": "service_account", "project_id": self.project_id, "private_key_id": self.key_id,
+                "private_key": pem, "client_email": self.client_email, "token_uri": f"{self.url}/token"}
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        assertion = str(form.get("assertion", ""))
+        try:
+            if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+                raise jwt.InvalidTokenError("grant_type")
+            if jwt.get_unverified_header(assertion).get("kid") != self.key_id:
+                raise jwt.InvalidTokenError("kid")
+            claims = jwt.decode(assertion, self._key.public_key(), algorithms=["RS256"],
+                                audience=f"{self.url}/token", issuer=self.client_email)
+            if claims.get("scope") != SCOPE:
+                raise jwt.InvalidTokenError("scope")
+        except jwt.InvalidTokenError as exc:
+            self.rejected_assertions.append(str(exc))
+            return web.json_response({"error": "invalid_grant", "error_description": str(exc)}, status=400)
+        token = "ya29." + secrets.token_urlsafe(24)
+        self.issued.append(token)
+        return web.json_response({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+
+    async def _send(self, request: web.Request) -> web.Response:
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if bearer not in self.issued or bearer in self.revoked:
+            return _error(401, None, "Request had invalid authentication credentials.")
+        if request.match_info["project"] != self.project_id:
+            return _error(403, "SENDER_ID_MISMATCH", "wrong project")
+        raw = await request.read()
+        message = json.loads(raw).get("message", {})
+        token = message.get("token")
+        if not token:
+            return _error(400, "INVALID_ARGUMENT", "message.token is required")
+        if any(not isinstance(v, str) for v in message.get("data", {}).values()):
+            return _error(400, "INVALID_ARGUMENT", "data values must be strings")
+        if len(raw) > 4096 + 64:
+            return _error(400, "INVALID_ARGUMENT", "Message is too big")
+        attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
+        fault = self.fault(token, attempt) if self.fault else None
+        if fault is not None:
+            return _error(fault.status, fault.error_code, fault.message, fault.retry_after)
+        self.received.append(message)
+        return web.json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/token", self._token)
+        app.router.add_post("/v1/projects/{project}/messages:send", self._send)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.url = f"http://{host}:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FcmFake:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def to(self, token: str) -> list[dict[str, Any]]:
+        return [m for m in self.received if m.get("token") == token]
+
+
+def _error(status: int, code: str | None, message: str, retry_after: str | None = None) -> web.Response:
+    details = [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}] if code else []
+    body = {"error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN"),
+                      "details": details}}
+    return web.json_response(body, status=status, headers={"Retry-After": retry_after} if retry_after else None)
