@@ -4,5 +4,18 @@ and plugin authors. Each can inject faults (statuses, Retry-After, latency, drop
 from gateway.testing.fcm import FcmFake, FcmFault
 from gateway.testing.smtp import ReceivedMail, SmtpFake
 from gateway.testing.webhook import Fault, Received, WebhookReceiver, new_secret
+from gateway.testing.webpush import Pushed, WebPushFake, WebPushFault
 
-__all__ = ["Fault", "FcmFake", "FcmFault", "Received", "ReceivedMail", "SmtpFake", "WebhookReceiver", "new_secret"]
+__all__ = [
+    "Fault",
+    "FcmFake",
+    "FcmFault",
+    "Pushed",
+    "Received",
+    "ReceivedMail",
+    "SmtpFake",
+    "WebPushFake",
+    "WebPushFault",
+    "WebhookReceiver",
+    "new_secret",
+]

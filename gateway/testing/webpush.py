@@ -1,0 +1,141 @@
+"""A local Web Push service that decrypts every payload and verifies VAPID.
+
+`subscription()` creates a browser-side subscription (a P-256 key pair and auth secret,
+like PushManager.subscribe) whose endpoint points here. Each POST must carry a VAPID
+`Authorization: vapid t=<ES256 JWT>,k=<public key>` whose `aud` is this origin, `exp` is
+in the future and at most 24 h away, and `sub` is a mailto:/https: URI, plus a `TTL`;
+the aes128gcm body is decrypted with the subscriber's private key (http_ece). Faults are
+scripted per subscription: `fault(subscription_id, attempt) -> WebPushFault | None`.
+Serve it over TLS (push endpoints are https) by passing a server SSL context.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import http_ece
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass
+class WebPushFault:
+    status: int
+    retry_after: str | None = None
+
+
+@dataclass
+class Pushed:
+    subscription_id: str
+    payload: dict[str, Any]
+    headers: dict[str, str]
+    vapid_claims: dict[str, Any]
+
+
+@dataclass
+class WebPushFake:
+    tls_context: ssl.SSLContext | None = None
+    host: str = "127.0.0.1"
+    fault: Callable[[str, int], WebPushFault | None] | None = None
+    received: list[Pushed] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    origin: str = ""
+    _keys: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = field(default_factory=dict)
+    _runner: web.AppRunner | None = None
+
+    def subscription(self) -> dict[str, Any]:
+        """A browser's PushSubscription JSON, with this service's endpoint."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        auth = os.urandom(16)
+        sub_id = secrets.token_urlsafe(12)
+        self._keys[sub_id] = (key, auth)
+        public = key.public_key().public_bytes(serialization.Encoding.X962,
+                                               serialization.PublicFormat.UncompressedPoint)
+        return {"endpoint": f"{self.origin}/push/{sub_id}", "keys": {"p256dh": _b64(public), "auth": _b64(auth)}}
+
+    def _verify_vapid(self, header: str) -> dict[str, Any]:
+        scheme, _, params = header.partition(" ")
+        if scheme.lower() != "vapid":
+            raise ValueError("not a vapid Authorization")
+        fields = dict(part.strip().split("=", 1) for part in params.split(","))
+        point = _unb64(fields["k"])
+        public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        claims = jwt.decode(fields["t"], public, algorithms=["ES256"], audience=self.origin)
+        if not 0 < claims["exp"] - time.time() <= 86400:
+            raise ValueError("exp must be in the future and at most 24 h away")
+        if not str(claims.get("sub", "")).startswith(("mailto:", "https:")):
+            raise ValueError("sub must be mailto: or https:")
+        return claims
+
+    async def _push(self, request: web.Request) -> web.Response:
+        sub_id = request.match_info["id"]
+        if sub_id not in self._keys:
+            return web.Response(status=404)
+        try:
+            claims = self._verify_vapid(request.headers.get("Authorization", ""))
+        except (ValueError, KeyError, jwt.InvalidTokenError) as exc:
+            self.rejected.append(f"vapid: {exc}")
+            return web.Response(status=401, text=str(exc))
+        if "TTL" not in request.headers or request.headers.get("Content-Encoding") != "aes128gcm":
+            self.rejected.append("missing TTL or wrong Content-Encoding")
+            return web.Response(status=400)
+        body = await request.read()
+        attempt = self.attempts[sub_id] = self.attempts.get(sub_id, 0) + 1
+        fault = self.fault(sub_id, attempt) if self.fault else None
+        if fault is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            return web.Response(status=fault.status, headers=headers)
+        key, auth = self._keys[sub_id]
+        try:
+            plaintext = http_ece.decrypt(body, private_key=key, auth_secret=auth, version="aes128gcm")
+        except Exception as exc:
+            self.rejected.append(f"decrypt: {type(exc).__name__}")
+            return web.Response(status=400, text="cannot decrypt")
+        self.received.append(Pushed(sub_id, json.loads(plaintext), dict(request.headers), claims))
+        return web.Response(status=201, headers={"Location": f"{self.origin}/message/{secrets.token_hex(6)}"})
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/push/{id}", self._push)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, port, ssl_context=self.tls_context)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.origin = f"{'https' if self.tls_context else 'http'}://{self.host}:{bound}"
+        return self.origin
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> WebPushFake:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def to(self, subscription: dict[str, Any]) -> list[Pushed]:
+        sub_id = subscription["endpoint"].rsplit("/", 1)[1]
+        return [p for p in self.received if p.subscription_id == sub_id]

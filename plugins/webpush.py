@@ -1,0 +1,214 @@
+"""Web Push (RFC 8030), payloads encrypted with aes128gcm (RFC 8291), VAPID (RFC 8292).
+
+pywebpush does the encryption (a fresh salt and ephemeral key per message: never reused
+across recipients). The request is ours: pywebpush's own sender defaults `ttl` to 0 (the
+message is dropped when the browser is offline), has no timeout, mutates the claims it is
+given and opens a session per send. VAPID tokens are signed once per push-service origin
+and reused until shortly before they expire.
+
+The endpoint comes from the job (the browser's subscription), so the gateway only calls
+hosts in `allowed_hosts` (the major push services by default): a job cannot make it
+request an arbitrary URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+from py_vapid import Vapid02
+from pywebpush import WebPusher
+
+from gateway.channel import (
+    Channel,
+    Delivery,
+    InvalidToken,
+    PermanentFailure,
+    Result,
+    Sent,
+    TransientFailure,
+    map_bounded,
+    parse_retry_after,
+)
+from gateway.config import ConfigError, Duration, SecretRef, seconds
+from gateway.hookspecs import hookimpl
+from gateway.intake.model import Device, PushContent
+
+log = logging.getLogger(__name__)
+# RFC 8291 with one 4096-byte record: 4096 - 16 (tag) - 1 (padding delimiter) - 86 (header).
+MAX_PLAINTEXT_BYTES = 3993
+VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows up to 24 h; refreshed an hour before it ends
+DEFAULT_PUSH_HOSTS = [
+    "fcm.googleapis.com", "updates.push.services.mozilla.com", "*.notify.windows.com",
+    "web.push.apple.com", "*.push.apple.com",
+]
+
+
+class WebPushConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    vapid_private_key: SecretRef  # PEM, or the raw key in base64url (as web-push tools print it)
+    subject: str  # mailto: or https: contact for the push services
+    allowed_hosts: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PUSH_HOSTS))
+    ca_file: str | None = None  # trust this CA (tests, private push services)
+    default_ttl: Duration = "4w"  # when the job has no expires_at
+    urgency: Literal["very-low", "low", "normal", "high"] = "normal"  # transactional: high
+    concurrency: int = 100
+    timeout: Duration = "10s"
+
+
+def load_vapid(config: WebPushConfig, path: str) -> Vapid02:
+    raw = config.vapid_private_key.resolve(f"{path}.vapid_private_key").reveal()
+    try:
+        if "BEGIN" in raw:
+            vapid = Vapid02.from_pem(raw.encode())
+        else:
+            # py_vapid takes almost any string as *some* scalar: a raw P-256 key is 32 bytes.
+            if len(base64.urlsafe_b64decode(raw.strip() + "=" * (-len(raw.strip()) % 4))) != 32:
+                raise ValueError("a raw key is 32 bytes in base64url")
+            vapid = Vapid02.from_raw(raw.strip().encode())
+        vapid.sign({"aud": "https://example.com", "sub": "mailto:check@example.com"})
+        return vapid
+    except Exception as exc:  # py_vapid raises several types for a bad key
+        raise ConfigError([f"{path}.vapid_private_key: not a P-256 private key ({type(exc).__name__})"]) from None
+
+
+def classify(status: int, retry_after: float | None) -> Result:
+    if status in (200, 201, 202):
+        return Sent()
+    if status in (404, 410):
+        return InvalidToken("subscription_gone")
+    if status == 413:
+        return PermanentFailure("payload_too_large")
+    if status == 429 or status >= 500:
+        return TransientFailure(f"http_{status}", retry_after)
+    if status in (400, 401, 403):
+        log.error("webpush: HTTP %d: check the VAPID key and subject", status)
+    return PermanentFailure(f"http_{status}")
+
+
+class WebPushChannel(Channel):
+    name = "webpush"
+    content_kind = "push"
+    subscription_group = "push"
+    Config = WebPushConfig
+    max_payload_bytes = MAX_PLAINTEXT_BYTES
+
+    def __init__(self, config: WebPushConfig, vapid: Vapid02, session: aiohttp.ClientSession):
+        super().__init__(config)
+        self.vapid = vapid
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=seconds(config.timeout))
+        self._tokens: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, expires)
+        self.signatures = 0
+
+    @classmethod
+    def check_config(cls, config: WebPushConfig, path: str) -> list[str]:
+        problems = []
+        try:
+            load_vapid(config, path)
+        except ConfigError as exc:
+            problems += exc.problems
+        if not config.subject.startswith(("mailto:", "https:")):
+            problems.append(f"{path}.subject: expected a mailto: or https: URI")
+        return problems
+
+    @classmethod
+    async def create(cls, config: WebPushConfig) -> WebPushChannel:
+        context = ssl.create_default_context(cafile=config.ca_file)
+        connector = aiohttp.TCPConnector(limit=config.concurrency, ssl=context)
+        return cls(config, load_vapid(config, "channels.webpush"), aiohttp.ClientSession(connector=connector))
+
+    def allowed(self, endpoint: str) -> bool:
+        url = urlsplit(endpoint)
+        return url.scheme == "https" and any(fnmatch.fnmatch(url.hostname or "", pattern)
+                                             for pattern in self.config.allowed_hosts)
+
+    def payload(self, content: PushContent) -> bytes:
+        fields = {"title": content.title, "body": content.body, "icon": content.image, "url": content.deep_link,
+                  "tag": content.collapse_key, "data": content.data}
+        return msgspec.json.encode({k: v for k, v in fields.items() if v is not None})
+
+    def payload_size(self, content: PushContent) -> int:
+        return len(self.payload(content))
+
+    def authorization(self, endpoint: str) -> str:
+        url = urlsplit(endpoint)
+        origin = f"{url.scheme}://{url.netloc}"
+        cached = self._tokens.get(origin)
+        now = time.time()
+        if cached is not None and cached[1] - 3600 > now:
+            return cached[0]
+        expires = int(now) + VAPID_LIFETIME
+        # A fresh dict each time: signing must not see a previous origin's claims.
+        header = self.vapid.sign({"aud": origin, "exp": expires, "sub": self.config.subject})["Authorization"]
+        self._tokens[origin] = (header, expires)
+        self.signatures += 1
+        return header
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return await map_bounded(deliveries, self._send, self.config.concurrency)
+
+    async def _send(self, delivery: Delivery) -> Result:
+        device = delivery.to
+        assert isinstance(device, Device) and device.subscription is not None
+        subscription = device.subscription
+        if not self.allowed(subscription.endpoint):
+            return PermanentFailure("endpoint_not_allowed", f"{urlsplit(subscription.endpoint).hostname} is not in "
+                                                            "[channels.webpush] allowed_hosts")
+        info: dict[str, Any] = {"endpoint": subscription.endpoint,
+                                "keys": {"p256dh": subscription.keys.p256dh, "auth": subscription.keys.auth}}
+        try:
+            encoded = WebPusher(info).encode(self.payload(delivery.content), "aes128gcm")
+        except Exception as exc:  # a malformed p256dh/auth from the browser: that subscription is unusable
+            return InvalidToken(f"bad_subscription_keys: {type(exc).__name__}")
+        headers = {
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+            "TTL": str(self._ttl(delivery)),
+            "Urgency": "high" if delivery.category == "transactional" else self.config.urgency,
+            "Authorization": self.authorization(subscription.endpoint),
+        }
+        topic = _topic(delivery.content.collapse_key)
+        if topic:
+            headers["Topic"] = topic
+        try:
+            async with self.session.post(subscription.endpoint, data=encoded["body"], headers=headers,
+                                         timeout=self.timeout, allow_redirects=False) as response:
+                await response.read()
+                result = classify(response.status, parse_retry_after(response.headers.get("Retry-After"),
+                                                                     time.time()))
+                if isinstance(result, Sent):
+                    return Sent(response.headers.get("Location"))
+                return result
+        except TimeoutError:
+            return TransientFailure("timeout")
+        except aiohttp.ClientError as exc:
+            return TransientFailure(f"connection_error: {type(exc).__name__}")
+
+    def _ttl(self, delivery: Delivery) -> int:
+        if delivery.expires_at is not None:
+            return max(0, int(delivery.expires_at.timestamp() - time.time()))
+        return int(seconds(self.config.default_ttl))
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+def _topic(collapse_key: str | None) -> str | None:
+    """RFC 8030 Topic: at most 32 characters of the URL-safe base64 alphabet."""
+    if not collapse_key:
+        return None
+    cleaned = "".join(c for c in collapse_key if c.isalnum() or c in "-_")[:32]
+    return cleaned or None
+
+
+@hookimpl(trylast=True)
+def register_channels() -> list[type[Channel]]:
+    return [WebPushChannel]

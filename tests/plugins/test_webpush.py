@@ -1,0 +1,138 @@
+"""Web push against a local push service over TLS that decrypts and verifies VAPID."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from py_vapid import Vapid02
+
+from gateway.clock import FakeClock
+from gateway.testing.webpush import WebPushFake, WebPushFault
+from tests.conftest import make_config
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def push(ca: trustme.CA) -> AsyncIterator[WebPushFake]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with WebPushFake(tls_context=context) as fake:
+        yield fake
+
+
+@pytest.fixture
+def vapid_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = Vapid02()
+    key.generate_keys()
+    monkeypatch.setenv("TEST_VAPID_KEY", key.private_pem().decode())
+
+
+def push_config(tmp_path: Path, ca: trustme.CA, **extra: Any) -> Any:
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = make_config(tmp_path)
+    config.channels["webpush"] = {"vapid_private_key": {"env": "TEST_VAPID_KEY"}, "subject": "mailto:ops@shop.example",
+                                  "allowed_hosts": ["127.0.0.1"], "ca_file": str(tmp_path / "ca.pem"), **extra}
+    return config
+
+
+def push_job(subscriptions: list[dict[str, Any]], category: str = "transactional", **push: Any) -> dict[str, Any]:
+    content = {"title": "Hi {{ attributes.n }}", "body": "Your cart", "deep_link": "https://shop.example/cart",
+               "collapse_key": "cart:1", **push}
+    return {"campaign": "c", "category": category, "channels": ["webpush"],
+            "variants": [{"name": "d", "content": {"push": content}}],
+            "recipients": [{"user_id": f"u{i}", "attributes": {"n": f"N{i}"}, "subscriptions": {"push": "opted_in"},
+                            "devices": [{"channel": "webpush", "subscription": s}]}
+                           for i, s in enumerate(subscriptions)]}
+
+
+async def test_encrypted_payload_and_vapid_per_origin(start, tmp_path, push, ca, vapid_env) -> None:
+    running = await start(push_config(tmp_path, ca))
+    subscriptions = [push.subscription() for _ in range(5)]
+    _, body, _ = await running.post(push_job(subscriptions))
+    done = await running.wait(body["job_id"])
+    assert {d["outcome"] for d in done["decisions"]} == {"sent"} and not push.rejected
+    (first,) = push.to(subscriptions[0])
+    assert first.payload == {"title": "Hi N0", "body": "Your cart", "url": "https://shop.example/cart", "tag": "cart:1"}
+    assert first.headers["Urgency"] == "high"  # transactional
+    assert first.headers["Topic"] == "cart1"  # URL-safe characters only
+    assert int(first.headers["TTL"]) == 2419200
+    assert first.vapid_claims["sub"] == "mailto:ops@shop.example"
+    assert running.gateway.channels["webpush"].signatures == 1  # one VAPID token for the origin
+    bodies = {p.headers.get("Content-Length") for p in push.received}
+    assert bodies  # each message encrypted on its own (fresh salt and key): decryptable only by its subscriber
+
+
+async def test_marketing_uses_the_configured_urgency(start, tmp_path, push, ca, vapid_env) -> None:
+    running = await start(push_config(tmp_path, ca, urgency="low"))
+    subscription = push.subscription()
+    _, body, _ = await running.post(push_job([subscription], category="marketing"))
+    await running.wait(body["job_id"])
+    assert push.to(subscription)[0].headers["Urgency"] == "low"
+
+
+TABLE = [
+    (WebPushFault(404), "invalid_token", "subscription_gone", 1),
+    (WebPushFault(410), "invalid_token", "subscription_gone", 1),
+    (WebPushFault(413), "failed", "payload_too_large", 1),
+    (WebPushFault(429, retry_after="5"), "failed", "retries_exhausted", 3),
+    (WebPushFault(500), "failed", "retries_exhausted", 3),
+    (WebPushFault(503), "failed", "retries_exhausted", 3),
+    (WebPushFault(400), "failed", "http_400", 1),
+    (WebPushFault(403), "failed", "http_403", 1),
+]
+
+
+@pytest.mark.parametrize(("fault", "outcome", "reason", "attempts"), TABLE, ids=[str(t[0].status) for t in TABLE])
+async def test_status_table(start, tmp_path, push, ca, vapid_env, fault, outcome, reason, attempts) -> None:
+    push.fault = lambda sub_id, attempt: fault
+    clock = FakeClock(1_800_000_000)
+    running = await start(push_config(tmp_path, ca), clock=clock)
+    subscription = push.subscription()
+    _, body, _ = await running.post(push_job([subscription]))
+    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    assert (decision["outcome"], decision["reason"]) == (outcome, reason)
+    assert sum(push.attempts.values()) == attempts
+    if outcome == "invalid_token":
+        assert decision["invalid_tokens"] == [subscription["endpoint"]]
+    if fault.retry_after:
+        assert all(s >= 5 for s in clock.slept)
+
+
+async def test_hosts_outside_the_allow_list_are_never_requested(start, tmp_path, push, ca, vapid_env) -> None:
+    running = await start(push_config(tmp_path, ca, allowed_hosts=["*.push.example.net"]))
+    subscription = push.subscription()
+    _, body, _ = await running.post(push_job([subscription]))
+    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    assert (decision["outcome"], decision["reason"]) == ("failed", "endpoint_not_allowed")
+    assert not push.attempts
+
+
+async def test_long_body_is_shortened_to_fit(start, tmp_path, push, ca, vapid_env) -> None:
+    running = await start(push_config(tmp_path, ca))
+    subscription = push.subscription()
+    _, body, _ = await running.post(push_job([subscription], body="é" * 3000))
+    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    assert decision["outcome"] == "sent" and "body shortened" in decision["detail"]
+    assert push.to(subscription)[0].payload["body"].endswith("\u2026")
+
+
+def test_a_bad_vapid_key_is_a_config_error(tmp_path, monkeypatch) -> None:
+    from gateway.config import ConfigError, GatewayConfig
+    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+
+    monkeypatch.setenv("TEST_VAPID_KEY", "not a key")
+    config = GatewayConfig(channels={"webpush": {"vapid_private_key": {"env": "TEST_VAPID_KEY"},
+                                                 "subject": "ops@shop.example"}})
+    with pytest.raises(ConfigError) as err:
+        configure_channels(config, channel_classes(plugin_manager(config)))
+    assert err.value.problems[0].startswith("channels.webpush.vapid_private_key: not a P-256 private key")
+    assert err.value.problems[1] == "channels.webpush.subject: expected a mailto: or https: URI"
