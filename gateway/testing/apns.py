@@ -1,0 +1,184 @@
+"""A local APNs provider API: HTTP/2 over TLS (the `h2` library on an asyncio server).
+
+It behaves as aioapns needs a server to: it accepts HTTP/2 without ALPN, echoes `apns-id`
+on every response, answers success with `:status 200` and `end_stream` (no DATA frame),
+and an error with its JSON body `{"reason": ...}` in one DATA frame (`timestamp` on 410).
+Each request's provider token is verified: an ES256 JWT signed with the team's key
+(`key_pem()` gives the .p8 to configure), `kid` = key id, `iss` = team id, `iat` within
+an hour; `apns-topic` must be one of `topics`. Faults are scripted per device token:
+`fault(token, attempt) -> ApnsFault | None`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
+
+
+@dataclass
+class ApnsFault:
+    status: int
+    reason: str
+    delay: float = 0.0
+
+
+@dataclass
+class ApnsNotification:
+    token: str
+    headers: dict[str, str]
+    payload: dict[str, Any]
+    claims: dict[str, Any]
+
+
+@dataclass
+class ApnsFake:
+    tls_context: ssl.SSLContext
+    topics: tuple[str, ...] = ("com.shop.app",)
+    team_id: str = "TEAM123456"
+    key_id: str = "KEY1234567"
+    fault: Callable[[str, int], ApnsFault | None] | None = None
+    received: list[ApnsNotification] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    apns_ids: list[str] = field(default_factory=list)  # every request's apns-id, retries included
+    rejected: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 0
+    _server: asyncio.AbstractServer | None = None
+
+    def __post_init__(self) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+
+    def key_pem(self) -> str:
+        """The team's .p8 signing key, as Apple's developer portal hands it out."""
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode()
+
+    def verify(self, headers: dict[str, str]) -> tuple[int, str] | dict[str, Any]:
+        """Claims of a valid provider token, or (status, reason) as APNs would answer."""
+        bearer = headers.get("authorization", "")
+        if not bearer.lower().startswith("bearer "):
+            return 403, "MissingProviderToken"
+        token = bearer[7:]
+        try:
+            if jwt.get_unverified_header(token).get("kid") != self.key_id:
+                return 403, "InvalidProviderToken"
+            claims = jwt.decode(token, self._key.public_key(), algorithms=["ES256"],
+                                options={"require": ["iss", "iat"]})
+        except jwt.InvalidTokenError:
+            return 403, "InvalidProviderToken"
+        if claims["iss"] != self.team_id:
+            return 403, "InvalidProviderToken"
+        if time.time() - claims["iat"] > 3600:
+            return 403, "ExpiredProviderToken"
+        if headers.get("apns-topic") not in self.topics:
+            return 400, "TopicDisallowed" if headers.get("apns-topic") else "MissingTopic"
+        return claims
+
+    async def respond(self, proto: _Protocol, stream_id: int, headers: dict[str, str], body: bytes) -> None:
+        apns_id = headers.get("apns-id") or secrets.token_hex(16)
+        self.apns_ids.append(apns_id)
+        path = headers.get(":path", "")
+        token = path.removeprefix("/3/device/")
+        verdict = self.verify(headers)
+        status, reason = (verdict if isinstance(verdict, tuple) else (200, ""))
+        if status == 200:
+            if len(body) > 4096:
+                status, reason = 413, "PayloadTooLarge"
+            else:
+                attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
+                fault = self.fault(token, attempt) if self.fault else None
+                if fault is not None:
+                    if fault.delay:
+                        await asyncio.sleep(fault.delay)
+                    status, reason = fault.status, fault.reason
+        if status == 200:
+            self.received.append(ApnsNotification(token, headers, json.loads(body), verdict))  # type: ignore[arg-type]
+            proto.send(stream_id, [(":status", "200"), ("apns-id", apns_id)], None)
+            return
+        if isinstance(verdict, tuple):
+            self.rejected.append(reason)
+        error: dict[str, Any] = {"reason": reason}
+        if status == 410:
+            error["timestamp"] = int(time.time() * 1000)
+        proto.send(stream_id, [(":status", str(status)), ("apns-id", apns_id),
+                               ("content-type", "application/json")], json.dumps(error).encode())
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Protocol(self), self.host, self.port, ssl=self.tls_context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> ApnsFake:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def to(self, token: str) -> list[ApnsNotification]:
+        return [n for n in self.received if n.token == token]
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, fake: ApnsFake):
+        self.fake = fake
+        self.conn = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.initiate_connection()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, RequestReceived):
+                self.streams[event.stream_id] = (dict(event.headers), bytearray())  # type: ignore[arg-type]
+            elif isinstance(event, DataReceived):
+                self.streams[event.stream_id][1].extend(event.data)
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, StreamEnded):
+                headers, body = self.streams.pop(event.stream_id)
+                task = asyncio.ensure_future(self.fake.respond(self, event.stream_id, headers, bytes(body)))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif isinstance(event, ConnectionTerminated) and self.transport is not None:
+                self.transport.close()
+        self._flush()
+
+    def send(self, stream_id: int, headers: list[tuple[str, str]], body: bytes | None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.conn.send_headers(stream_id, headers, end_stream=body is None)
+        if body is not None:
+            self.conn.send_data(stream_id, body, end_stream=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.conn.data_to_send())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
