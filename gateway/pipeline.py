@@ -100,9 +100,17 @@ class Pipeline:
         job = running.job
         now = self.clock.now()
         personalizer = self.personalizer(running)
+        wanted: dict[int, list[str] | None] = {}
+        for i, only in targets:  # one plan per recipient, for all its targeted channels
+            if only is None:
+                wanted[i] = None
+            else:
+                channels = wanted.setdefault(i, [])
+                assert channels is not None
+                channels.append(only)
         plans = {i: plan_recipient(job, personalizer, self.channels, self.policy, job.recipients[i], now,
-                                   only=[only] if only is not None else None, released=released)
-                 for i, only in targets}
+                                   only=only, released=released)
+                 for i, only in wanted.items()}
         decided: dict[tuple[int, str], Decision] = {}
         for i, plan in plans.items():
             for channel, step in plan.channels.items():

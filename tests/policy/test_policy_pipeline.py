@@ -294,3 +294,16 @@ def test_check_config_reports_policy_errors(tmp_path) -> None:
                           text=True)
     assert "quiet_hours.fallback_timezone: not an IANA time zone" in proc.stderr
     assert "caps[0]: give exactly one of `window` or `calendar`" in proc.stderr
+
+
+async def test_two_deferred_channels_of_one_recipient_are_both_released(start, tmp_path) -> None:
+    clock = FakeClock(at("2026-11-28T22:30:00Z"))
+    running = await started(start, tmp_path, clock, **quiet())
+    job = push_job(["ana"], channels=["apns", "fcm"])
+    job["recipients"][0]["devices"].append({"channel": "fcm", "token": "f" * 20})
+    _, body, _ = await running.post(job)
+    await running.wait(body["job_id"], states=("waiting",))
+    clock.t = at("2026-11-29T07:00:00Z")
+    assert await running.gateway.scheduler.run_due() == 2
+    done = await running.wait(body["job_id"])
+    assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"]
