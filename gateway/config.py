@@ -118,6 +118,8 @@ class PipelineConfig(_Section):
 
 class DeliveryConfig(_Section):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    # No retry starts later than this after a delivery's first attempt (expires_at also ends it).
+    max_delivery_time: Duration = "15m"
     backoff_base: Duration = "500ms"
     backoff_max: Duration = "30s"
     # Deliveries in flight at once per provider, across all batches (its stream limits).

@@ -183,3 +183,16 @@ async def test_a_raising_channel_is_contained(start, tmp_path, provider_calls) -
     assert got[("u", "alpha")] == ("sent", None)
     assert got[("u", "broken")] == ("failed", "retries_exhausted")
     assert "channel_error: RuntimeError" in done["decisions"][0]["detail"]
+
+
+async def test_retries_stop_at_the_delivery_time_budget(start, tmp_path, provider_calls) -> None:
+    clock = FakeClock(start=1_900_000_000)
+    config = make_config(tmp_path, delivery={"max_attempts": 10, "max_delivery_time": "90s"})
+    running = await start(config, clock=clock, extra_plugins=(Channels(
+        scripted("alpha", lambda d: TransientFailure("busy", retry_after=60), provider_calls["alpha"])),))
+    _, body, _ = await running.post(job([recipient("u", ["alpha:1"], properties={"order": "1"})], ["alpha"]))
+    done = await running.wait(body["job_id"])
+    decision = done["decisions"][0]
+    assert (decision["outcome"], decision["reason"]) == ("failed", "retries_exhausted")
+    assert "max_delivery_time" in decision["detail"]
+    assert len(provider_calls["alpha"]) == 2  # at 0 s and 60 s; a third at 120 s would pass 90 s

@@ -36,6 +36,7 @@ class Retrier:
                  rng: random.Random | None = None):
         self.config = config
         self.max_attempts = config.max_attempts
+        self.budget = seconds(config.max_delivery_time)
         self.base = seconds(config.backoff_base)
         self.cap = seconds(config.backoff_max)
         self.pm = pm
@@ -59,6 +60,7 @@ class Retrier:
         pending = list(range(len(deliveries)))
         attempt = 1
         breaker = self.breaker(channel.name)
+        deadline = self.clock.now() + self.budget
         while pending:
             if not breaker.allows(self.clock.now()):
                 for i in pending:
@@ -92,6 +94,9 @@ class Retrier:
                 expires = deliveries[i].expires_at
                 if expires is not None and expires.timestamp() <= now + delay:
                     final[i] = PermanentFailure(RETRIES_EXHAUSTED, "the job expires before the next attempt")
+                    retry.remove(i)
+                elif now + delay > deadline:
+                    final[i] = PermanentFailure(RETRIES_EXHAUSTED, "the next attempt would pass max_delivery_time")
                     retry.remove(i)
             if not retry:
                 break

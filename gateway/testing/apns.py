@@ -30,9 +30,10 @@ from h2.events import ConnectionTerminated, DataReceived, RequestReceived, Strea
 
 @dataclass
 class ApnsFault:
-    status: int
-    reason: str
+    status: int = 200  # 200 with delay/drop: answer normally, late or not at all
+    reason: str = ""
     delay: float = 0.0
+    drop: bool = False  # close the connection without answering
 
 
 @dataclass
@@ -103,6 +104,10 @@ class ApnsFake:
                 if fault is not None:
                     if fault.delay:
                         await asyncio.sleep(fault.delay)
+                    if fault.drop:
+                        if proto.transport is not None:
+                            proto.transport.close()
+                        return
                     status, reason = fault.status, fault.reason
         if status == 200:
             self.received.append(ApnsNotification(token, headers, json.loads(body), verdict))  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ faults: `fault(token, attempt) -> FcmFault | None`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Callable
@@ -27,10 +28,12 @@ STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
 
 @dataclass
 class FcmFault:
-    status: int
+    status: int = 200  # 200 with delay/drop: answer normally, late or not at all
     error_code: str | None = None  # details[].errorCode, e.g. "UNREGISTERED"
     message: str = "scripted fault"
     retry_after: str | None = None
+    delay: float = 0.0
+    drop: bool = False  # close the connection without answering
 
 
 @dataclass
@@ -94,7 +97,14 @@ class FcmFake:
         attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
         fault = self.fault(token, attempt) if self.fault else None
         if fault is not None:
-            return _error(fault.status, fault.error_code, fault.message, fault.retry_after)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop:
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=500)
+            if fault.status != 200:
+                return _error(fault.status, fault.error_code, fault.message, fault.retry_after)
         self.received.append(message)
         return web.json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
 

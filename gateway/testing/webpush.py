@@ -11,6 +11,7 @@ Serve it over TLS (push endpoints are https) by passing a server SSL context.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -38,8 +39,10 @@ def _unb64(text: str) -> bytes:
 
 @dataclass
 class WebPushFault:
-    status: int
+    status: int = 201  # 201 with delay/drop: answer normally, late or not at all
     retry_after: str | None = None
+    delay: float = 0.0
+    drop: bool = False  # close the connection without answering
 
 
 @dataclass
@@ -102,8 +105,15 @@ class WebPushFake:
         attempt = self.attempts[sub_id] = self.attempts.get(sub_id, 0) + 1
         fault = self.fault(sub_id, attempt) if self.fault else None
         if fault is not None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return web.Response(status=fault.status, headers=headers)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop:
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=500)
+            if fault.status != 201:
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+                return web.Response(status=fault.status, headers=headers)
         key, auth = self._keys[sub_id]
         try:
             plaintext = http_ece.decrypt(body, private_key=key, auth_secret=auth, version="aes128gcm")

@@ -110,7 +110,7 @@ async def test_wrong_key_is_a_credentials_failure_not_a_dead_token(start, tmp_pa
 
 
 async def test_a_silent_server_times_out(start, tmp_path, apns, ca, key_env) -> None:
-    apns.fault = lambda token, attempt: ApnsFault(200, "", delay=5) if attempt == 1 else None
+    apns.fault = lambda token, attempt: ApnsFault(delay=5) if attempt == 1 else None
     running = await start(apns_config(tmp_path, apns, ca, timeout="200ms"))
     _, body, _ = await running.post(apns_job([{"channel": "apns", "token": TOKEN}]))
     decision = (await running.wait(body["job_id"]))["decisions"][0]
@@ -139,3 +139,11 @@ def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
         configure_channels(config, channel_classes(plugin_manager(config)))
     assert "channels.apns.default_app: no app named 'c'" in err.value.problems
     assert "channels.apns.apps.a.key: expected the .p8 key in PEM form" in err.value.problems
+
+
+async def test_a_dropped_connection_is_retried(start, tmp_path, apns, ca, key_env) -> None:
+    apns.fault = lambda token, attempt: ApnsFault(drop=True) if attempt == 1 else None
+    running = await start(apns_config(tmp_path, apns, ca, timeout="500ms"))
+    _, body, _ = await running.post(apns_job([{"channel": "apns", "token": TOKEN}]))
+    assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
+    assert apns.attempts[TOKEN] == 2

@@ -126,3 +126,12 @@ async def test_bad_service_account_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
         configure_channels(config, channel_classes(plugin_manager(config)))
     assert err.value.problems[0].startswith("channels.fcm.service_account: not a service account JSON")
+
+
+@pytest.mark.parametrize("fault", [FcmFault(drop=True), FcmFault(delay=1.0)], ids=["drop", "slow"])
+async def test_dropped_or_slow_requests_are_retried(start, tmp_path, fcm, fault) -> None:
+    fcm.fault = lambda token, attempt: fault if attempt == 1 else None
+    running = await start(fcm_config(tmp_path, fcm, timeout="200ms"))
+    _, body, _ = await running.post(fcm_job(["t"]))
+    assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
+    assert fcm.attempts["t"] == 2

@@ -136,3 +136,13 @@ def test_a_bad_vapid_key_is_a_config_error(tmp_path, monkeypatch) -> None:
         configure_channels(config, channel_classes(plugin_manager(config)))
     assert err.value.problems[0].startswith("channels.webpush.vapid_private_key: not a P-256 private key")
     assert err.value.problems[1] == "channels.webpush.subject: expected a mailto: or https: URI"
+
+
+@pytest.mark.parametrize("fault", [WebPushFault(drop=True), WebPushFault(delay=1.0)], ids=["drop", "slow"])
+async def test_dropped_or_slow_requests_are_retried(start, tmp_path, push, ca, vapid_env, fault) -> None:
+    push.fault = lambda sub_id, attempt: fault if attempt == 1 else None
+    running = await start(push_config(tmp_path, ca, timeout="200ms"))
+    subscription = push.subscription()
+    _, body, _ = await running.post(push_job([subscription]))
+    assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
+    assert len(push.to(subscription)) == 1
