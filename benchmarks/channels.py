@@ -125,17 +125,21 @@ async def run(total: int, only: set[str] | None) -> list[dict[str, Any]]:
                     "topic": "com.shop.app"}}, "endpoint": f"127.0.0.1:{apns.port}", "ca_file": ca_file}})
                 results.append(await _measure(config, "apns", total, lambda i: {
                     "channel": "apns", "token": f"{i:064x}"}, lambda: len(apns.received)))
-        if wanted("webpush"):
+        for workers in (0, 2):  # encryption on the event loop, then in 2 worker processes
+            if not wanted("webpush"):
+                break
             async with WebPushFake(tls_context=server_tls) as push:
                 vapid = Vapid02()
                 vapid.generate_keys()
                 os.environ["BENCH_VAPID"] = vapid.private_pem().decode()
                 subscriptions = [push.subscription() for _ in range(total)]
                 config = _config(tmp, {"webpush": {"vapid_private_key": {"env": "BENCH_VAPID"},
-                                                   "subject": "mailto:ops@shop.example",
+                                                   "subject": "mailto:ops@shop.example", "encrypt_workers": workers,
                                                    "allowed_hosts": ["127.0.0.1"], "ca_file": ca_file}})
-                results.append(await _measure(config, "webpush", total, lambda i: {
-                    "channel": "webpush", "subscription": subscriptions[i]}, lambda: len(push.received)))
+                result = await _measure(config, "webpush", total, lambda i, subs=subscriptions: {
+                    "channel": "webpush", "subscription": subs[i]}, lambda push=push: len(push.received))
+                result["encrypt_workers"] = workers
+                results.append(result)
     return results
 
 

@@ -146,3 +146,12 @@ async def test_dropped_or_slow_requests_are_retried(start, tmp_path, push, ca, v
     _, body, _ = await running.post(push_job([subscription]))
     assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
     assert len(push.to(subscription)) == 1
+
+
+async def test_encryption_in_worker_processes(start, tmp_path, push, ca, vapid_env) -> None:
+    running = await start(push_config(tmp_path, ca, encrypt_workers=1))
+    subscriptions = [push.subscription() for _ in range(3)]
+    _, body, _ = await running.post(push_job(subscriptions))
+    done = await running.wait(body["job_id"], timeout=60)
+    assert {d["outcome"] for d in done["decisions"]} == {"sent"}
+    assert [p.payload["title"] for s in subscriptions for p in push.to(s)] == ["Hi N0", "Hi N1", "Hi N2"]
