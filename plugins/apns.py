@@ -67,6 +67,7 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sandbox: bool = False
     push_type: Literal["alert", "background"] = "alert"
     priority: Literal[5, 10] = 10
+    concurrency: int | None = None  # requests in flight for this app (default: the channel's)
 
 
 class ApnsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -106,6 +107,9 @@ class ApnsChannel(Channel):
     def __init__(self, config: ApnsConfig, clients: dict[str, APNs]):
         super().__init__(config)
         self.clients = clients
+        # Apps have their own credentials and streams: each gets its own in-flight limit.
+        self.limits = {name: asyncio.Semaphore(app.concurrency or config.concurrency)
+                       for name, app in config.apps.items()}
         self.default_app = config.default_app or next(iter(config.apps))
         self.timeout = seconds(config.timeout)
 
@@ -183,7 +187,8 @@ class ApnsChannel(Channel):
             time_to_live=ttl, priority=app.priority if app.push_type == "alert" else 5,
             collapse_key=(content.collapse_key or None), push_type=PushType(app.push_type))
         try:
-            result = await asyncio.wait_for(client.send_notification(request), self.timeout)
+            async with self.limits[app_name]:
+                result = await asyncio.wait_for(client.send_notification(request), self.timeout)
         except TimeoutError:
             return TransientFailure("timeout")
         except (MaxAttemptsExceeded, APNsConnectionError, OSError) as exc:

@@ -41,6 +41,7 @@ class SmtpFake:
     username: str | None = None  # AUTH required when set
     password: str | None = None
     fault: SmtpFault | None = None
+    latency: float = 0.0  # seconds before answering each RCPT
     received: list[ReceivedMail] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -51,6 +52,8 @@ class SmtpFake:
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         attempt = self.attempts[address] = self.attempts.get(address, 0) + 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
         reply = self.fault(address, attempt) if self.fault else None
         if reply is not None:
             return reply

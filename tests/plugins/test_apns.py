@@ -14,6 +14,7 @@ import trustme
 from gateway.clock import FakeClock
 from gateway.testing import ApnsFake, ApnsFault
 from tests.conftest import make_config
+from tests.plugins.tables import decide
 
 TOKEN = "a1" * 32
 
@@ -76,10 +77,13 @@ TABLE = [
     (ApnsFault(410, "Unregistered"), "invalid_token", "Unregistered", 1),
     (ApnsFault(400, "DeviceTokenNotForTopic"), "invalid_token", "DeviceTokenNotForTopic", 1),
     (ApnsFault(403, "Forbidden"), "failed", "Forbidden", 1),
+    (ApnsFault(410, "ExpiredToken"), "failed", "ExpiredToken", 1),
+    (ApnsFault(413, "PayloadTooLarge"), "failed", "PayloadTooLarge", 1),
     (ApnsFault(400, "BadTopic"), "failed", "BadTopic", 1),
     (ApnsFault(400, "TopicDisallowed"), "failed", "TopicDisallowed", 1),
     (ApnsFault(403, "ExpiredProviderToken"), "failed", "credentials", 1),
     (ApnsFault(403, "InvalidProviderToken"), "failed", "credentials", 1),
+    (ApnsFault(403, "MissingProviderToken"), "failed", "credentials", 1),
     (ApnsFault(429, "TooManyProviderTokenUpdates"), "failed", "credentials", 1),
     (ApnsFault(429, "TooManyRequests"), "failed", "retries_exhausted", 3),
     (ApnsFault(500, "InternalServerError"), "failed", "retries_exhausted", 3),
@@ -92,8 +96,7 @@ TABLE = [
 async def test_reason_table(start, tmp_path, apns, ca, key_env, fault, outcome, reason, attempts) -> None:
     apns.fault = lambda token, attempt: fault
     running = await start(apns_config(tmp_path, apns, ca), clock=FakeClock(1_800_000_000))
-    _, body, _ = await running.post(apns_job([{"channel": "apns", "token": TOKEN}]))
-    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    decision = await decide(running, apns_job([{"channel": "apns", "token": TOKEN}]))
     assert (decision["outcome"], decision["reason"]) == (outcome, reason)
     assert apns.attempts[TOKEN] == attempts
     assert len(set(apns.apns_ids)) == 1  # retries keep their apns-id

@@ -12,6 +12,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.testing import FcmFake, FcmFault
 from tests.conftest import make_config
+from tests.plugins.tables import decide
 
 
 @pytest.fixture
@@ -84,8 +85,7 @@ async def test_error_table(start, tmp_path, fcm, fault, outcome, reason, attempt
     fcm.fault = lambda token, attempt: fault
     clock = FakeClock(1_800_000_000)
     running = await start(fcm_config(tmp_path, fcm), clock=clock)
-    _, body, _ = await running.post(fcm_job(["t"]))
-    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    decision = await decide(running, fcm_job(["t"]))
     assert (decision["outcome"], decision["reason"]) == (outcome, reason)
     assert fcm.attempts["t"] == attempts
     if fault.retry_after:

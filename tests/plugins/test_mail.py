@@ -14,6 +14,7 @@ import trustme
 from gateway.testing.smtp import SmtpFake
 from plugins.mail import read_token, sign_token
 from tests.conftest import make_config
+from tests.plugins.tables import decide
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +105,7 @@ async def test_reply_table(start, tmp_path, smtp, ca, mail_env, reply, outcome, 
     from gateway.clock import FakeClock
 
     running = await start(mail_config(tmp_path, smtp, ca), clock=FakeClock(1_800_000_000))
-    _, body, _ = await running.post(email_job(["ana@example.com"]))
-    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    decision = await decide(running, email_job(["ana@example.com"]))
     assert (decision["outcome"], decision["reason"]) == (outcome, reason)
     assert smtp.attempts["ana@example.com"] == attempts
     if outcome == "invalid_token":
@@ -164,3 +164,13 @@ def test_tokens_are_signed() -> None:
     assert read_token(b"other", token) is None
     assert read_token(b"k", token.replace(".", ".x")) is None
     assert read_token(b"k", "garbage") is None
+
+
+async def test_a_server_slower_than_the_timeout_is_transient(start, tmp_path, smtp, ca, mail_env) -> None:
+    from gateway.clock import FakeClock
+
+    smtp.latency = 0.5
+    running = await start(mail_config(tmp_path, smtp, ca, timeout="150ms"), clock=FakeClock(1_800_000_000))
+    decision = await decide(running, email_job(["ana@example.com"]))
+    assert (decision["outcome"], decision["reason"]) == ("failed", "retries_exhausted")
+    assert "smtp_error" in decision["detail"] or "disconnected" in decision["detail"]

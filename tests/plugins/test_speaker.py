@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.clock import FakeClock
 from gateway.testing import Fault
 from tests.conftest import make_config, speaker_job
+from tests.plugins.tables import decide
 
 
 def independent_verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -76,9 +77,7 @@ async def test_response_table(start, receiver, tmp_path, fault: Fault, outcome: 
     receiver.fault = lambda payload, attempt: fault
     clock = FakeClock(start=time.time())
     running = await start(make_config(tmp_path, receiver.url), clock=clock)
-    _, body, _ = await running.post(speaker_job(1))
-    done = await running.wait(body["job_id"])
-    decision = done["decisions"][0]
+    decision = await decide(running, speaker_job(1))
     assert (decision["outcome"], decision.get("reason")) == (outcome, reason)
     assert sum(receiver.attempts.values()) == attempts
     if fault.retry_after:

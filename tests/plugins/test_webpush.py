@@ -14,6 +14,7 @@ from py_vapid import Vapid02
 from gateway.clock import FakeClock
 from gateway.testing.webpush import WebPushFake, WebPushFault
 from tests.conftest import make_config
+from tests.plugins.tables import decide
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,7 @@ TABLE = [
     (WebPushFault(500), "failed", "retries_exhausted", 3),
     (WebPushFault(503), "failed", "retries_exhausted", 3),
     (WebPushFault(400), "failed", "http_400", 1),
+    (WebPushFault(401), "failed", "http_401", 1),
     (WebPushFault(403), "failed", "http_403", 1),
 ]
 
@@ -97,8 +99,7 @@ async def test_status_table(start, tmp_path, push, ca, vapid_env, fault, outcome
     clock = FakeClock(1_800_000_000)
     running = await start(push_config(tmp_path, ca), clock=clock)
     subscription = push.subscription()
-    _, body, _ = await running.post(push_job([subscription]))
-    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    decision = await decide(running, push_job([subscription]))
     assert (decision["outcome"], decision["reason"]) == (outcome, reason)
     assert sum(push.attempts.values()) == attempts
     if outcome == "invalid_token":
