@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOW = 1_764_331_200.0  # 2026-11-28T12:00:00Z: within the cart example's expires_at
 sys.path.insert(0, str(REPO))
 
-from gateway.config import LimitsConfig  # noqa: E402
+from gateway.config import GatewayConfig, LimitsConfig  # noqa: E402
 from gateway.demo.run import example_jobs  # noqa: E402
 from gateway.intake.model import JOB_DECODER  # noqa: E402
 from gateway.intake.validate import check_job  # noqa: E402
@@ -46,18 +46,26 @@ def scaled_cart(n: int) -> bytes:
     return json.dumps(job).encode()
 
 
-async def _reserve_all(job: Any, channel: Any, n: int) -> float:
-    """CPU seconds of the loop alone (store set-up excluded); the store's writer thread is
-    included, since process_time counts every thread."""
+def _channels() -> dict[str, Any]:
+    """The built-in channel classes as plain objects (no connections): what policy needs."""
+
+    classes = channel_classes(plugin_manager(GatewayConfig()))
+    return {name: cls.__new__(cls) for name, cls in classes.items()}
+
+
+async def _reserve_all(job: Any, n: int) -> float:
+    """Policy for every recipient on each of the cart's five channels: subscription,
+    device, quiet hours, and two cap rules reserved per batch of 500 in the embedded store.
+    CPU seconds of the loop alone (store set-up excluded), per recipient-channel later."""
     import tempfile
 
-    from gateway.config import GatewayConfig
     from gateway.policy.engine import load_policy
     from gateway.store.sqlite import SQLiteStore
 
     policy = load_policy(GatewayConfig(caps=[
         {"name": "daily", "channels": ["any"], "limit": 3, "window": "24h"},
         {"name": "promo-week", "tags": ["promo"], "limit": 2, "calendar": "week", "action": "defer"}]))
+    channels = _channels()
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(f"{tmp}/bench.db", "full")
         await store.open()
@@ -66,9 +74,10 @@ async def _reserve_all(job: Any, channel: Any, n: int) -> float:
         for lo in range(0, n, 500):
             requests = []
             for r in job.recipients[lo:lo + 500]:
-                screening = policy.check(job, r, channel, "speaker", now)
-                if screening.outcome is None and screening.tz is not None:
-                    requests.append(policy.caps_request(job, r, "speaker", screening.tz, now))
+                for name in job.channels:
+                    screening = policy.check(job, r, channels.get(name), name, now)
+                    if screening.outcome is None and screening.tz is not None:
+                        requests.append(policy.caps_request(job, r, name, screening.tz, now))
             await store.reserve_caps(requests, now)
         spent = time.process_time() - started
         await store.close()
@@ -90,10 +99,7 @@ def run(n: int) -> dict[str, Any]:
     job = JOB_DECODER.decode(body)
     variants = compile_job(job, 20_000)
     personalizer = Personalizer(job, variants, {})
-    from gateway.config import GatewayConfig
 
-    speaker_cls = channel_classes(plugin_manager(GatewayConfig()))["speaker"]
-    speaker = speaker_cls.__new__(speaker_cls)
     by_name = {v.name: v for v in variants}
     chosen = [personalizer.choose(r).variant for r in job.recipients]
 
@@ -114,14 +120,15 @@ def run(n: int) -> dict[str, Any]:
 
     policy = defaults()
 
+    channels = _channels()
+
     def policy_all() -> None:
         for r in job.recipients:
-            policy.check(job, r, speaker, "speaker", NOW)
+            for name in job.channels:
+                policy.check(job, r, channels.get(name), name, NOW)
 
     def policy_with_caps() -> float:
-        """Subscription, device, quiet hours and two cap rules for every recipient on
-        one channel, with reservations made per batch of 500 in the embedded store."""
-        return asyncio.run(_reserve_all(job, speaker, n))
+        return asyncio.run(_reserve_all(job, n))
 
     figures = {
         "decode_us": best_of(lambda: JOB_DECODER.decode(body)) / n * 1e6,
@@ -129,8 +136,9 @@ def run(n: int) -> dict[str, Any]:
         "intake_checks_us": best_of(lambda: check_job(job, LimitsConfig())) / n * 1e6,
         "personalize_us": best_of(render_all, 3) / n * 1e6,
         "python_liquid_render_us": best_of(reference_all, 3) / n * 1e6,
-        "policy_checks_us": best_of(policy_all) / n * 1e6,
-        "policy_with_caps_us": best_of(policy_with_caps, 3) / n * 1e6,
+        # per recipient *and channel*: the cart job has five channels
+        "policy_checks_us_per_message": best_of(policy_all) / (n * 5) * 1e6,
+        "policy_with_caps_us_per_message": best_of(policy_with_caps, 3) / (n * 5) * 1e6,
     }
     figures["decode_vs_json_loads"] = figures["json_loads_us"] / figures["decode_us"]
     figures["personalize_vs_python_liquid"] = figures["python_liquid_render_us"] / figures["personalize_us"]
@@ -138,6 +146,9 @@ def run(n: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from gateway.cli import tune_gc
+
+    tune_gc()  # as `gateway serve` runs
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=10_000)
     args = parser.parse_args()

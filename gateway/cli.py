@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Coroutine
@@ -12,8 +13,18 @@ from typing import Any
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes: the hot path allocates many short-lived objects per message,
+    and the default young-generation threshold (700) makes collections walk the in-flight
+    jobs thousands of times a second. Start-up objects are frozen out of the walk."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run on uvloop when it is installed (it is a dependency on POSIX)."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:

@@ -141,12 +141,12 @@ class CapRequest:
     checks: list[Check]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Granted:
     reservation: str | None  # None when no rule applied
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Denied:
     rule: str
     action: str  # drop | defer
@@ -154,6 +154,7 @@ class Denied:
 
 
 CapOutcome = Granted | Denied
+_NO_RULES = Granted(None)
 
 
 @dataclass
@@ -168,20 +169,28 @@ class CapLedger:
         """Outcomes, and the ledger rows added: (id, rule, user, at)."""
         outcomes: list[CapOutcome] = []
         added: list[tuple[str, str, str, float]] = []
+        check_one = self._check
         for request in requests:
-            if not request.checks:
-                outcomes.append(Granted(None))
+            checks = request.checks
+            if not checks:
+                outcomes.append(_NO_RULES)
                 continue
-            denials = [d for d in (self._check(request.user, c) for c in request.checks) if d is not None]
-            if denials:
+            user = request.user
+            denied: Denied | None = None
+            for check in checks:
+                found = check_one(user, check)
                 # The strictest decides: a dropping rule over a deferring one, then the
                 # latest time a slot frees.
-                outcomes.append(max(denials, key=lambda d: (d.action == "drop", d.free_at)))
+                if found is not None and (denied is None or (found.action == "drop", found.free_at)
+                                          > (denied.action == "drop", denied.free_at)):
+                    denied = found
+            if denied is not None:
+                outcomes.append(denied)
                 continue
             reservation = f"{_ID_PREFIX}{next(_ids):x}"
-            for check in request.checks:
-                self._add(check.rule, request.user, now, reservation)
-                added.append((reservation, check.rule, request.user, now))
+            for check in checks:
+                self._add(check.rule, user, now, reservation)
+                added.append((reservation, check.rule, user, now))
             outcomes.append(Granted(reservation))
         return outcomes, added
 

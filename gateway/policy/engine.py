@@ -56,6 +56,8 @@ class Policy:
         self.quiet_channels = _expand(quiet.channels)
         self.spread = seconds(quiet.spread)
         self.caps = [Cap.from_rule(rule) for rule in caps]
+        self._checks_cache: dict[tuple[int, str, ZoneInfo], list[Check]] = {}
+        self._checks_at = 0.0
         self.longest_window = max([c.period or 8 * 86400 for c in self.caps], default=0.0)
 
     def check(self, job: Job, recipient: Recipient, channel: Channel | None, name: str, now: float,
@@ -108,11 +110,20 @@ class Policy:
         return result
 
     def caps_request(self, job: Job, recipient: Recipient, name: str, tz: ZoneInfo, now: float) -> CapRequest:
-        checks = []
-        for cap in self.caps:
-            if cap.applies(job, name):
-                since, reset = cap.bounds(now, tz)
-                checks.append(Check(cap.name, since, cap.limit, cap.period, reset, cap.action))
+        # A batch shares one `now`, so a message's checks depend only on (job, channel,
+        # zone): built once per batch and shared, not once per message.
+        if now != self._checks_at:
+            self._checks_cache.clear()
+            self._checks_at = now
+        key = (id(job), name, tz)
+        checks = self._checks_cache.get(key)
+        if checks is None:
+            checks = []
+            for cap in self.caps:
+                if cap.applies(job, name):
+                    since, reset = cap.bounds(now, tz)
+                    checks.append(Check(cap.name, since, cap.limit, cap.period, reset, cap.action))
+            self._checks_cache[key] = checks
         return CapRequest(recipient.user_id, checks)
 
 

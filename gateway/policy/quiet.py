@@ -9,12 +9,13 @@ million deferred pushes do not reach the providers in the same second.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import time
 from zoneinfo import ZoneInfo
 
-from gateway.policy.zones import minutes_of_day, next_wall_time, transition_between
+from gateway.policy.zones import minutes_of_day, next_wall_time, transition_between, utc_minute
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,13 @@ class Window:
     def release(self, tz: ZoneInfo, instant: float) -> float | None:
         """None when `instant` is not quiet, else the first instant the window is over:
         the next time the wall clock reads `end`, unless a DST change before it throws
-        the wall clock out of the window (a fall-back to before `start`)."""
+        the wall clock out of the window (a fall-back to before `start`).
+
+        Quietness and the release are the same for every instant of a UTC minute (offsets
+        change on minute boundaries), so they are computed once per zone and minute."""
+        return _release(self, tz, utc_minute(instant))
+
+    def _release_at(self, tz: ZoneInfo, instant: float) -> float | None:
         if not self.quiet(tz, instant):
             return None
         t = instant
@@ -50,6 +57,11 @@ class Window:
                 return end
             t = end  # a spring-forward gap skipped the whole outside of the window
         raise AssertionError("a quiet-hours window that never ends")
+
+
+@functools.lru_cache(maxsize=65536)
+def _release(window: Window, tz: ZoneInfo, minute: int) -> float | None:
+    return window._release_at(tz, minute * 60.0)
 
 
 def spread_offset(key: str, spread: float) -> float:

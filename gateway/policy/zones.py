@@ -56,7 +56,14 @@ def _whole_seconds(t: float) -> int:
     """Floor to the second after rounding to microseconds as datetime.fromtimestamp does,
     so the arithmetic below and `wall()` never disagree about an instant."""
     whole = math.floor(t)
+    if t - whole < 0.9999990:  # far from the next second: no rounding can reach it
+        return whole
     return whole + 1 if round((t - whole) * 1e6) >= 1_000_000 else whole
+
+
+def utc_minute(instant: float) -> int:
+    """The UTC minute containing `instant`, rounded as datetime does."""
+    return _whole_seconds(instant) // 60
 
 
 def minutes_of_day(tz: ZoneInfo, instant: float) -> int:
