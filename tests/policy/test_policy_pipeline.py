@@ -307,3 +307,37 @@ async def test_two_deferred_channels_of_one_recipient_are_both_released(start, t
     assert await running.gateway.scheduler.run_due() == 2
     done = await running.wait(body["job_id"])
     assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"]
+
+
+def test_gateway_preview_cli_shows_policy_reasons(tmp_path) -> None:
+    """The issue's must-show: `gateway preview` on the shared cart example at a fixed
+    instant, with the real APNs and email channels configured (nothing is sent)."""
+    import os
+    import subprocess
+    import sys
+
+    from gateway.testing import ApnsFake
+
+    key = ApnsFake.__new__(ApnsFake)
+    key.__post_init__()
+    config = tmp_path / "gateway.toml"
+    config.write_text("""
+[channels.apns.apps.shop]
+team_id = "TEAM123456"
+key_id = "KEY1234567"
+key = { env = "PREVIEW_APNS_KEY" }
+topic = "com.shop.app"
+[channels.email]
+host = "smtp.example.net"
+from_address = "news@shop.example"
+""")
+    job = tmp_path / "cart.json"
+    job.write_text(dict(example_jobs())["job-cart-reminder.json"].decode())
+    env = dict(os.environ, PREVIEW_APNS_KEY=key.key_pem())
+    proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "preview", str(job),
+                           "--now", "2026-11-28T12:00:00Z"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [" ".join(line.split()) for line in proc.stdout.splitlines()]
+    assert any(r.startswith("email suppressed unsubscribed") for r in rows)  # u-1002
+    assert any(r.startswith("u-1004 big-cart apns suppressed unsubscribed - timezone_fallback") for r in rows)
+    assert any(r.startswith("u-1001 big-cart apns would_send") for r in rows)
