@@ -69,4 +69,4 @@ def spread_offset(key: str, spread: float) -> float:
     if spread <= 0:
         return 0.0
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 * spread
+    return float(int(int.from_bytes(digest, "big") / 2**64 * spread))  # whole seconds: readable release times
