@@ -43,6 +43,8 @@ from gateway.hookspecs import hookimpl
 from gateway.intake.model import Device, PushContent
 
 log = logging.getLogger(__name__)
+# aioapns logs every connection opened and released at INFO: noise at any real volume.
+logging.getLogger("aioapns").setLevel(logging.WARNING)
 MAX_PAYLOAD_BYTES = 4096
 _IDS = uuid.UUID("6f1c5a34-8a0d-4c55-9d0e-5a3a7c2f4b10")  # namespace for apns-id from delivery ids
 

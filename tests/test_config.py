@@ -34,6 +34,16 @@ def test_shipped_configs_are_valid(monkeypatch) -> None:
     from gateway.testing import FcmFake
 
     monkeypatch.setenv("GATEWAY_DEMO_FCM_SERVICE_ACCOUNT", json.dumps(FcmFake().service_account()))
+    from py_vapid import Vapid02
+
+    from gateway.testing import ApnsFake
+
+    key = ApnsFake.__new__(ApnsFake)
+    key.__post_init__()
+    monkeypatch.setenv("GATEWAY_DEMO_APNS_KEY", key.key_pem())
+    vapid = Vapid02()
+    vapid.generate_keys()
+    monkeypatch.setenv("GATEWAY_DEMO_VAPID_KEY", vapid.private_pem().decode())
     for name in ("gateway.toml", "demo.toml"):
         assert main(["check-config", str(REPO / "config" / name)]) == 0
 

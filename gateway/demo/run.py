@@ -1,7 +1,7 @@
 """`gateway demo`: the gateway, local receivers and the example jobs, end to end.
 
-Starts a Standard Webhooks receiver, an SMTP server and an FCM service (`gateway.testing`),
-serves the
+Starts the local providers of `gateway.testing` (APNs over HTTP/2 + TLS, an FCM service, a
+web push service, an SMTP server and a Standard Webhooks receiver), serves the
 gateway on a free port
 with `config/demo.toml` and a fresh embedded store, posts the example jobs over HTTP
 exactly as upstream would, waits for them, and prints every decision and what the
@@ -13,19 +13,25 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import aiohttp
+import trustme
+from py_vapid import Vapid02
 
 from gateway.config import load_config
 from gateway.server import start_server
 from gateway.testing import WebhookReceiver, new_secret
+from gateway.testing.apns import ApnsFake
 from gateway.testing.fcm import FcmFake
 from gateway.testing.smtp import SmtpFake
+from gateway.testing.webpush import WebPushFake
 
 RECEIVER_HOST = "http://demo-receiver"
 SMTP_HOST = "demo-smtp"
@@ -91,6 +97,17 @@ async def demo(config_path: str, synthetic: int) -> int:
     fcm = FcmFake()
     await fcm.start()
     os.environ["GATEWAY_DEMO_FCM_SERVICE_ACCOUNT"] = json.dumps(fcm.service_account())
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    apns = ApnsFake(server_tls, team_id="TEAM123456", key_id="KEY1234567")
+    await apns.start()
+    os.environ["GATEWAY_DEMO_APNS_KEY"] = apns.key_pem()
+    push = WebPushFake(tls_context=server_tls)
+    await push.start()
+    vapid = Vapid02()
+    vapid.generate_keys()
+    os.environ["GATEWAY_DEMO_VAPID_KEY"] = vapid.private_pem().decode()
     for target in config.channels.get("speaker", {}).get("targets", {}).values():
         target["url"] = target["url"].replace(RECEIVER_HOST, receiver.url)
     email = config.channels.get("email")
@@ -100,27 +117,42 @@ async def demo(config_path: str, synthetic: int) -> int:
     if fcm_table is not None and fcm_table.get("endpoint") == FCM_HOST:
         fcm_table["endpoint"] = fcm.url
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
+        ca.cert_pem.write_to_path(f"{tmp}/ca.pem")
+        if config.channels.get("apns", {}).get("endpoint") == "demo-apns":
+            config.channels["apns"].update(endpoint=f"127.0.0.1:{apns.port}", ca_file=f"{tmp}/ca.pem")
+        if config.channels.get("webpush", {}).get("allowed_hosts") == ["demo-push"]:
+            config.channels["webpush"].update(allowed_hosts=["127.0.0.1"], ca_file=f"{tmp}/ca.pem")
         config.store.url = f"sqlite:{tmp}/demo.db"
         server = await start_server(config)
         if email is not None and "unsubscribe" in email:
             server.gateway.channels["email"].config.unsubscribe.url = server.url  # type: ignore[attr-defined]
         try:
-            return await _run(server.url, api_key, receiver, smtp, fcm, synthetic)
+            return await _run(server.url, api_key, Fakes(receiver, smtp, fcm, apns, push), synthetic)
         finally:
             await server.stop()
-            await receiver.stop()
-            await smtp.stop()
-            await fcm.stop()
+            for fake in (receiver, smtp, fcm, apns, push):
+                await fake.stop()
 
 
-async def _run(base: str, api_key: str, receiver: WebhookReceiver, smtp: SmtpFake, fcm: FcmFake,
-               synthetic: int) -> int:
+@dataclass
+class Fakes:
+    receiver: WebhookReceiver
+    smtp: SmtpFake
+    fcm: FcmFake
+    apns: ApnsFake
+    push: WebPushFake
+
+
+async def _run(base: str, api_key: str, fakes: Fakes, synthetic: int) -> int:
+    receiver = fakes.receiver
     headers = {"Authorization": f"Bearer {api_key}"}
     print(f"gateway on {base}; webhook receiver on {receiver.url}\n")
     ok = True
     async with aiohttp.ClientSession(base, headers=headers) as http:
-        examples = example_jobs()
+        examples = [(name, _local_push(body, fakes.push)) for name, body in example_jobs()]
         print(f"Posting {len(examples)} example jobs: {', '.join(n for n, _ in examples)}")
+        print("  (their web push subscriptions are swapped for the local push service's: decrypting needs the\n"
+              "   subscriber's private key, which the examples' browser keys do not come with)")
         posted = [(name, await _post(http, body)) for name, body in examples]
         for name, reply in posted:
             for warning in reply.get("warnings", []):
@@ -130,8 +162,10 @@ async def _run(base: str, api_key: str, receiver: WebhookReceiver, smtp: SmtpFak
         for (name, _), status in zip(posted, statuses, strict=True):
             ok &= _print_job(name, status)
         _print_receiver(receiver)
-        _print_smtp(smtp)
-        _print_fcm(fcm)
+        _print_smtp(fakes.smtp)
+        _print_fcm(fakes.fcm)
+        _print_apns(fakes.apns)
+        _print_push(fakes.push)
         if synthetic:
             ok &= await _throughput(http, receiver, synthetic)
     if receiver.rejected:
@@ -215,6 +249,34 @@ def _print_receiver(receiver: WebhookReceiver) -> None:
     for item in list(receiver.received.values())[:10]:
         p = item.payload
         rows.append((item.path, p["device_id"], p["user_id"], p["speech"]))
+    _table(rows)
+
+
+def _local_push(body: bytes, push: WebPushFake) -> bytes:
+    job = json.loads(body)
+    for recipient in job["recipients"]:
+        for device in recipient.get("devices", []):
+            if device.get("channel") == "webpush":
+                device["subscription"] = push.subscription()
+    return json.dumps(job).encode()
+
+
+def _print_apns(apns: ApnsFake) -> None:
+    print(f"APNs (HTTP/2, TLS) got {len(apns.received)} notification(s), provider tokens verified:")
+    rows = [("device token", "topic", "title", "body")]
+    for note in apns.received[:10]:
+        alert = note.payload.get("aps", {}).get("alert", {})
+        rows.append((note.token[:16] + "\u2026", note.headers.get("apns-topic", ""), alert.get("title", ""),
+                     alert.get("body", "")[:50]))
+    _table(rows)
+
+
+def _print_push(push: WebPushFake) -> None:
+    print(f"Web push service got {len(push.received)} message(s), decrypted and VAPID-verified:")
+    rows = [("subscription", "title", "body", "url")]
+    for item in push.received[:10]:
+        rows.append((item.subscription_id[:12], item.payload.get("title", ""), item.payload.get("body", "")[:50],
+                     item.payload.get("url", "")))
     _table(rows)
 
 
