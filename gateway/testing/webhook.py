@@ -48,7 +48,7 @@ FaultScript = Callable[[dict[str, Any], int], "Fault | None"]
 
 @dataclass
 class WebhookReceiver:
-    secret: str  # whsec_...
+    secret: str | None  # whsec_...; None accepts unsigned requests (peers that cannot sign)
     tolerance: float = 300.0
     fault: FaultScript | None = None
     latency: float = 0.0
@@ -77,6 +77,7 @@ class WebhookReceiver:
             return "bad timestamp"
         if abs(time.time() - timestamp) > self.tolerance:
             return "timestamp outside tolerance"
+        assert self.secret is not None
         key = base64.b64decode(self.secret.removeprefix("whsec_"))
         expected = base64.b64encode(
             hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()).decode()
@@ -88,11 +89,11 @@ class WebhookReceiver:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        problem = self.verify(request.headers, body)
+        problem = self.verify(request.headers, body) if self.secret is not None else None
         if problem is not None:
             self.rejected.append(problem)
             return web.json_response({"error": problem}, status=401 if "signature" in problem else 400)
-        msg_id = request.headers["webhook-id"]
+        msg_id = request.headers.get("webhook-id") or f"unsigned-{len(self.attempts)}"
         payload = msgspec.json.decode(body)
         attempt = self.attempts[msg_id] = self.attempts.get(msg_id, 0) + 1
         fault = self.fault(payload, attempt) if self.fault else None
@@ -108,7 +109,8 @@ class WebhookReceiver:
             if msg_id in self.received:
                 self.received[msg_id].copies += 1
             else:
-                self.received[msg_id] = Received(msg_id, request.path, int(request.headers["webhook-timestamp"]),
+                self.received[msg_id] = Received(msg_id, request.path,
+                                                 int(request.headers.get("webhook-timestamp", 0)),
                                                  payload, body, dict(request.headers))
             self._arrived.set()
         headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else None
@@ -149,16 +151,25 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-async def _serve(secret: str, host: str, port: int) -> None:
+async def _serve(secret: str | None, host: str, port: int, smtp: bool = False) -> None:
     receiver = WebhookReceiver(secret)
     url = await receiver.start(host, port)
     print(f"webhook receiver on {url}", flush=True)
+    mail = None
+    if smtp:
+        from gateway.testing.smtp import SmtpFake
+
+        mail = SmtpFake()
+        await mail.start()
+        print(f"smtp server on {mail.host}:{mail.port}", flush=True)
     last = -1
     while True:  # report progress on stdout so a driving process can follow
         await asyncio.sleep(0.2)
-        if len(receiver.received) != last:
-            last = len(receiver.received)
-            print(f"received {last} duplicates {receiver.duplicates} rejected {len(receiver.rejected)}", flush=True)
+        total = len(receiver.received) + (len(mail.received) if mail else 0)
+        if total != last:
+            last = total
+            print(f"received {len(receiver.received)} duplicates {receiver.duplicates} "
+                  f"rejected {len(receiver.rejected)} mails {len(mail.received) if mail else 0}", flush=True)
 
 
 def main() -> None:
@@ -166,17 +177,21 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Standard Webhooks receiver that verifies signatures")
-    parser.add_argument("--secret", default=os.environ.get("WEBHOOK_SECRET"),
-                        required="WEBHOOK_SECRET" not in os.environ)
+    parser.add_argument("--secret", default=os.environ.get("WEBHOOK_SECRET"))
+    parser.add_argument("--unsigned", action="store_true", help="accept requests without signatures")
+    parser.add_argument("--smtp", action="store_true", help="also run a local SMTP server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
+    if not args.secret and not args.unsigned:
+        parser.error("--secret (or $WEBHOOK_SECRET) is required unless --unsigned")
+    serve = _serve(None if args.unsigned else args.secret, args.host, args.port, args.smtp)
     try:
         import uvloop
 
-        uvloop.run(_serve(args.secret, args.host, args.port))
+        uvloop.run(serve)
     except ImportError:
-        asyncio.run(_serve(args.secret, args.host, args.port))
+        asyncio.run(serve)
     except KeyboardInterrupt:
         pass
 

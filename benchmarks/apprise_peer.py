@@ -1,0 +1,185 @@
+"""Side by side with a peer: Apprise and the gateway, same messages, same receivers.
+
+The receivers (a webhook endpoint accepting unsigned requests, since Apprise cannot sign,
+and an SMTP server) run in their own process; Apprise and the gateway each run in this
+process, one after the other, delivering the same personalized message to N recipients.
+Apprise is given its best shot: one `Apprise` object for the webhook (its connection
+reused), messages personalized with `str.format` (no template engine), and both its
+sequential `notify` and its concurrent `async_notify`. The gateway signs every webhook
+(Standard Webhooks) and renders Liquid templates; jobs of 1,000, embedded store fsynced.
+
+    .venv/bin/python benchmarks/apprise_peer.py [--recipients 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.server import start_server  # noqa: E402
+from gateway.testing import new_secret  # noqa: E402
+
+TEXT = "Hi {name}, your order is ready."
+
+
+class Receivers:
+    def __init__(self) -> None:
+        self.webhooks = 0
+        self.mails = 0
+        self.url = ""
+        self.smtp_port = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.testing.webhook", "--unsigned", "--smtp",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        while not (self.url and self.smtp_port):
+            line = (await self.proc.stdout.readline()).decode()
+            if line.startswith("webhook receiver on"):
+                self.url = line.split()[-1]
+            elif line.startswith("smtp server on"):
+                self.smtp_port = int(line.split(":")[-1])
+        self.follower = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        while line := (await self.proc.stdout.readline()).decode():
+            if line.startswith("received "):
+                parts = line.split()
+                self.webhooks, self.mails = int(parts[1]), int(parts[7])
+
+    async def wait(self, webhooks: int = 0, mails: int = 0) -> None:
+        while self.webhooks < webhooks or self.mails < mails:
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        await self.proc.wait()
+        self.follower.cancel()
+
+
+async def apprise_webhook(receivers: Receivers, n: int, concurrent: bool) -> float:
+    import apprise
+
+    notifier = apprise.Apprise()
+    notifier.add(receivers.url.replace("http://", "json://") + "/hook")
+    base = receivers.webhooks
+    started = time.perf_counter()
+    if concurrent:
+        for lo in range(0, n, 100):
+            await asyncio.gather(*(notifier.async_notify(title="Order", body=TEXT.format(name=f"User{i}"))
+                                   for i in range(lo, min(n, lo + 100))))
+    else:
+        for i in range(n):
+            notifier.notify(title="Order", body=TEXT.format(name=f"User{i}"))
+    await receivers.wait(webhooks=base + n)
+    return n / (time.perf_counter() - started)
+
+
+async def apprise_email(receivers: Receivers, n: int) -> float:
+    import apprise
+
+    base = receivers.mails
+    started = time.perf_counter()
+    for i in range(n):
+        notifier = apprise.Apprise()  # one address per recipient: one URL each
+        notifier.add(f"mailto://127.0.0.1:{receivers.smtp_port}?from=bench@shop.example&to=user{i}@example.com"
+                     f"&smtp=127.0.0.1&mode=insecure")
+        notifier.notify(title="Order", body=TEXT.format(name=f"User{i}"))
+    await receivers.wait(mails=base + n)
+    return n / (time.perf_counter() - started)
+
+
+def _job(n: int, offset: int, channel: str) -> bytes:
+    recipients: list[dict[str, Any]] = []
+    for i in range(offset, offset + n):
+        r: dict[str, Any] = {"user_id": f"u{i}", "attributes": {"name": f"User{i}"}}
+        if channel == "email":
+            r["email"] = f"user{i}@example.com"
+        else:
+            r["devices"] = [{"channel": "speaker", "target": "hub", "device_id": f"d{i}"}]
+        recipients.append(r)
+    content = {"speaker": {"speech": "Hi {{ attributes.name }}, your order is ready."},
+               "email": {"subject": "Order", "text": "Hi {{ attributes.name }}, your order is ready."}}
+    return json.dumps({"campaign": "peer", "category": "transactional", "channels": [channel],
+                       "variants": [{"name": "d", "content": content}], "recipients": recipients}).encode()
+
+
+async def gateway(receivers: Receivers, n: int, channel: str, tmp: str) -> float:
+    import msgspec
+
+    os.environ["PEER_API_KEYS"] = "peer"
+    os.environ["PEER_SECRET"] = new_secret()
+    config = msgspec.convert({
+        "server": {"port": 0, "api_keys_env": "PEER_API_KEYS"},
+        "store": {"url": f"sqlite:{tmp}/peer-{channel}.db"},
+        "quiet_hours": {"enabled": False},
+        "channels": {"speaker": {"targets": {"hub": {"url": f"{receivers.url}/hook", "secret": {"env": "PEER_SECRET"}}}},
+                     "email": {"host": "127.0.0.1", "port": receivers.smtp_port, "security": "none",
+                               "from_address": "bench@shop.example", "pool_size": 16}},
+    }, GatewayConfig)
+    server = await start_server(config)
+    base = receivers.webhooks if channel == "speaker" else receivers.mails
+    try:
+        async with aiohttp.ClientSession(server.url, headers={"Authorization": "Bearer peer"}) as http:
+            started = time.perf_counter()
+            for offset in range(0, n, 1000):
+                async with http.post("/v1/jobs", data=_job(min(1000, n - offset), offset, channel)) as r:
+                    assert r.status == 202, await r.text()
+            if channel == "speaker":
+                await receivers.wait(webhooks=base + n)
+            else:
+                await receivers.wait(mails=base + n)
+            return n / (time.perf_counter() - started)
+    finally:
+        await server.stop()
+
+
+async def run(n: int) -> dict[str, Any]:
+    receivers = Receivers()
+    await receivers.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {
+                "recipients": n,
+                "webhook": {
+                    "apprise_sequential_per_s": round(await apprise_webhook(receivers, n, concurrent=False)),
+                    "apprise_async_notify_per_s": round(await apprise_webhook(receivers, n, concurrent=True)),
+                    "gateway_per_s": round(await gateway(receivers, n, "speaker", tmp)),
+                },
+                "email": {
+                    "apprise_sequential_per_s": round(await apprise_email(receivers, n)),
+                    "gateway_per_s": round(await gateway(receivers, n, "email", tmp)),
+                },
+            }
+    finally:
+        await receivers.stop()
+    for kind in ("webhook", "email"):
+        best = max(v for k, v in result[kind].items() if k.startswith("apprise"))
+        result[kind]["ratio_vs_best_apprise"] = round(result[kind]["gateway_per_s"] / best, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=2000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.recipients)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
