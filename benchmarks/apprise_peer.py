@@ -128,7 +128,8 @@ async def gateway(receivers: Receivers, n: int, channel: str, tmp: str) -> float
         "server": {"port": 0, "api_keys_env": "PEER_API_KEYS"},
         "store": {"url": f"sqlite:{tmp}/peer-{channel}.db"},
         "quiet_hours": {"enabled": False},
-        "channels": {"speaker": {"targets": {"hub": {"url": f"{receivers.url}/hook", "secret": {"env": "PEER_SECRET"}}}},
+        "channels": {"speaker": {"targets": {"hub": {"url": f"{receivers.url}/hook",
+                                                     "secret": {"env": "PEER_SECRET"}}}},
                      "email": {"host": "127.0.0.1", "port": receivers.smtp_port, "security": "none",
                                "from_address": "bench@shop.example", "pool_size": 16}},
     }, GatewayConfig)
