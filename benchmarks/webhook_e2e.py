@@ -1,7 +1,7 @@
 """End to end on the demo path: POST /v1/jobs -> embedded store -> speaker webhook -> receiver.
 
-Three processes share the machine, as in a deployment: `gateway serve` (config/demo.toml
-with its store on a temporary file, synchronous=full like the shipped default), the
+Three processes share the machine, as in a deployment: `gateway serve` (the speaker
+channel, its store on a temporary file, synchronous=full like the shipped default), the
 Standard Webhooks receiver of `gateway.testing` (verifying every signature), and this
 driver posting jobs over HTTP. Reports recipients/s accepted (202 = durably stored) and
 delivered/s as counted by the receiver.
@@ -61,12 +61,29 @@ async def run(total: int, per_job: int) -> dict[str, object]:
     follower = asyncio.create_task(_follow(receiver, state))
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text((REPO / "config" / "demo.toml").read_text()
-                          .replace("http://demo-receiver", receiver_url)
-                          .replace('url = "sqlite:data/demo.db"', f'url = "sqlite:{tmp}/bench.db"')
-                          .replace('synchronous = "normal"', 'synchronous = "full"'))
+        config.write_text(f"""
+[server]
+port = 0
+api_keys_env = "GATEWAY_DEMO_API_KEY"
+[store]
+url = "sqlite:{tmp}/bench.db"
+synchronous = "full"
+[quiet_hours]
+enabled = false
+[channels.speaker.targets.home-hub]
+url = "{receiver_url}/hooks/home-hub"
+secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
+""")
         gateway, url = await _spawn(sys.executable, "-m", "gateway", "--config", str(config), "serve",
                                     env=env, ready="gateway listening on")
+        rss: list[tuple[int, int]] = []  # (deliveries so far, gateway RSS in KiB)
+
+        async def sample() -> None:
+            while True:
+                rss.append((state["received"], _rss_kib(gateway.pid)))
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
         jobs = synthetic_jobs(total, per_job)
         try:
             async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {api_key}"}) as http:
@@ -93,6 +110,7 @@ async def run(total: int, per_job: int) -> dict[str, object]:
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
         finally:
+            sampler.cancel()
             gateway.terminate()
             await gateway.wait()
             receiver.terminate()
@@ -109,7 +127,29 @@ async def run(total: int, per_job: int) -> dict[str, object]:
         "end_to_end_seconds": round(elapsed, 3),
         "decided_recipients_per_s": round(total / elapsed),
         "delivered_per_s": round(state["received"] / elapsed),
+        "gateway_peak_rss_mb": round(max(r for _, r in rss) / 1024, 1) if rss else None,
+        "gateway_rss_mb_by_progress": _by_progress(rss, state["received"]),
     }
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _by_progress(samples: list[tuple[int, int]], total: int) -> dict[str, float]:
+    """RSS when 10%, 25%, 50%, 75% and 100% of deliveries had arrived: flat means bounded."""
+    out = {}
+    for share in (0.10, 0.25, 0.50, 0.75, 1.0):
+        reached = [r for done, r in samples if done >= share * total]
+        if reached:
+            out[f"{int(share * 100)}%"] = round(reached[0] / 1024, 1)
+    return out
 
 
 def main() -> None:

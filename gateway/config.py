@@ -100,7 +100,7 @@ class LimitsConfig(_Section):
 
 class IntakeConfig(_Section):
     idempotency_ttl: Duration = "24h"
-    max_inflight_recipients: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    max_inflight_recipients: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     retry_after: Annotated[int, msgspec.Meta(ge=1)] = 2
 
 
