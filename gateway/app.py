@@ -10,10 +10,8 @@ from gateway.channel import Channel
 from gateway.clock import Clock
 from gateway.config import GatewayConfig, seconds
 from gateway.dispatch.retry import Retrier
-from gateway.intake.model import JOB_DECODER
 from gateway.metrics import Metrics
-from gateway.personalize.templates import compile_job
-from gateway.pipeline import Pipeline, RunningJob
+from gateway.pipeline import Pipeline, load_job
 from gateway.plugins import channel_classes, configure_channels, plugin_manager
 from gateway.policy.engine import load_policy
 from gateway.runner import Admission, Runner
@@ -80,10 +78,8 @@ class Gateway:
         Recipients before the cursor have their decisions stored and are not sent again."""
         assert self.runner is not None
         for record in await self.store.resumable_jobs():
-            job = JOB_DECODER.decode(await self.store.job_body(record.id))
-            variants = compile_job(job, max_template_chars=10**9)  # validated at intake
             self.admission.force(record.recipients - record.cursor)
-            self.runner.submit(RunningJob(record.id, job, variants, record.cursor, self.clock.monotonic()))
+            self.runner.submit(await load_job(self.store, record.id, record.cursor, self.clock.monotonic()))
             log.info("resuming job %s at recipient %d of %d", record.id, record.cursor, record.recipients)
 
     async def stop(self) -> None:

@@ -17,7 +17,7 @@ not to each plugin: a channel makes one attempt per delivery and says what happe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -147,10 +147,6 @@ async def map_bounded(
     elif workers:
         await asyncio.gather(*(worker() for _ in range(workers)))
     return results
-
-
-def unique(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -19,10 +19,10 @@ from gateway.clock import Clock
 from gateway.decision import Decision
 from gateway.dispatch.breaker import PROVIDER_UNAVAILABLE
 from gateway.dispatch.retry import Postponed, Retrier
-from gateway.intake.model import Device, Job
+from gateway.intake.model import JOB_DECODER, Device, Job
 from gateway.metrics import Metrics
 from gateway.personalize.render import Personalizer
-from gateway.personalize.templates import CompiledVariant
+from gateway.personalize.templates import CompiledVariant, compile_job
 from gateway.planning import Ready, RecipientPlan, Verdict, plan_recipient
 from gateway.policy.caps import Denied
 from gateway.policy.engine import FREQUENCY_CAP, Policy
@@ -38,6 +38,14 @@ class RunningJob:
     cursor: int  # first recipient not yet decided
     accepted_at: float  # monotonic, for the latency histogram
     personalizer: Personalizer | None = None
+
+
+async def load_job(store: Store, job_id: str, cursor: int, accepted_at: float) -> RunningJob:
+    """A stored job, ready to run again (resumed at start-up, or deferred messages due):
+    decoded from its stored body, templates compiled once more (they were validated at
+    intake, so no length limit applies here)."""
+    job = JOB_DECODER.decode(await store.job_body(job_id))
+    return RunningJob(job_id, job, compile_job(job, max_template_chars=10**9), cursor, accepted_at)
 
 
 @dataclass

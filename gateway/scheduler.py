@@ -14,9 +14,7 @@ from collections import OrderedDict, defaultdict
 
 from gateway.clock import Clock
 from gateway.config import ScheduleConfig, seconds
-from gateway.intake.model import JOB_DECODER
-from gateway.personalize.templates import compile_job
-from gateway.pipeline import Pipeline, RunningJob
+from gateway.pipeline import Pipeline, RunningJob, load_job
 from gateway.store import DeferredItem, Store
 
 log = logging.getLogger(__name__)
@@ -48,9 +46,8 @@ class Scheduler:
     async def _job(self, job_id: str) -> RunningJob:
         running = self._jobs.get(job_id)
         if running is None:
-            job = JOB_DECODER.decode(await self.store.job_body(job_id))
-            running = RunningJob(job_id, job, compile_job(job, max_template_chars=10**9), len(job.recipients),
-                                 self.clock.monotonic())
+            running = await load_job(self.store, job_id, 0, self.clock.monotonic())
+            running.cursor = len(running.job.recipients)
             self._jobs[job_id] = running
             if len(self._jobs) > self._cache_size:
                 self._jobs.popitem(last=False)
