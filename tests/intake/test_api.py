@@ -199,3 +199,16 @@ async def test_store_failure_is_503_never_202(api) -> None:
     assert status == 503 and body["error"] == "store_unavailable"
     assert headers["Retry-After"]
     assert api.gateway.admission.inflight == 0
+
+
+async def test_openapi_describes_every_route(api) -> None:
+    """The spec stays in step with the router."""
+    from gateway.intake.api import make_app
+
+    app = make_app(api.gateway, [])
+    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()  # type: ignore[union-attr]
+              if r.method != "HEAD"}
+    async with api.http.get("/openapi.json") as r:
+        spec = await r.json()
+    described = {(method, path) for path, ops in spec["paths"].items() for method in ops}
+    assert routes == described
