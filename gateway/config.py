@@ -109,6 +109,11 @@ class StoreConfig(_Section):
     # "full" fsyncs each group commit: an accepted job survives a power cut, not only a crash.
     synchronous: Literal["normal", "full"] = "full"
     group_commit_max: Annotated[int, msgspec.Meta(ge=1)] = 512
+    key_prefix: str = "gw:"  # Redis: every key starts with this (several gateways on one Redis)
+    # Redis: which gateway accepted a job; at start-up a gateway resumes only its own
+    # unfinished jobs, never one another live process is delivering. Default: the host name;
+    # give each process on one host its own (e.g. the pod or unit name).
+    instance: str | None = None
 
 
 class PipelineConfig(_Section):

@@ -110,6 +110,10 @@ _ID_PREFIX = secrets.token_hex(6)
 _ids = itertools.count()
 
 
+def new_reservation_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
 def validate_rules(rules: Sequence[CapRule]) -> list[str]:
     problems = []
     seen: set[str] = set()
@@ -187,7 +191,7 @@ class CapLedger:
             if denied is not None:
                 outcomes.append(denied)
                 continue
-            reservation = f"{_ID_PREFIX}{next(_ids):x}"
+            reservation = new_reservation_id()
             for check in checks:
                 self._add(check.rule, user, now, reservation)
                 added.append((reservation, check.rule, user, now))

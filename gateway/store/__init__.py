@@ -15,4 +15,10 @@ def make_store(config: StoreConfig) -> Store:
 
         path = url.removeprefix("sqlite:").removeprefix("//")
         return SQLiteStore(path or ":memory:", config.synchronous, config.group_commit_max)
-    raise ConfigError([f"store.url: unsupported scheme in {url!r} (supported: sqlite:PATH)"])
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        import socket
+
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(url, prefix=config.key_prefix, instance=config.instance or socket.gethostname())
+    raise ConfigError([f"store.url: unsupported scheme in {url!r} (supported: sqlite:PATH, redis://HOST:PORT/DB)"])

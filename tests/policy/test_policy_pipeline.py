@@ -31,6 +31,14 @@ class Provider:
     received: ClassVar[list[Delivery]] = []
     answer: ClassVar[Callable[[Delivery], Result]] = staticmethod(lambda d: Sent())
 
+    @classmethod
+    def per_user(cls) -> dict[str, int]:
+        """Deliveries each user received: the truth caps are checked against."""
+        counts: dict[str, int] = {}
+        for delivery in cls.received:
+            counts[delivery.user_id] = counts.get(delivery.user_id, 0) + 1
+        return counts
+
 
 def channel_class(name: str, kind: str, group: str) -> type[Channel]:
     class Scripted(Channel):
@@ -135,9 +143,7 @@ async def test_racing_jobs_never_exceed_a_cap(start, tmp_path) -> None:
     replies = await asyncio.gather(*(running.post(push_job(["ana", "ben", f"x{n}"])) for n in range(12)))
     for _, body, _ in replies:
         await running.wait(body["job_id"])
-    per_user: dict[str, int] = {}
-    for delivery in Provider.received:
-        per_user[delivery.user_id] = per_user.get(delivery.user_id, 0) + 1
+    per_user = Provider.per_user()
     assert per_user["ana"] == 3 and per_user["ben"] == 3  # checked against what providers got
     assert all(per_user[f"x{n}"] == 1 for n in range(12))
 

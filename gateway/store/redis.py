@@ -1,0 +1,361 @@
+"""The Redis store: the same interface as the embedded one, for several gateway processes.
+
+Every write that must be atomic is one Lua script (one round trip per batch): accepting a
+job with its idempotency key, recording a batch (decisions, counts, cursor, deferred
+messages), reserving caps for a batch (sliding-window logs per user and rule, all rules or
+none), claiming due deferred messages (a claim pushes the message's due time forward by
+the lease, so a crashed claimer's messages come back). Keys of one user share a hash tag
+(`{u:ID}`) for Redis Cluster. Expiry is Redis TTLs: idempotency keys, cap logs.
+
+This slice is the store. A job is delivered by the process that accepted it (recorded as its
+`owner`), which also resumes it after a restart; a Redis Stream intake with claims, so any
+process can take over a dead one's jobs, is the rest of the distributed-mode issue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.decision import Decision
+from gateway.policy.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
+from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
+
+_pack = msgspec.msgpack.encode
+_decision = msgspec.msgpack.Decoder(Decision)
+_idem = msgspec.msgpack.Decoder(IdempotencyRecord)
+_strings = msgspec.json.Decoder(list[str])
+_json = msgspec.json.Encoder()
+CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
+
+ACCEPT = """
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('GET', KEYS[1]) end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('HSET', KEYS[2], 'campaign', ARGV[3], 'state', 'accepted', 'recipients', ARGV[4], 'cursor', 0,
+           'warnings', ARGV[5], 'created_at', ARGV[6], 'owner', ARGV[9])
+redis.call('SET', KEYS[3], ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[8])
+return false
+"""
+
+# KEYS: job hash, decisions hash, outcomes hash, counts hash, order zset, deferred zset,
+# deferred reasons hash, job's deferred set, open jobs zset.
+# ARGV: job id, cursor (or -1 to keep), n decisions, then per decision: field, outcome,
+# blob, order score; then n deferred, per item: member, due, reason.
+RECORD = """
+local n = tonumber(ARGV[3])
+local i = 4
+for _ = 1, n do
+  local field, outcome, blob, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local old = redis.call('HGET', KEYS[3], field)
+  if old then redis.call('HINCRBY', KEYS[4], old, -1) end
+  redis.call('HINCRBY', KEYS[4], outcome, 1)
+  redis.call('HSET', KEYS[3], field, outcome)
+  redis.call('HSET', KEYS[2], field, blob)
+  redis.call('ZADD', KEYS[5], 'NX', score, field)
+  if outcome ~= 'deferred' then
+    local member = ARGV[1] .. '|' .. field
+    if redis.call('SREM', KEYS[8], member) == 1 then
+      redis.call('ZREM', KEYS[6], member)
+      redis.call('HDEL', KEYS[7], member)
+    end
+  end
+  i = i + 4
+end
+local m = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, m do
+  redis.call('ZADD', KEYS[6], ARGV[i + 1], ARGV[i])
+  redis.call('HSET', KEYS[7], ARGV[i], ARGV[i + 2])
+  redis.call('SADD', KEYS[8], ARGV[i])
+  i = i + 3
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if tonumber(ARGV[2]) >= 0 and state ~= 'completed' then
+  local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '0')
+  if tonumber(ARGV[2]) > cursor then redis.call('HSET', KEYS[1], 'cursor', ARGV[2]) end
+  if state == 'accepted' then redis.call('HSET', KEYS[1], 'state', 'running') end
+end
+if state == 'waiting' and redis.call('SCARD', KEYS[8]) == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[i])
+end
+return true
+"""
+
+# KEYS: job hash, job's deferred set, open jobs zset. ARGV: now, job id.
+FINISH = """
+local recipients = redis.call('HGET', KEYS[1], 'recipients')
+redis.call('HSET', KEYS[1], 'cursor', recipients)
+if redis.call('SCARD', KEYS[2]) > 0 then
+  redis.call('HSET', KEYS[1], 'state', 'waiting')
+else
+  redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[1])
+end
+redis.call('ZREM', KEYS[3], ARGV[2])
+return true
+"""
+
+# ARGV: now, then per request: user, id, n checks, then per check: rule, since, limit,
+# period (-1: calendar), reset (-1: rolling), action. Returns per request {0, id} or
+# {1, rule, action, free_at}.
+RESERVE = """
+local now = tonumber(ARGV[1])
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local user, id, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  local checks = {}
+  for c = 1, n do
+    -- since is kept as given: re-formatting a number in Lua would round it
+    checks[c] = {ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
+                 tonumber(ARGV[i + 4]), ARGV[i + 5]}
+    i = i + 6
+  end
+  local denied = nil
+  for _, ch in ipairs(checks) do
+    local key = 'cap:{u:' .. user .. '}:' .. ch[1]
+    local low = ch[2]
+    if ch[4] >= 0 then low = '(' .. ch[2] end
+    local count = redis.call('ZCOUNT', key, low, '+inf')
+    if count >= ch[3] then
+      local free
+      if ch[5] >= 0 then free = ch[5]
+      elseif ch[3] == 0 then free = math.huge
+      else
+        local entry = redis.call('ZRANGEBYSCORE', key, low, '+inf', 'WITHSCORES', 'LIMIT', count - ch[3], 1)
+        free = tonumber(entry[2]) + ch[4]
+      end
+      local drop = (ch[6] == 'drop')
+      if denied == nil or (drop and not denied.drop) or (drop == denied.drop and free > denied.free) then
+        denied = {rule = ch[1], action = ch[6], free = free, drop = drop}
+      end
+    end
+  end
+  if denied then
+    local free = denied.free
+    if free == math.huge then free = -1 end
+    table.insert(out, {1, denied.rule, denied.action, tostring(free)})
+  else
+    for _, ch in ipairs(checks) do
+      local key = 'cap:{u:' .. user .. '}:' .. ch[1]
+      redis.call('ZADD', key, now, id)
+      local ttl = math.max(ch[4], 0) + 86400 * 8
+      redis.call('EXPIRE', key, math.floor(ttl))
+      redis.call('SADD', 'capres:' .. id, key)
+      redis.call('EXPIRE', 'capres:' .. id, math.floor(ttl))
+    end
+    table.insert(out, {0, id})
+  end
+end
+return out
+"""
+
+REFUND = """
+for _, id in ipairs(ARGV) do
+  for _, key in ipairs(redis.call('SMEMBERS', 'capres:' .. id)) do redis.call('ZREM', key, id) end
+  redis.call('DEL', 'capres:' .. id)
+end
+return true
+"""
+
+# KEYS: deferred zset, reasons hash. ARGV: now, limit, lease.
+CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for j = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), due[j])
+  table.insert(out, {due[j], due[j + 1], redis.call('HGET', KEYS[2], due[j]) or ''})
+end
+return out
+"""
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "gw:", instance: str = "gateway"):
+        self.url = url
+        self.p = prefix
+        self.instance = instance
+        self.redis: aioredis.Redis | None = None
+
+    async def open(self) -> None:
+        self.redis = aioredis.from_url(self.url)
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot reach {self.url}: {exc}") from exc
+        r = self.redis
+        self._accept, self._record, self._finish = r.register_script(ACCEPT), r.register_script(RECORD), \
+            r.register_script(FINISH)
+        self._reserve, self._refund, self._claim = r.register_script(RESERVE), r.register_script(REFUND), \
+            r.register_script(CLAIM)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except (RedisError, OSError):
+            return False
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        if self.redis is None:
+            raise StoreUnavailable("store is not open")
+        return self.redis
+
+    def _k(self, *parts: str) -> str:
+        return self.p + ":".join(parts)
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        j = f"job:{{{job_id}}}"
+        return [self._k(j), self._k(j, "dec"), self._k(j, "out"), self._k(j, "counts"), self._k(j, "order"),
+                self._k("deferred"), self._k("deferred", "reason"), self._k(j, "waiting"), self._k("open")]
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    # -- jobs ------------------------------------------------------------------------
+    async def accept_job(self, job: JobRecord, body: bytes, idempotency: IdempotencyRecord | None,
+                         now: float) -> IdempotencyRecord | None:
+        keys = self._job_keys(job.id)
+        idem_key = self._k("idem", idempotency.key) if idempotency else ""
+        ttl_ms = max(1, int((idempotency.expires_at - now) * 1000)) if idempotency else 0
+        existing = await self._call(self._accept, [idem_key, keys[0], self._k(f"job:{{{job.id}}}", "body"), keys[8]],
+                                    [_pack(idempotency) if idempotency else b"", ttl_ms, job.campaign, job.recipients,
+                                     _json.encode(job.warnings), repr(job.created_at), body, job.id, self.instance])
+        return _idem.decode(existing) if existing else None
+
+    async def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
+        raw = await self._r.get(self._k("idem", key))
+        record = _idem.decode(raw) if raw else None
+        return record if record is not None and record.expires_at > now else None
+
+    async def resumable_jobs(self) -> list[JobRecord]:
+        """This instance's unfinished jobs only: another live process may be delivering
+        the rest. (Taking over a dead process's jobs is the Stream/claim part to come.)"""
+        ids = [i.decode() for i in await self._r.zrange(self._k("open"), 0, -1)]
+        owners = [await self._r.hget(self._k(f"job:{{{i}}}"), "owner") for i in ids]
+        mine = [i for i, owner in zip(ids, owners, strict=True)
+                if owner is not None and owner.decode() == self.instance]
+        jobs = [await self.get_job(i) for i in mine]
+        return [j for j in jobs if j is not None and j.state in ("accepted", "running")]
+
+    async def job_body(self, job_id: str) -> bytes:
+        body = await self._r.get(self._k(f"job:{{{job_id}}}", "body"))
+        if body is None:
+            raise KeyError(job_id)
+        return bytes(body)
+
+    def _decision_args(self, decisions: Sequence[Decision], now: float) -> list[Any]:
+        args: list[Any] = [len(decisions)]
+        position: dict[int, int] = {}
+        for d in decisions:
+            if not d.at:
+                d.at = now
+            seq = position[d.recipient] = position.get(d.recipient, -1) + 1
+            args += [f"{d.recipient}|{d.channel}", d.outcome, _pack(d), d.recipient * 1000 + seq]
+        return args
+
+    def _deferred_args(self, job_id: str, items: Sequence[DeferredItem]) -> list[Any]:
+        args: list[Any] = [len(items)]
+        for item in items:
+            args += [f"{job_id}|{item.recipient}|{item.channel}", repr(item.due), item.reason]
+        return args
+
+    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
+                           deferred: Sequence[DeferredItem] = ()) -> None:
+        await self._call(self._record, self._job_keys(job_id), [job_id, cursor, *self._decision_args(decisions, now),
+                                                                *self._deferred_args(job_id, deferred), repr(now)])
+
+    async def finish_job(self, job_id: str, now: float) -> None:
+        keys = self._job_keys(job_id)
+        await self._call(self._finish, [keys[0], keys[7], keys[8]], [repr(now), job_id])
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        raw = await self._r.hgetall(self._k(f"job:{{{job_id}}}"))
+        if not raw:
+            return None
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return JobRecord(id=job_id, campaign=f["campaign"], state=f["state"], recipients=int(f["recipients"]),
+                         cursor=int(f["cursor"]), warnings=_strings.decode(f["warnings"]),
+                         created_at=float(f["created_at"]),
+                         finished_at=float(f["finished_at"]) if "finished_at" in f else None)
+
+    async def outcome_counts(self, job_id: str) -> dict[str, int]:
+        raw = await self._r.hgetall(self._k(f"job:{{{job_id}}}", "counts"))
+        return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+
+    async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
+        keys = self._job_keys(job_id)
+        fields = await self._r.zrange(keys[4], offset, offset + limit - 1)
+        if not fields:
+            return []
+        return [_decision.decode(blob) for blob in await self._r.hmget(keys[1], fields) if blob is not None]
+
+    async def purge_expired(self, now: float) -> int:
+        return 0  # idempotency keys carry a Redis TTL
+
+    # -- frequency caps --------------------------------------------------------------
+    async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        args: list[Any] = [repr(now)]
+        for request in requests:
+            args += [request.user, new_reservation_id(), len(request.checks)]
+            for c in request.checks:
+                args += [c.rule, repr(c.since), c.limit, repr(c.period if c.period is not None else -1),
+                         repr(c.reset if c.reset is not None else -1), c.action]
+        if len(args) == 1:
+            return [Granted(None) for _ in requests]
+        raw = await self._call(self._reserve, [], args)
+        outcomes: list[CapOutcome] = []
+        for request, item in zip(requests, raw, strict=True):
+            if not request.checks:
+                outcomes.append(Granted(None))
+            elif int(item[0]) == 0:
+                outcomes.append(Granted(item[1].decode()))
+            else:
+                free = float(item[3])
+                outcomes.append(Denied(item[1].decode(), item[2].decode(), float("inf") if free < 0 else free))
+        return outcomes
+
+    async def refund_caps(self, reservations: Sequence[str]) -> None:
+        if reservations:
+            await self._call(self._refund, [], list(reservations))
+
+    async def prune_caps(self, before: float) -> None:
+        return None  # cap logs carry a Redis TTL
+
+    # -- email opt-outs --------------------------------------------------------------
+    async def record_opt_out(self, address: str, campaign: str, now: float) -> None:
+        await self._r.sadd(self._k("optouts"), address.lower())
+
+    async def clear_opt_out(self, address: str) -> bool:
+        return bool(await self._r.srem(self._k("optouts"), address.lower()))
+
+    async def opt_outs(self) -> set[str]:
+        return {a.decode() for a in await self._r.smembers(self._k("optouts"))}
+
+    # -- deferred messages -----------------------------------------------------------
+    async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:
+        keys = self._job_keys("-")
+        raw = await self._call(self._claim, [keys[5], keys[6]], [repr(now), limit, repr(lease)])
+        items = []
+        for member, due, reason in raw:
+            job_id, recipient, channel = member.decode().split("|")
+            items.append(DeferredItem(job_id, int(recipient), channel, float(due), reason.decode()))
+        return items
+
+    async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
+                              now: float) -> None:
+        await self._call(self._record, self._job_keys(job_id), [job_id, -1, *self._decision_args(decisions, now),
+                                                                *self._deferred_args(job_id, deferred), repr(now)])

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.decision import Decision
+from gateway.store.base import IdempotencyRecord, JobRecord
+from gateway.store.sqlite import SQLiteStore
+
+
+def record(job_id: str, n: int = 3) -> JobRecord:
+    return JobRecord(id=job_id, campaign="c", state="accepted", recipients=n, cursor=0, warnings=["w"],
+                     created_at=1.0)
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
+    s = SQLiteStore(str(tmp_path / "db.sqlite"), "full")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request, tmp_path):
+    """The same contract, on both backends."""
+    if request.param == "sqlite":
+        s = SQLiteStore(str(tmp_path / "db.sqlite"), "full")
+    else:
+        import uuid
+
+        from gateway.store.redis import RedisStore
+
+        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex[:8]}:")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_concurrent_writes_share_commits(sqlite_store) -> None:
+    store = sqlite_store
+    await asyncio.gather(*(store.accept_job(record(f"j{i}"), b"{}", None, 1.0) for i in range(200)))
+    assert len(await store.resumable_jobs()) == 200
+    assert store.commits < 200  # fsyncs were shared
+
+
+async def test_a_failing_write_does_not_undo_its_neighbours(sqlite_store) -> None:
+    store = sqlite_store
+    await store.accept_job(record("dup"), b"{}", None, 1.0)
+    results = await asyncio.gather(
+        store.accept_job(record("a"), b"{}", None, 1.0),
+        store.accept_job(record("dup"), b"{}", None, 1.0),  # primary key violation
+        store.accept_job(record("b"), b"{}", None, 1.0),
+        return_exceptions=True)
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert {j.id for j in await store.resumable_jobs()} == {"dup", "a", "b"}
+
+
+async def test_batches_advance_the_cursor_and_keep_channel_order(store) -> None:
+    await store.accept_job(record("j", 2), b'{"x":1}', None, 1.0)
+    batch = [Decision(recipient=0, user_id="u0", channel=c, outcome="sent") for c in ("zeta", "alpha")]
+    await store.record_batch("j", 1, batch, 2.0)
+    job = await store.get_job("j")
+    assert job is not None and (job.state, job.cursor) == ("running", 1)
+    assert [d.channel for d in await store.decisions("j", 0, 10)] == ["zeta", "alpha"]
+    await store.record_batch("j", 2, [Decision(recipient=1, user_id="u1", channel="zeta", outcome="failed",
+                                               reason="x", invalid_tokens=["t"])], 3.0)
+    await store.finish_job("j", 4.0)
+    assert await store.resumable_jobs() == []
+    assert await store.outcome_counts("j") == {"sent": 2, "failed": 1}
+    last = (await store.decisions("j", 2, 10))[0]
+    assert (last.reason, last.invalid_tokens, last.at) == ("x", ["t"], 3.0)
+    assert await store.job_body("j") == b'{"x":1}'
+
+
+async def test_idempotency_first_writer_wins(store) -> None:
+    idem = IdempotencyRecord(key="k", body_hash="h1", status=202, response=b"first", expires_at=100.0)
+    assert await store.accept_job(record("a"), b"{}", idem, 1.0) is None
+    other = IdempotencyRecord(key="k", body_hash="h2", status=202, response=b"second", expires_at=100.0)
+    existing = await store.accept_job(record("b"), b"{}", other, 2.0)
+    assert existing is not None and existing.response == b"first"
+    assert await store.get_job("b") is None  # nothing stored for the loser
+    assert await store.get_idempotency("k", 100.0) is None  # expired at its TTL
+
+
+async def test_caps_reserve_and_refund(store) -> None:
+    from gateway.policy.caps import CapRequest, Check, Denied, Granted
+
+    def req(user: str, now: float) -> CapRequest:
+        return CapRequest(user, [Check("daily", now - 86400, 2, 86400, None, "defer"),
+                                 Check("week", 0.0, 5, None, 7 * 86400.0, "drop")])
+
+    first = await store.reserve_caps([req("ana", 100.0), req("ana", 100.0), req("ben", 100.0)], 100.0)
+    assert [type(o) for o in first] == [Granted, Granted, Granted]
+    (third,) = await store.reserve_caps([req("ana", 200.0)], 200.0)
+    assert third == Denied("daily", "defer", 86500.0)  # the first send leaves the window
+    await store.refund_caps([first[0].reservation])  # type: ignore[union-attr]
+    (again,) = await store.reserve_caps([req("ana", 300.0)], 300.0)
+    assert isinstance(again, Granted)
+    (empty,) = await store.reserve_caps([CapRequest("eve", [])], 300.0)
+    assert empty == Granted(None)
+
+
+async def test_deferred_claim_lease_and_settle(store) -> None:
+    from gateway.store import DeferredItem
+
+    await store.accept_job(record("j", 2), b"{}", None, 1.0)
+    deferred = [DeferredItem("j", 0, "apns", 50.0, "quiet_hours"), DeferredItem("j", 1, "apns", 500.0, "quiet_hours")]
+    decisions = [Decision(recipient=i, user_id=f"u{i}", channel="apns", outcome="deferred", until=d.due)
+                 for i, d in enumerate(deferred)]
+    await store.record_batch("j", 2, decisions, 2.0, deferred)
+    await store.finish_job("j", 3.0)
+    assert (await store.get_job("j")).state == "waiting"  # type: ignore[union-attr]
+    assert await store.claim_due(10.0, 10, 60.0) == []
+    (claimed,) = await store.claim_due(100.0, 10, 60.0)
+    assert (claimed.recipient, claimed.reason) == (0, "quiet_hours")
+    assert await store.claim_due(120.0, 10, 60.0) == []  # leased
+    assert len(await store.claim_due(170.0, 10, 60.0)) == 1  # the lease ran out: back again
+    sent = Decision(recipient=0, user_id="u0", channel="apns", outcome="sent")
+    await store.settle_deferred("j", [sent], [], 171.0)
+    assert await store.outcome_counts("j") == {"sent": 1, "deferred": 1}
+    assert (await store.get_job("j")).state == "waiting"  # type: ignore[union-attr]
+    (last,) = await store.claim_due(600.0, 10, 60.0)
+    await store.settle_deferred("j", [Decision(recipient=1, user_id="u1", channel="apns", outcome="capped",
+                                               reason="daily")], [], 601.0)
+    assert (await store.get_job("j")).state == "completed"  # type: ignore[union-attr]
+    assert [d.outcome for d in await store.decisions("j", 0, 10)] == ["sent", "capped"]
+    del last
+
+
+async def test_opt_outs(store) -> None:
+    await store.record_opt_out("Ana@Example.com", "spring", 1.0)
+    assert await store.opt_outs() == {"ana@example.com"}
+    assert await store.clear_opt_out("ana@example.com") is True
+    assert await store.clear_opt_out("ana@example.com") is False
+
+
+async def test_data_survives_reopen(tmp_path) -> None:
+    path = str(tmp_path / "db.sqlite")
+    first = SQLiteStore(path)
+    await first.open()
+    await first.accept_job(record("j"), b"{}", None, 1.0)
+    await first.close()
+    second = SQLiteStore(path)
+    await second.open()
+    assert [j.id for j in await second.resumable_jobs()] == ["j"]
+    assert await second.ping()
+    await second.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8))
+def test_cursor_only_moves_forward(batches: list[int]) -> None:
+    """Batches recorded in any order never move a job's cursor back."""
+    import tempfile
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = SQLiteStore(f"{tmp}/db")
+            await s.open()
+            await s.accept_job(record("j", sum(batches)), b"{}", None, 1.0)
+            cursors = []
+            total = 0
+            for size in batches:
+                total += size
+                cursors.append(total)
+            for cursor in reversed(cursors):
+                await s.record_batch("j", cursor, [], 1.0)
+            job = await s.get_job("j")
+            assert job is not None and job.cursor == max(cursors)
+            await s.close()
+
+    asyncio.run(scenario())
+
+
+async def test_redis_resumes_only_its_own_jobs(redis_url) -> None:
+    import uuid
+
+    from gateway.store.redis import RedisStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    a, b = RedisStore(redis_url, prefix, instance="gw-a"), RedisStore(redis_url, prefix, instance="gw-b")
+    await a.open()
+    await b.open()
+    try:
+        await a.accept_job(record("from-a"), b"{}", None, 1.0)
+        await b.accept_job(record("from-b"), b"{}", None, 2.0)
+        assert [j.id for j in await a.resumable_jobs()] == ["from-a"]
+        assert [j.id for j in await b.resumable_jobs()] == ["from-b"]
+        assert (await b.get_job("from-a")) is not None  # but every process can read every job
+    finally:
+        await a.close()
+        await b.close()
