@@ -221,6 +221,7 @@ class Pipeline:
         for delivery, result in zip(deliveries, results, strict=True):
             by_recipient.setdefault(delivery.recipient, []).append((delivery, result))
         elapsed = self.clock.monotonic() - running.accepted_at
+        sent_count = 0
         dead_all: list[Delivery] = []
         for i, pairs in by_recipient.items():
             step = plans[i].channels[channel]
@@ -232,8 +233,7 @@ class Pipeline:
                 notes = [n for n in (step.note,
                                      None if len(ok) == len(pairs) else f"{len(ok)} of {len(pairs)} devices") if n]
                 verdict = Verdict("sent", "", "; ".join(notes) or None, flags=step.flags)
-                for _ in ok:
-                    self.metrics.delivery_latency.observe(elapsed, channel)
+                sent_count += len(ok)
             elif all(isinstance(r, Postponed) for _, r in pairs):
                 until = max(r.until for _, r in pairs if isinstance(r, Postponed))
                 verdict = Verdict("deferred", PROVIDER_UNAVAILABLE, f"{channel} is failing: circuit open", until,
@@ -248,6 +248,8 @@ class Pipeline:
             decision = self._decision(running, i, channel, verdict, plans[i].variant)
             decision.invalid_tokens = [_token(dv.to) for dv in dead] or None
             decided[(i, channel)] = decision
+        if sent_count:  # one histogram update per batch: the deliveries share `elapsed`
+            self.metrics.delivery_latency.observe(elapsed, channel, times=sent_count)
         if dead_all:
             self.pm.hook.tokens_invalidated(channel=channel, deliveries=dead_all)
 
