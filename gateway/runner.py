@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from gateway.pipeline import Pipeline, RunningJob
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Runner:
             self.active[running.id] = running
             start = running.cursor
             try:
-                await self.pipeline.run(running, self.stopping)
+                await self._run(running)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the job stays in the store at its cursor; retried on restart
@@ -69,6 +70,22 @@ class Runner:
                 self.queue.task_done()
                 if not self.active and self.queue.empty():
                     self.idle.set()
+
+    async def _run(self, running: RunningJob) -> None:
+        """Run a job; while the store is unreachable, pause and go on from the last recorded
+        batch (a batch sent but not recorded goes again with the same delivery ids)."""
+        pause = 0.5
+        while True:
+            try:
+                await self.pipeline.run(running, self.stopping)
+                return
+            except StoreUnavailable as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning("job %s paused at recipient %d: store unavailable (%s); retrying in %.1fs",
+                            running.id, running.cursor, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
 
     async def stop(self, timeout: float) -> None:
         """Stop taking new batches; let batches under way finish and record, up to

@@ -15,6 +15,7 @@ from gateway.config import Secret
 from gateway.decision import OUTCOMES
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -55,6 +56,19 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
         return error(401, "unauthorized", "unknown API key", challenge)
     request[SCOPE_KEY] = hashlib.sha256(token.encode()).hexdigest()[:16]
     return await handler(request)
+
+
+@web.middleware
+async def store_errors_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """The store being unreachable is a 503 the caller retries, never a 500."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        log.warning("store unavailable: %s", exc)
+        gw = request.app[GATEWAY_KEY]
+        return error(503, "store_unavailable", "the store is unreachable; retry later",
+                     {"Retry-After": str(gw.config.intake.retry_after)})
 
 
 async def post_job(request: web.Request) -> web.Response:
@@ -195,7 +209,7 @@ def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
     # One byte over the limit so aiohttp's own check fires only past it; our handler gives
     # the JSON error naming the limit.
     app = web.Application(client_max_size=gateway.config.limits.max_body_bytes + 1,
-                          middlewares=[auth_middleware])
+                          middlewares=[auth_middleware, store_errors_middleware])
     app[GATEWAY_KEY] = gateway
     app[INTAKE_KEY] = Intake(gateway)
     app[KEYS_KEY] = api_keys

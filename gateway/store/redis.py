@@ -19,7 +19,11 @@ from typing import Any
 
 import msgspec
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.decision import Decision
 from gateway.policy.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
@@ -175,6 +179,20 @@ return out
 """
 
 
+def _unavailable_on_error(method: Any) -> Any:
+    """Redis errors on reads become StoreUnavailable, as the writes' do (API: 503)."""
+    import functools
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    return wrapper
+
+
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "gw:", instance: str = "gateway"):
         self.url = url
@@ -183,7 +201,11 @@ class RedisStore(Store):
         self.redis: aioredis.Redis | None = None
 
     async def open(self) -> None:
-        self.redis = aioredis.from_url(self.url)
+        # Connections pooled before a Redis restart are dead: retry such errors on a fresh
+        # connection instead of failing the caller's batch.
+        self.redis = aioredis.from_url(
+            self.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=10)
         try:
             await self.redis.ping()
         except (RedisError, OSError) as exc:
@@ -236,11 +258,13 @@ class RedisStore(Store):
                                      _json.encode(job.warnings), repr(job.created_at), body, job.id, self.instance])
         return _idem.decode(existing) if existing else None
 
+    @_unavailable_on_error
     async def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
         raw = await self._r.get(self._k("idem", key))
         record = _idem.decode(raw) if raw else None
         return record if record is not None and record.expires_at > now else None
 
+    @_unavailable_on_error
     async def resumable_jobs(self) -> list[JobRecord]:
         """This instance's unfinished jobs only: another live process may be delivering
         the rest. (Taking over a dead process's jobs is the Stream/claim part to come.)"""
@@ -251,6 +275,7 @@ class RedisStore(Store):
         jobs = [await self.get_job(i) for i in mine]
         return [j for j in jobs if j is not None and j.state in ("accepted", "running")]
 
+    @_unavailable_on_error
     async def job_body(self, job_id: str) -> bytes:
         body = await self._r.get(self._k(f"job:{{{job_id}}}", "body"))
         if body is None:
@@ -282,6 +307,7 @@ class RedisStore(Store):
         keys = self._job_keys(job_id)
         await self._call(self._finish, [keys[0], keys[7], keys[8]], [repr(now), job_id])
 
+    @_unavailable_on_error
     async def get_job(self, job_id: str) -> JobRecord | None:
         raw = await self._r.hgetall(self._k(f"job:{{{job_id}}}"))
         if not raw:
@@ -292,10 +318,12 @@ class RedisStore(Store):
                          created_at=float(f["created_at"]),
                          finished_at=float(f["finished_at"]) if "finished_at" in f else None)
 
+    @_unavailable_on_error
     async def outcome_counts(self, job_id: str) -> dict[str, int]:
         raw = await self._r.hgetall(self._k(f"job:{{{job_id}}}", "counts"))
         return {k.decode(): int(v) for k, v in raw.items() if int(v)}
 
+    @_unavailable_on_error
     async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
         keys = self._job_keys(job_id)
         fields = await self._r.zrange(keys[4], offset, offset + limit - 1)
@@ -336,12 +364,15 @@ class RedisStore(Store):
         return None  # cap logs carry a Redis TTL
 
     # -- email opt-outs --------------------------------------------------------------
+    @_unavailable_on_error
     async def record_opt_out(self, address: str, campaign: str, now: float) -> None:
         await self._r.sadd(self._k("optouts"), address.lower())
 
+    @_unavailable_on_error
     async def clear_opt_out(self, address: str) -> bool:
         return bool(await self._r.srem(self._k("optouts"), address.lower()))
 
+    @_unavailable_on_error
     async def opt_outs(self) -> set[str]:
         return {a.decode() for a in await self._r.smembers(self._k("optouts"))}
 

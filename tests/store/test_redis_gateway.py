@@ -52,3 +52,55 @@ async def test_idempotency_key_shared_between_gateways(start, tmp_path, redis_ur
     again = await b.post(job, headers={"Idempotency-Key": "k"})
     assert first[0] == again[0] == 202 and first[1]["job_id"] == again[1]["job_id"]
     assert (await b.post(dict(job, campaign="other"), headers={"Idempotency-Key": "k"}))[0] == 409
+
+
+async def test_redis_down_then_back(start, tmp_path, redis_url) -> None:
+    """Redis unreachable: 503 with Retry-After (never a 202 for a job not stored) and
+    /readyz fails; when it is back, the same gateway accepts again and nothing is lost."""
+    import shutil
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "redis-data"
+    workdir.mkdir()
+    command = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)]
+
+    async def redis_up() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            await asyncio.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    server = await redis_up()
+    try:
+        running = await start(redis_config(tmp_path, f"redis://127.0.0.1:{port}/0", "down:"),
+                              extra_plugins=(Providers(),))
+        job = push_job(["ana"], category="transactional")
+        status, accepted, _ = await running.post(job)
+        assert status == 202
+        await running.wait(accepted["job_id"])
+        server.terminate()
+        server.wait()
+        status, body, headers = await running.post(job)
+        assert status == 503 and body["error"] == "store_unavailable" and headers["Retry-After"]
+        async with running.http.get("/readyz") as r:
+            assert r.status == 503
+        async with running.http.get(f"/v1/jobs/{accepted['job_id']}") as r:
+            assert r.status == 503 and r.headers["Retry-After"]  # reads too: retry, not a 500
+        server = await redis_up()  # the append-only file brings the data back
+        status, again, _ = await running.post(job)
+        assert status == 202
+        async with running.http.get("/readyz") as r:
+            assert r.status == 200
+        assert (await running.status(accepted["job_id"]))["state"] == "completed"  # nothing lost
+        await running.wait(again["job_id"])
+    finally:
+        server.terminate()
+        server.wait()
