@@ -56,11 +56,31 @@ class Gateway:
                                  self.config.pipeline.batch_size, self.policy)
         self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers)
         self.scheduler = Scheduler(self.store, self.pipeline, self.config.schedule, self.clock)
+        # Alive before resuming: no other process may take over the jobs resumed here.
+        await self.store.heartbeat(3 * seconds(self.config.store.heartbeat))
         await self._resume()
         if self.run_background:
             self._tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping"),
-                           asyncio.create_task(self.scheduler.loop(), name="scheduler")]
+                           asyncio.create_task(self.scheduler.loop(), name="scheduler"),
+                           asyncio.create_task(self._take_over_orphans(), name="takeover")]
         self.accepting = True
+
+    async def _take_over_orphans(self) -> None:
+        """Heartbeat, and pick up the unfinished jobs of processes that stopped (a shared
+        store only: the embedded one has a single process)."""
+        every = seconds(self.config.store.heartbeat)
+        while True:
+            try:
+                await self.store.heartbeat(3 * every)
+                for record in await self.store.claim_orphaned_jobs():
+                    assert self.runner is not None
+                    self.admission.force(record.recipients - record.cursor)
+                    self.runner.submit(await load_job(self.store, record.id, record.cursor, self.clock.monotonic()))
+                    log.warning("took over job %s at recipient %d from a process that stopped", record.id,
+                                record.cursor)
+            except Exception:
+                log.exception("heartbeat / takeover")
+            await asyncio.sleep(every)
 
     async def _housekeeping(self, every: float = 600) -> None:
         """Expired idempotency keys, and cap history older than any window."""

@@ -114,6 +114,9 @@ class StoreConfig(_Section):
     # unfinished jobs, never one another live process is delivering. Default: the host name;
     # give each process on one host its own (e.g. the pod or unit name).
     instance: str | None = None
+    # Redis: this process says it is alive every `heartbeat`; after 3 missed ones, another
+    # process takes over its unfinished jobs from their last recorded batch.
+    heartbeat: Duration = "2s"
 
 
 class PipelineConfig(_Section):

@@ -139,6 +139,16 @@ class Store(abc.ABC):
     async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
         """Decisions ordered by recipient, then by the job's channel order."""
 
+    # -- several processes (backends shared between processes override these) ------------
+    async def heartbeat(self, ttl: float) -> None:
+        """Tell the other processes this one is alive for `ttl` seconds more."""
+        return None
+
+    async def claim_orphaned_jobs(self) -> list[JobRecord]:
+        """Unfinished jobs whose owning process stopped heartbeating, now owned by this one.
+        A store only one process uses has none."""
+        return []
+
     @abc.abstractmethod
     async def purge_expired(self, now: float) -> int:
         """Drop expired idempotency keys; return how many."""

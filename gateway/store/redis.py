@@ -159,6 +159,23 @@ end
 return out
 """
 
+# KEYS: open jobs zset. ARGV: key prefix, this instance. Jobs whose owner's heartbeat key
+# is gone become this instance's; their ids are returned.
+ORPHANS = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local job = ARGV[1] .. 'job:{' .. id .. '}'
+  local owner = redis.call('HGET', job, 'owner')
+  local state = redis.call('HGET', job, 'state')
+  if owner and owner ~= ARGV[2] and (state == 'accepted' or state == 'running')
+     and redis.call('EXISTS', ARGV[1] .. 'instance:' .. owner) == 0 then
+    redis.call('HSET', job, 'owner', ARGV[2])
+    table.insert(out, id)
+  end
+end
+return out
+"""
+
 REFUND = """
 for _, id in ipairs(ARGV) do
   for _, key in ipairs(redis.call('SMEMBERS', 'capres:' .. id)) do redis.call('ZREM', key, id) end
@@ -215,6 +232,7 @@ class RedisStore(Store):
             r.register_script(FINISH)
         self._reserve, self._refund, self._claim = r.register_script(RESERVE), r.register_script(REFUND), \
             r.register_script(CLAIM)
+        self._orphans = r.register_script(ORPHANS)
 
     async def close(self) -> None:
         if self.redis is not None:
@@ -333,6 +351,18 @@ class RedisStore(Store):
 
     async def purge_expired(self, now: float) -> int:
         return 0  # idempotency keys carry a Redis TTL
+
+    # -- several processes ---------------------------------------------------------------
+    async def heartbeat(self, ttl: float) -> None:
+        try:
+            await self._r.set(self._k("instance", self.instance), "alive", px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def claim_orphaned_jobs(self) -> list[JobRecord]:
+        ids = await self._call(self._orphans, [self._k("open")], [self.p, self.instance])
+        jobs = [await self.get_job(i.decode()) for i in ids]
+        return [j for j in jobs if j is not None]
 
     # -- frequency caps --------------------------------------------------------------
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:

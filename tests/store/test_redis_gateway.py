@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from gateway.clock import FakeClock
 from tests.conftest import make_config
 from tests.policy.test_policy_pipeline import Provider, Providers, at, push_job, quiet
@@ -104,3 +106,56 @@ async def test_redis_down_then_back(start, tmp_path, redis_url) -> None:
     finally:
         server.terminate()
         server.wait()
+
+
+@pytest.mark.timeout(90)
+async def test_kill_9_of_one_process_another_takes_over(start, tmp_path, redis_url, speaker_secret) -> None:
+    """Process A (a real `gateway serve`) is killed mid-job; gateway B, on the same Redis,
+    takes the job over from A's last recorded batch once A's heartbeat stops."""
+    import signal
+
+    from gateway.testing import WebhookReceiver
+    from tests.test_crash import BATCH, assert_each_recipient_once, post, serve
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    n = 300
+    async with WebhookReceiver(speaker_secret, latency=0.01) as receiver:
+        config = tmp_path / "a.toml"
+        config.write_text(f"""
+[server]
+port = 0
+api_keys_env = "GATEWAY_TEST_API_KEYS"
+[store]
+url = "{redis_url}"
+key_prefix = "{prefix}"
+instance = "gw-a"
+heartbeat = "200ms"
+[quiet_hours]
+enabled = false
+[pipeline]
+workers = 1
+batch_size = {BATCH}
+[channels.speaker]
+concurrency = 4
+[channels.speaker.targets.home-hub]
+url = "{receiver.url}/hooks/home-hub"
+secret = {{ env = "GATEWAY_TEST_SPEAKER_SECRET" }}
+""")
+        a = await serve(config, speaker_secret)
+        job_id = await post(a.url, {"campaign": "c", "channels": ["speaker"], "category": "transactional",
+                                    "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
+                                    "recipients": [{"user_id": f"u{i}", "devices": [
+                                        {"channel": "speaker", "target": "home-hub", "device_id": f"d{i}"}]}
+                                        for i in range(n)]})
+        await receiver.wait_for(3 * BATCH, timeout=30)
+        a.proc.send_signal(signal.SIGKILL)
+        await a.proc.wait()
+        assert len(receiver.received) < n, "the job finished before the kill; the test proves nothing"
+        b_config = make_config(tmp_path, receiver.url, store={"url": redis_url, "key_prefix": prefix,
+                                                              "instance": "gw-b", "heartbeat": "200ms"},
+                               pipeline={"workers": 1, "batch_size": BATCH})
+        b = await start(b_config)
+        done = await b.wait(job_id, timeout=30)
+    assert done["counts"]["sent"] == n
+    assert_each_recipient_once(receiver, n)
+    assert receiver.duplicates <= BATCH  # only the batch in flight at the kill, same webhook-ids
