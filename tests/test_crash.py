@@ -19,15 +19,17 @@ from tests.conftest import API_KEY, speaker_job
 BATCH = 20
 
 
-def write_config(tmp_path: Path, receiver_url: str) -> Path:
-    path = tmp_path / "gateway.toml"
+def write_config(tmp_path: Path, receiver_url: str, store: str | None = None, name: str = "gateway.toml") -> Path:
+    """`store`: the [store] table's lines (default: SQLite in tmp_path)."""
+    path = tmp_path / name
+    store = store or f'url = "sqlite:{tmp_path}/gateway.db"'
     path.write_text(f"""
 [server]
 port = 0
 api_keys_env = "GATEWAY_TEST_API_KEYS"
 shutdown_timeout = "10s"
 [store]
-url = "sqlite:{tmp_path}/gateway.db"
+{store}
 [quiet_hours]
 enabled = false
 [pipeline]

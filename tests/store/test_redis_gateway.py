@@ -115,32 +115,13 @@ async def test_kill_9_of_one_process_another_takes_over(start, tmp_path, redis_u
     import signal
 
     from gateway.testing import WebhookReceiver
-    from tests.test_crash import BATCH, assert_each_recipient_once, post, serve
+    from tests.test_crash import BATCH, assert_each_recipient_once, post, serve, write_config
 
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     n = 300
     async with WebhookReceiver(speaker_secret, latency=0.01) as receiver:
-        config = tmp_path / "a.toml"
-        config.write_text(f"""
-[server]
-port = 0
-api_keys_env = "GATEWAY_TEST_API_KEYS"
-[store]
-url = "{redis_url}"
-key_prefix = "{prefix}"
-instance = "gw-a"
-heartbeat = "200ms"
-[quiet_hours]
-enabled = false
-[pipeline]
-workers = 1
-batch_size = {BATCH}
-[channels.speaker]
-concurrency = 4
-[channels.speaker.targets.home-hub]
-url = "{receiver.url}/hooks/home-hub"
-secret = {{ env = "GATEWAY_TEST_SPEAKER_SECRET" }}
-""")
+        config = write_config(tmp_path, receiver.url, name="a.toml", store=(
+            f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "gw-a"\nheartbeat = "200ms"'))
         a = await serve(config, speaker_secret)
         job_id = await post(a.url, {"campaign": "c", "channels": ["speaker"], "category": "transactional",
                                     "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
