@@ -21,6 +21,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.testing._http import serve_routes
+
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
@@ -109,14 +111,8 @@ class FcmFake:
         return web.json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application()
-        app.router.add_post("/token", self._token)
-        app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.url = f"http://{host}:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, self.url = await serve_routes(
+            {"/token": self._token, "/v1/projects/{project}/messages:send": self._send}, host, port)
         return self.url
 
     async def stop(self) -> None:

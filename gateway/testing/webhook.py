@@ -22,6 +22,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway.testing._http import serve_routes
+
 
 @dataclass
 class Received:
@@ -124,14 +126,7 @@ class WebhookReceiver:
                 await self._arrived.wait()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{host}:{bound}"
+        self._runner, self.url = await serve_routes({"/{tail:.*}": self._handle}, host, port)
         return self.url
 
     async def stop(self) -> None:

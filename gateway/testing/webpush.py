@@ -28,6 +28,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.testing._http import serve_routes
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -124,14 +126,8 @@ class WebPushFake:
         return web.Response(status=201, headers={"Location": f"{self.origin}/message/{secrets.token_hex(6)}"})
 
     async def start(self, port: int = 0) -> str:
-        app = web.Application()
-        app.router.add_post("/push/{id}", self._push)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, port, ssl_context=self.tls_context)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.origin = f"{'https' if self.tls_context else 'http'}://{self.host}:{bound}"
+        self._runner, self.origin = await serve_routes({"/push/{id}": self._push}, self.host, port,
+                                                       self.tls_context)
         return self.origin
 
     async def stop(self) -> None:
