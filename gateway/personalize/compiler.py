@@ -8,9 +8,16 @@ calls to python-liquid's *own* filter functions, comparison helpers and stringif
 what is compiled produces python-liquid's output by construction, and the property tests
 compare the two on generated data.
 
-Anything outside the compiled subset (for, case, capture, ranges, ternaries, filters
-that need the render context) makes `compile_template` return None, and the caller
-renders that template with python-liquid itself: the fallback is transparent.
+Where a per-item cost would dominate, the closures take exact shortcuts for the plain
+classes (str, int, float, list, dict) and fall back to python-liquid's helpers for the
+rest: literal-argument fast paths for a few filters (`fastfilters.py`), `forloop.*` read
+straight from the ForLoop, text joined in rather than called, `{% if %}` with two text
+branches as one test. `tests/personalize/test_equivalence.py` aims generated data at
+each shortcut.
+
+Anything outside the compiled subset (capture, ranges, ternaries, break/continue,
+filters that need the render context) makes `compile_template` return None, and the
+caller renders that template with python-liquid itself: the fallback is transparent.
 
 Missing data follows python-liquid's StrictDefaultUndefined: a missing path may flow
 through `assign` and into `default`; any other use (output, another filter, a test in
@@ -70,7 +77,9 @@ from liquid.filter import string_filter
 from liquid.limits import to_int
 from liquid.stringify import to_liquid_string
 from liquid.template import BoundTemplate
+from markupsafe import escape
 
+from gateway.personalize.fastfilters import SLOW, fast_filter
 from gateway.personalize.filters import default as default_filter
 
 Scope = dict[str, Any]
@@ -120,24 +129,49 @@ class _Compiler:
     # -- nodes -----------------------------------------------------------------------
     def template(self, nodes: Sequence[Any]) -> Render:
         parts = [self.node(n) for n in nodes]
-        assigns = any(isinstance(n, (AssignNode, ForNode)) for n in _walk(nodes))
+        # Loops restore their own variables; only `assign` must be kept out of the caller's scope.
+        assigns = any(isinstance(n, AssignNode) for n in _walk(nodes))
         texts = [p for p in parts if isinstance(p, str)]
         if len(texts) == len(parts):  # no expressions at all: a constant
             constant = "".join(texts)
             return lambda scope: constant
         body = self._join(parts)
         if assigns:
-            # Assignments and loop variables must not leak into the caller's scope.
             return lambda scope: body(dict(scope))
         return body
 
     def _join(self, parts: list[Any]) -> Render:
-        fns = [(lambda s, _t=p: _t) if isinstance(p, str) else p for p in parts]
-        if len(fns) == 1:
-            return fns[0]
-        if len(fns) == 2:
-            a, b = fns
+        joined = self._join_parts(parts)
+        return joined if callable(joined) else (lambda scope: joined)
+
+    @staticmethod
+    def _join_parts(parts: list[Any]) -> Render | str:
+        """Concatenation of text and renderers, as a string when it is all text. Each
+        call costs as much as a dict lookup, so text is joined in, not called."""
+        merged: list[Any] = []
+        for p in parts:
+            if isinstance(p, str):
+                if not p:
+                    continue
+                if merged and isinstance(merged[-1], str):
+                    merged[-1] += p
+                    continue
+            merged.append(p)
+        if not merged:
+            return ""
+        if len(merged) == 1:
+            return merged[0]
+        if len(merged) == 2:
+            a, b = merged
+            if isinstance(a, str):
+                return lambda scope: a + b(scope)
+            if isinstance(b, str):
+                return lambda scope: a(scope) + b
             return lambda scope: a(scope) + b(scope)
+        if len(merged) == 3 and isinstance(merged[1], str) and callable(merged[0]) and callable(merged[2]):
+            a, t, c = merged
+            return lambda scope: a(scope) + t + c(scope)
+        fns = [(lambda s, _t=p: _t) if isinstance(p, str) else p for p in merged]
         return lambda scope: "".join([f(scope) for f in fns])
 
     def node(self, node: Any) -> Render | str:
@@ -159,14 +193,14 @@ class _Compiler:
             return self.for_loop(node)
         raise Unsupported(type(node).__name__)
 
-    def block(self, block: BlockNode | None) -> Render:
+    def block(self, block: BlockNode | None) -> Render | str:
+        """A block's renderer, or its text when it has no expressions."""
         if block is None:
-            return lambda scope: ""
-        parts = [self.node(n) for n in block.nodes]
-        body = self._join(parts) if parts else (lambda scope: "")
+            return ""
+        body = self._join_parts([self.node(n) for n in block.nodes])
         if self.suppress_blank and block.blank:
             # python-liquid runs a blank block for its side effects and drops its output.
-            return lambda scope: (body(scope), "")[1]
+            return "" if isinstance(body, str) else (lambda scope: (body(scope), "")[1])
         return body
 
     def output(self, expression: Any) -> Render:
@@ -180,6 +214,10 @@ class _Compiler:
                 return v
             if not autoescape and (cls is int or cls is float):
                 return str(v)  # what to_liquid_string does for numbers, without its type checks
+            if autoescape and cls is Markup:
+                return v  # escape() of Markup is the same text
+            if autoescape and cls is str:
+                return escape(v)
             if isinstance(v, Undefined):
                 raise v.fail()
             return to_liquid_string(v, autoescape)
@@ -199,8 +237,14 @@ class _Compiler:
     def conditional(self, node: IfNode | UnlessNode, negate_first: bool) -> Render:
         first = self.condition(node.condition)
         consequence = self.block(node.consequence)
-        alternatives = [(self.condition(a.expression), self.block(a.block)) for a in node.alternatives]
+        alternatives = [(self.condition(a.expression), _callable(self.block(a.block))) for a in node.alternatives]
         default = self.block(node.default)
+        if not alternatives and isinstance(consequence, str) and isinstance(default, str):
+            # the usual `{% if x %}text{% else %}other{% endif %}`: one test, no calls
+            if negate_first:
+                consequence, default = default, consequence
+            return lambda scope: consequence if first(scope) else default
+        consequence, default = _callable(consequence), _callable(default)
 
         def render(scope: Scope) -> str:
             if first(scope) is not negate_first:
@@ -214,28 +258,40 @@ class _Compiler:
 
     def case(self, node: CaseNode) -> Render:
         subject = self.primitive(node.expression)
-        blocks: list[tuple[list[Eval] | None, Render]] = []
+        literal_whens = all(all(_is_literal(e) for e in b.expression.expressions)
+                            for b in node.blocks if isinstance(b, MultiExpressionBlockNode))
+        # (whens, body): whens None for an `else`; with literal `when`s (the usual
+        # `{% when 'fr' %}`) the values themselves, else their evaluators
+        blocks: list[tuple[list[Any] | None, Render | str]] = []
         for block in node.blocks:
             if isinstance(block, MultiExpressionBlockNode):
-                blocks.append(([self.primitive(e) for e in block.expression.expressions], self.block(block.block)))
+                whens = [self.primitive(e) for e in block.expression.expressions]
+                blocks.append(([w({}) for w in whens] if literal_whens else whens, self.block(block.block)))
             else:  # an `else`
                 blocks.append((None, self.block(block)))
 
         def render(scope: Scope) -> str:
             v = _defined(subject(scope))
+            v_cls = v.__class__
+            plain = v_cls in _PLAIN
             out: list[str] = []
             matched = False
             for whens, body in blocks:
                 if whens is None:
                     if not matched:  # every `else` renders while no `when` has matched
-                        out.append(body(scope))
+                        out.append(body if body.__class__ is str else body(scope))
                     continue
                 # python-liquid renders a `when` once per matching value, in place
                 for when in whens:
-                    w = when(scope)
-                    if (v is None) if isinstance(w, Undefined) else _eq(v, w):
+                    if literal_whens:
+                        w = when
+                        hit = (v == w) if (plain and w.__class__ is v_cls) else _eq(v, w)
+                    else:
+                        w = _defined(when(scope))  # strict: a missing `when` path is missing data
+                        hit = _eq(v, w)
+                    if hit:
                         matched = True
-                        out.append(body(scope))
+                        out.append(body if body.__class__ is str else body(scope))
             return "".join(out)
 
         return render
@@ -257,12 +313,18 @@ class _Compiler:
         offset = self.primitive(expr.offset) if expr.offset is not None else None
         loop_name = f"{name}-{expr.iterable}"
         reverse = expr.reversed
-        body = self.block(node.block)
-        default = self.block(node.default)
+        body = _callable(self.block(node.block))
+        default = _callable(self.block(node.default))
         string_sequences = self.env.string_sequences
+
+        whole = limit is None and offset is None and not reverse
 
         def render(scope: Scope) -> str:
             obj = _defined(iterable(scope))
+            if whole and obj.__class__ is list:  # the usual loop: every item of a list
+                if not obj:
+                    return default(scope)
+                return run(scope, obj, len(obj))
             items, length = _to_iter(obj, string_sequences)
             stop_at = None if limit is None else _to_int(_defined(limit(scope)))
             start = int(_to_int(_defined(offset(scope))) or 0) if offset is not None else 0
@@ -271,27 +333,35 @@ class _Compiler:
             start_ = min(max(start, 0), length)
             stop_ = min(stop or length, length)
             length_ = max(stop_ - start_, 0)
-            it = itertools.islice(items, start_, stop_)
-            if reverse:
-                it = reversed(list(it))
             if not length_:
                 return default(scope)
-            parent = scope.get("forloop")
-            forloop = ForLoop(name=loop_name, it=it, length=length_,
-                              parentloop=parent if parent is not None else Undefined("parentloop"))
-            saved = {k: scope[k] for k in (name, "forloop") if k in scope}
+            seq = items[start_:stop_] if items.__class__ is list else list(itertools.islice(items, start_, stop_))
+            if reverse:
+                seq.reverse()
+            return run(scope, seq, length_)
+
+        def run(scope: Scope, seq: list[Any], length: int) -> str:
+            parent = scope.get("forloop", _ABSENT)
+            forloop = ForLoop(name=loop_name, it=_NO_ITEMS, length=length,
+                              parentloop=parent if parent.__class__ is ForLoop else Undefined("parentloop"))
+            saved_item = scope.get(name, _ABSENT)
             scope["forloop"] = forloop
             out = []
             try:
-                for item in forloop:
+                # ForLoop.__next__ only steps `_index`: setting it directly is the same loop
+                for index, item in enumerate(seq):
+                    forloop._index = index
                     scope[name] = item
                     out.append(body(scope))
             finally:
-                for k in (name, "forloop"):
-                    if k in saved:
-                        scope[k] = saved[k]
-                    else:
-                        scope.pop(k, None)
+                if saved_item is _ABSENT:
+                    scope.pop(name, None)
+                else:
+                    scope[name] = saved_item
+                if parent is _ABSENT:
+                    scope.pop("forloop", None)
+                else:
+                    scope["forloop"] = parent
             return "".join(out)
 
         return render
@@ -361,8 +431,22 @@ class _Compiler:
                 return fallback if isinstance(v, Undefined) else func(v, *args, **all_kwargs)
 
             return apply_default_general
-        inner = func.__wrapped__ if getattr(func, "__code__", None) is _STRING_WRAPPER_CODE else None
         all_kwargs = {**kwargs, **env_kwargs}
+        quick = fast_filter(func, args, kwargs, self.env)
+        if quick is not None:
+            slow_quick = partial(func, **all_kwargs) if all_kwargs else func
+
+            def apply_quick(scope: Scope) -> Any:
+                v = value(scope)
+                r = quick(v)
+                if r is not SLOW:
+                    return r
+                if isinstance(v, Undefined):
+                    raise v.fail()
+                return slow_quick(v, *args)
+
+            return apply_quick
+        inner = func.__wrapped__ if getattr(func, "__code__", None) is _STRING_WRAPPER_CODE else None
         fast = partial(inner, **all_kwargs) if (inner is not None and all_kwargs) else inner
         slow = partial(func, **all_kwargs) if all_kwargs else func
 
@@ -401,12 +485,18 @@ class _Compiler:
 
     def path(self, expr: Path) -> Eval:
         segments = expr.path
+        if segments and segments[0] == "forloop" and len(segments) > 1 \
+                and all(isinstance(s, str) and s in _FORLOOP_GETTERS for s in segments[1:]):
+            return self.forloop_path(expr)
+        return self._general_path(expr)
+
+    def _general_path(self, expr: Path) -> Eval:
+        segments = expr.path
         if not segments or not isinstance(segments[0], str):
             raise Unsupported("path root")
         if any(isinstance(s, Path) for s in segments):
             raise Unsupported("nested path")
         root, rest = segments[0], tuple(segments[1:])
-        get_item = self.get_item
 
         if not rest:
             def lookup_root(scope: Scope) -> Any:
@@ -420,6 +510,22 @@ class _Compiler:
         # ("events.cart_abandoned is undefined" when the recipient has no such event).
         prefixes = [_segments_str(segments[: n + 2]) for n in range(len(rest))]
         plain = all(isinstance(s, str) and s not in ("size", "first", "last") for s in rest)
+
+        if len(rest) == 1 and rest[0].__class__ is int:  # `pair[0]`, `items[-1]`
+            index, at_index = rest[0], prefixes[0]
+            general = self._general_lookup(root, rest, prefixes, plain)
+
+            def lookup_index(scope: Scope) -> Any:
+                obj = scope.get(root, _ABSENT)
+                cls = obj.__class__
+                if cls is list or cls is tuple:  # get_item is a plain subscript for these
+                    try:
+                        return obj[index]
+                    except IndexError:
+                        return Undefined(at_index, "index out of range")
+                return general(scope)
+
+            return lookup_index
 
         if plain and len(rest) == 1:
             (key1,) = rest
@@ -436,6 +542,11 @@ class _Compiler:
                     return Undefined(missing1, "index out of range")
 
             return lookup1
+
+        return self._general_lookup(root, rest, prefixes, plain)
+
+    def _general_lookup(self, root: str, rest: tuple[Any, ...], prefixes: list[str], plain: bool) -> Eval:
+        get_item = self.get_item
 
         def lookup(scope: Scope) -> Any:
             try:
@@ -455,6 +566,24 @@ class _Compiler:
                 return Undefined(prefixes[n])
             except IndexError:
                 return Undefined(prefixes[n], "index out of range")
+
+        return lookup
+
+    def forloop_path(self, expr: Path) -> Eval:
+        """`forloop.index`, `forloop.parentloop.last`...: read straight from the ForLoop
+        (what its properties compute); anything else named `forloop` takes the general path."""
+        getters = [_FORLOOP_GETTERS[s] for s in expr.path[1:]]
+        generic = self._general_path(expr)
+        if len(getters) == 1:
+            return _FORLOOP_LOOKUPS[expr.path[1]](generic)
+
+        def lookup(scope: Scope) -> Any:
+            obj = scope.get("forloop")
+            for get in getters:
+                if obj.__class__ is not ForLoop:
+                    return generic(scope)
+                obj = get(obj)
+            return obj
 
         return lookup
 
@@ -504,7 +633,14 @@ class _Compiler:
     def condition(self, expr: Any) -> Callable[[Scope], bool]:
         if isinstance(expr, BooleanExpression):
             inner = self.logical(expr.expression)
-            return lambda scope: _truthy(inner(scope))
+
+            def test(scope: Scope) -> bool:
+                v = inner(scope)
+                if v is True or v is False:  # most tests: comparisons, forloop.first/last
+                    return v
+                return _truthy(v)
+
+            return test
         raise Unsupported(type(expr).__name__)
 
     def logical(self, expr: Any) -> Eval:
@@ -525,6 +661,10 @@ class _Compiler:
         return self.primitive(expr)
 
 
+def _callable(part: Render | str) -> Render:
+    return (lambda scope: part) if isinstance(part, str) else part
+
+
 def _is_literal(expr: Any) -> bool:
     return isinstance(expr, (StringLiteral, IntegerLiteral, FloatLiteral, TrueLiteral, FalseLiteral, Nil, Empty, Blank))
 
@@ -536,6 +676,11 @@ _STRING_WRAPPER_CODE = string_filter(lambda v: v).__code__
 
 def _to_iter(obj: Any, string_sequences: bool) -> tuple[Any, int]:
     """python-liquid's LoopExpression._to_iter."""
+    cls = obj.__class__
+    if cls is list:  # plain classes first: isinstance against the ABCs costs more than the loop
+        return obj, len(obj)
+    if cls is dict:
+        return iter(obj.items()), len(obj)
     if isinstance(obj, Mapping):
         return iter(obj.items()), len(obj)
     if isinstance(obj, str) and not string_sequences:
@@ -572,6 +717,18 @@ def _defined(value: Any) -> Any:
 _PLAIN = (str, int, float)  # not bool: Liquid compares booleans by their own rules
 
 
+def _contains_plain(token: Any, a: Any, b: Any) -> bool:
+    """python-liquid's `contains`; for a list, dict or str and a plain needle that is
+    Python's `in` (both sides are truthy in Liquid; python-liquid stringifies the needle
+    only for a str haystack, which a str needle already is)."""
+    cls = a.__class__
+    if (cls is list or cls is dict) and b.__class__ in _PLAIN:
+        return b in a
+    if cls is str and b.__class__ is str:
+        return b in a
+    return _contains(token, a, b)
+
+
 def _same_plain(a: Any, b: Any) -> bool:
     cls = a.__class__
     return cls is b.__class__ and cls in _PLAIN
@@ -586,8 +743,47 @@ _COMPARISONS: dict[type, Callable[[Any, Any, Any], bool]] = {
     GtExpression: lambda t, a, b: (a > b) if _same_plain(a, b) else _lt(t, b, a),
     LeExpression: lambda t, a, b: (a <= b) if _same_plain(a, b) else _le(a, b),
     GeExpression: lambda t, a, b: (a >= b) if _same_plain(a, b) else _le(b, a),
-    ContainsExpression: lambda t, a, b: _contains(t, a, b),
+    ContainsExpression: lambda t, a, b: _contains_plain(t, a, b),
 }
+
+
+# What ForLoop's properties compute, without the Mapping lookup and property call.
+_FORLOOP_EXPRESSIONS = {
+    "index": "f._index + 1",
+    "index0": "f._index",
+    "rindex": "f.length - f._index",
+    "rindex0": "f.length - f._index - 1",
+    "first": "f._index == 0",
+    "last": "f._index == f.length - 1",
+    "length": "f.length",
+    "name": "f.name",
+    "parentloop": "f.parentloop",
+}
+_FORLOOP_GETTERS: dict[str, Callable[[ForLoop], Any]] = {
+    key: eval(f"lambda f: {source}") for key, source in _FORLOOP_EXPRESSIONS.items()
+}
+
+
+def _forloop_lookup(source: str) -> Callable[[Eval], Eval]:
+    """`forloop.KEY` as one function (a lookup runs once per item per use, and in a loop
+    body a call is the main cost); a `forloop` that is not a loop goes the general way."""
+    namespace = {"ForLoop": ForLoop}
+    exec(  # the source is one of the fixed expressions above, never template text
+        "def make(generic):\n"
+        "    def lookup(scope):\n"
+        "        f = scope.get('forloop')\n"
+        "        if f.__class__ is ForLoop:\n"
+        f"            return {source}\n"
+        "        return generic(scope)\n"
+        "    return lookup\n",
+        namespace,
+    )
+    return namespace["make"]
+
+
+_FORLOOP_LOOKUPS = {key: _forloop_lookup(source) for key, source in _FORLOOP_EXPRESSIONS.items()}
+_NO_ITEMS: Any = iter(())
+_ABSENT = object()
 
 
 def _segments_str(segments: Sequence[Any]) -> str:

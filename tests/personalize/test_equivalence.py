@@ -121,3 +121,74 @@ def test_conditions_equal_python_liquid_when_the_data_is_there(source: str, ctx:
     except Exception:
         return  # missing paths and type errors are covered by our own rule, below
     assert compile_condition(source, ENV)(ctx) is expected
+
+
+# The compiler's shortcuts (gateway.personalize.fastfilters, the loop and `forloop`
+# lookups, constant branches, HTML output): templates aimed at each, on values of every
+# class those shortcuts tell apart.
+number_like = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6, allow_nan=False), st.booleans(), st.none(),
+                        st.sampled_from(["12", "3.5", "-7", "abc", "", " 4 ", "1e3"]))
+dates = st.one_of(st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(2100, 1, 1)),
+                  st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+                  st.sampled_from(["2026-12-01", "2026-11-30T10:00:00Z", "1 March 2027", "not a date", "",
+                                   "1700000000"]),
+                  st.integers(0, 2 * 10**9), st.none(), st.booleans())
+sequences = st.one_of(st.lists(st.one_of(text, st.integers()), max_size=5), text, st.none(), st.integers(),
+                      st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(), max_size=3))
+shortcut_contexts = st.fixed_dictionaries({
+    "user_id": st.just("u-1"), "campaign": st.just("c"), "channel": st.just("email"),
+    "attributes": obj(n=number_like, d=dates, s=sequences, t=sequences, name=st.one_of(text, scalar)),
+    "events": st.just({}), "properties": st.just({}),
+})
+
+SHORTCUTS = {
+    "times_float": "{{ attributes.n | times: 0.1 }}",
+    "times_int": "{{ attributes.n | times: 3 }}",
+    "times_string_arg": "{{ attributes.n | times: '2.5' }}",
+    "times_bad_arg": "{{ attributes.n | times: 'x' }}",
+    "plus_minus": "{{ attributes.n | plus: 1 }} {{ attributes.n | minus: 0.25 }} {{ attributes.n | plus: -7 }}",
+    "round": "{{ attributes.n | round }} {{ attributes.n | round: 2 }} {{ attributes.n | round: 0 }}"
+             " {{ attributes.n | round: -1 }} {{ attributes.n | round: 1.7 }} {{ attributes.n | round: '3' }}",
+    "round_bad_arg": "{{ attributes.n | round: 'x' }}",
+    "math_chain": "{{ attributes.n | times: 1.19 | round: 2 | default: 'none' }}",
+    "date": "{{ attributes.d | date: '%A %-d %B %Y %H:%M' }}",
+    "date_tz": "{{ attributes.d | date: '%Y-%m-%d %z %Z' }}",
+    "date_default": "{{ attributes.d | date: '%b %d' | default: 'soon' }}",
+    "forloop_all": "{% for x in attributes.s %}{{ forloop.index }}/{{ forloop.index0 }}/{{ forloop.rindex }}/"
+                   "{{ forloop.rindex0 }}/{{ forloop.first }}/{{ forloop.last }}/{{ forloop.length }}/"
+                   "{{ forloop.name }}:{{ x }};{% endfor %}",
+    "forloop_parent": "{% for x in attributes.s %}{% for y in attributes.t %}{{ forloop.parentloop.index }}"
+                      "{{ forloop.parentloop.last }}{{ forloop.index }}{% endfor %}{{ forloop.parentloop }}"
+                      "{% endfor %}",
+    "loop_slices": "{% for x in attributes.s limit: 2 %}{{ x }}{% else %}none{% endfor %}|"
+                   "{% for x in attributes.s offset: 1 reversed %}{{ x }}{% endfor %}|"
+                   "{% for x in attributes.s reversed %}{{ x }}{% endfor %}",
+    "loop_shadowing": "{% for name in attributes.s %}{{ name }}{% endfor %}{{ attributes.name | default: '-' }}"
+                      "{% for attributes in attributes.s %}.{% endfor %}{{ attributes.name | default: '-' }}",
+    "constant_branches": "{% if attributes.n %}yes{% else %}no{% endif %}{% unless attributes.s %}empty{% endunless %}"
+                         "{% if attributes.n > 2 %}big{% elsif attributes.n %}small{% endif %}",
+    "blank_blocks": "{% if attributes.n %}  {% endif %}[{% for x in attributes.s %} {% endfor %}]",
+    "case_literals": "{% case attributes.n %}{% when 1, 2 %}a{% when '12' %}b{% when nil %}n{% when 3.5 %}f"
+                     "{% else %}e{% endcase %}{% case attributes.name %}{% when 'Ana', true %}A{% endcase %}",
+    "case_paths": "{% case attributes.name %}{% when attributes.s %}s{% when attributes.n, 'Ana' %}n{% else %}e"
+                  "{% endcase %}",
+    "contains": "{% if attributes.s contains 'a' %}1{% endif %}{% if attributes.s contains 3 %}2{% endif %}"
+                "{% if attributes.name contains 'n' %}3{% endif %}{% if attributes.s contains 2.5 %}4{% endif %}",
+    "index": "{{ attributes.s[0] }}|{{ attributes.s[-1] | default: 'x' }}|"
+             "{% for p in attributes.s %}{{ p[1] | default: '' }}{% endfor %}",
+    "html_escape": "<p>{{ attributes.name | escape }} {{ attributes.name }} {{ attributes.name | upcase }}</p>",
+    "html_date": "<p>{{ attributes.d | date: '%b <%d>' }}</p>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHORTCUTS))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ctx=shortcut_contexts)
+def test_compiler_shortcuts_equal_python_liquid(name: str, ctx: dict[str, Any]) -> None:
+    compiled, reference = compiled_and_reference(name, SHORTCUTS[name])
+    assert compiled.fast is not None, "expected the compiled renderer, not the fallback"
+    got = outcome(lambda: compiled.render(dict(ctx)))
+    expected = outcome(lambda: reference.render(dict(ctx)))
+    assert got[0] == expected[0], (got, expected)
+    if got[0] == "ok":
+        assert got[1] == expected[1]
