@@ -34,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     import apprise_peer
     import channels
+    import distributed
     import pipeline
     import render
     import stages
@@ -64,6 +65,7 @@ def main() -> None:
     result["webhook_end_to_end"] = _section("webhook end to end", runner(webhook_e2e.run(10_000 if quick else 50_000,
                                                                                        1000)))
     result["channels"] = _section("channels", runner(channels.run(1_000 if quick else 3_000, None)))
+    result["distributed"] = _section("distributed", runner(distributed.run(5_000 if quick else 20_000)))
     try:
         import apprise  # noqa: F401
 

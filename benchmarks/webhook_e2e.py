@@ -52,46 +52,53 @@ async def _follow(proc: asyncio.subprocess.Process, state: dict[str, int]) -> No
             state["received"], state["duplicates"], state["rejected"] = int(parts[1]), int(parts[3]), int(parts[5])
 
 
-async def run(total: int, per_job: int) -> dict[str, object]:
+async def run(total: int, per_job: int, gateways: int = 1, redis_url: str | None = None) -> dict[str, object]:
+    """`gateways` processes (more than one needs `redis_url`: the embedded store is for one
+    process); jobs are posted to them in turn."""
     secret, api_key = new_secret(), secrets.token_urlsafe(16)
     env = dict(os.environ, WEBHOOK_SECRET=secret, GATEWAY_DEMO_SPEAKER_SECRET=secret, GATEWAY_DEMO_API_KEY=api_key)
     receiver, receiver_url = await _spawn(sys.executable, "-m", "gateway.testing.webhook", env=env,
                                           ready="webhook receiver on")
     state = {"received": 0, "duplicates": 0, "rejected": 0}
     follower = asyncio.create_task(_follow(receiver, state))
+    prefix = f"bench{secrets.token_hex(4)}:"
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.toml"
-        config.write_text(f"""
+        processes = []
+        for n in range(gateways):
+            store = (f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "bench-{n}"' if redis_url
+                     else f'url = "sqlite:{tmp}/bench.db"\nsynchronous = "full"')
+            config = Path(tmp) / f"bench-{n}.toml"
+            config.write_text(f"""
 [server]
 port = 0
 api_keys_env = "GATEWAY_DEMO_API_KEY"
 [store]
-url = "sqlite:{tmp}/bench.db"
-synchronous = "full"
+{store}
 [quiet_hours]
 enabled = false
 [channels.speaker.targets.home-hub]
 url = "{receiver_url}/hooks/home-hub"
 secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
 """)
-        gateway, url = await _spawn(sys.executable, "-m", "gateway", "--config", str(config), "serve",
-                                    env=env, ready="gateway listening on")
-        rss: list[tuple[int, int]] = []  # (deliveries so far, gateway RSS in KiB)
+            processes.append(await _spawn(sys.executable, "-m", "gateway", "--config", str(config), "serve",
+                                          env=env, ready="gateway listening on"))
+        url = processes[0][1]
+        rss: list[tuple[int, int]] = []  # (deliveries so far, gateway RSS in KiB, the largest process)
 
         async def sample() -> None:
             while True:
-                rss.append((state["received"], _rss_kib(gateway.pid)))
+                rss.append((state["received"], max(_rss_kib(p.pid) for p, _ in processes)))
                 await asyncio.sleep(0.5)
 
         sampler = asyncio.create_task(sample())
         jobs = synthetic_jobs(total, per_job)
         try:
-            async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {api_key}"}) as http:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
                 started = time.perf_counter()
                 ids = []
-                for _, body in jobs:
+                for n, (_, body) in enumerate(jobs):
                     while True:
-                        async with http.post("/v1/jobs", data=body) as r:
+                        async with http.post(f"{processes[n % gateways][1]}/v1/jobs", data=body) as r:
                             if r.status == 429:
                                 await asyncio.sleep(float(r.headers.get("Retry-After", "1")) / 10)
                                 continue
@@ -101,9 +108,12 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
                 accepted = time.perf_counter() - started
                 expected_sent = sum(1 for n in range(total) if n % 40 != 1)  # see synthetic_jobs
                 while True:
+                    if state["received"] < expected_sent:  # status reads only at the end: they load the gateway
+                        await asyncio.sleep(0.05)
+                        continue
                     done = 0
                     for job_id in ids:
-                        async with http.get(f"/v1/jobs/{job_id}", params={"limit": "1"}) as r:
+                        async with http.get(f"{url}/v1/jobs/{job_id}", params={"limit": "1"}) as r:
                             done += (await r.json())["state"] == "completed"
                     if done == len(ids) and state["received"] >= expected_sent:
                         break
@@ -111,12 +121,16 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
                 elapsed = time.perf_counter() - started
         finally:
             sampler.cancel()
-            gateway.terminate()
-            await gateway.wait()
+            for process, _ in processes:
+                process.terminate()
+            for process, _ in processes:
+                await process.wait()
             receiver.terminate()
             await receiver.wait()
             follower.cancel()
     return {
+        "gateways": gateways,
+        "store": "redis" if redis_url else "embedded",
         "recipients": total,
         "jobs": len(jobs),
         "delivered": state["received"],

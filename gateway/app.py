@@ -11,12 +11,12 @@ from gateway.clock import Clock
 from gateway.config import GatewayConfig, seconds
 from gateway.dispatch.retry import Retrier
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, load_job
+from gateway.pipeline import Pipeline
 from gateway.plugins import channel_classes, configure_channels, plugin_manager
 from gateway.policy.engine import load_policy
 from gateway.runner import Admission, Runner
 from gateway.scheduler import Scheduler
-from gateway.store import Store, make_store
+from gateway.store import JobRecord, Store, make_store
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Gateway:
         self.clock = clock or Clock()
         self.pm = plugin_manager(config, extra_plugins)
         self.channel_specs = configure_channels(config, channel_classes(self.pm))
-        self.store = store or make_store(config.store)
+        self.store = store or make_store(config.store, queue_limit=config.intake.max_inflight_recipients)
         self.admission = Admission(config.intake.max_inflight_recipients)
         self.metrics = Metrics(queue_depth=lambda: self.admission.inflight)
         self.policy = load_policy(config)
@@ -54,7 +54,7 @@ class Gateway:
         retrier = Retrier(self.config.delivery, self.pm, self.metrics, self.clock)
         self.pipeline = Pipeline(self.store, self.channels, retrier, self.pm, self.metrics, self.clock,
                                  self.config.pipeline.batch_size, self.policy)
-        self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers)
+        self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers, self.clock)
         self.scheduler = Scheduler(self.store, self.pipeline, self.config.schedule, self.clock)
         # Alive before resuming: no other process may take over the jobs resumed here.
         await self.store.heartbeat(3 * seconds(self.config.store.heartbeat))
@@ -63,7 +63,40 @@ class Gateway:
             self._tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping"),
                            asyncio.create_task(self.scheduler.loop(), name="scheduler"),
                            asyncio.create_task(self._take_over_orphans(), name="takeover")]
+        if self.store.shared_queue:  # intake itself: runs whatever the clock
+            self._tasks.append(asyncio.create_task(self._take_jobs(), name="take-jobs"))
         self.accepting = True
+
+    async def _take_jobs(self) -> None:
+        """Shared queue: take accepted jobs while this process has room for them, an idle
+        worker and in-flight recipients under the bound. Taking no more than that leaves
+        the rest to the other processes."""
+        runner = self.runner
+        assert runner is not None
+        workers = self.config.pipeline.workers
+        while True:
+            try:
+                room = workers + 1 - runner.load
+                if room <= 0 or self.admission.inflight >= self.admission.limit:
+                    await runner.wait_for_change()
+                    continue
+                for record in await self.store.take_jobs(room, wait=1.0):
+                    self._submit(record, "took")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("taking jobs from the store: %s; retrying", exc)
+                await asyncio.sleep(0.5)
+
+    def _submit(self, record: JobRecord, how: str) -> None:
+        """Run a stored job from its cursor (unless this process already runs it)."""
+        assert self.runner is not None
+        if self.runner.has(record.id):
+            return
+        self.admission.force(record.recipients - record.cursor)
+        self.runner.submit_stored(record)
+        log.log(logging.WARNING if how.startswith("took over") else logging.INFO, "%s job %s at recipient %d of %d",
+                how, record.id, record.cursor, record.recipients)
 
     async def _take_over_orphans(self) -> None:
         """Heartbeat, and pick up the unfinished jobs of processes that stopped (a shared
@@ -73,11 +106,7 @@ class Gateway:
             try:
                 await self.store.heartbeat(3 * every)
                 for record in await self.store.claim_orphaned_jobs():
-                    assert self.runner is not None
-                    self.admission.force(record.recipients - record.cursor)
-                    self.runner.submit(await load_job(self.store, record.id, record.cursor, self.clock.monotonic()))
-                    log.warning("took over job %s at recipient %d from a process that stopped", record.id,
-                                record.cursor)
+                    self._submit(record, "took over (its process stopped)")
             except Exception:
                 log.exception("heartbeat / takeover")
             await asyncio.sleep(every)
@@ -96,11 +125,8 @@ class Gateway:
     async def _resume(self) -> None:
         """Jobs accepted before a crash or a stop carry on from their stored cursor.
         Recipients before the cursor have their decisions stored and are not sent again."""
-        assert self.runner is not None
         for record in await self.store.resumable_jobs():
-            self.admission.force(record.recipients - record.cursor)
-            self.runner.submit(await load_job(self.store, record.id, record.cursor, self.clock.monotonic()))
-            log.info("resuming job %s at recipient %d of %d", record.id, record.cursor, record.recipients)
+            self._submit(record, "resuming")
 
     async def stop(self) -> None:
         self.accepting = False

@@ -110,12 +110,13 @@ class StoreConfig(_Section):
     synchronous: Literal["normal", "full"] = "full"
     group_commit_max: Annotated[int, msgspec.Meta(ge=1)] = 512
     key_prefix: str = "gw:"  # Redis: every key starts with this (several gateways on one Redis)
-    # Redis: which gateway accepted a job; at start-up a gateway resumes only its own
-    # unfinished jobs, never one another live process is delivering. Default: the host name;
-    # give each process on one host its own (e.g. the pod or unit name).
+    # Redis: this process's consumer name in the intake stream's group; at start-up a
+    # process resumes the jobs it had taken under this name. Default: the host name; give
+    # each process on one host its own (e.g. the pod or unit name).
     instance: str | None = None
-    # Redis: this process says it is alive every `heartbeat`; after 3 missed ones, another
-    # process takes over its unfinished jobs from their last recorded batch.
+    # Redis: every `heartbeat` a process renews its hold on the jobs it has taken; a job
+    # whose hold is 3 heartbeats old is taken over by another process from its last
+    # recorded batch.
     heartbeat: Duration = "2s"
 
 

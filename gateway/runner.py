@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.pipeline import Pipeline, RunningJob
-from gateway.store import StoreUnavailable
+from gateway.clock import Clock
+from gateway.pipeline import Pipeline, RunningJob, load_job
+from gateway.store import JobRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,61 +39,95 @@ class Admission:
 
 
 class Runner:
-    def __init__(self, pipeline: Pipeline, admission: Admission, workers: int):
+    """Workers running jobs: jobs just accepted (decoded already) and stored jobs (resumed,
+    taken from a shared queue, taken over), which a worker loads when it starts them so a
+    queue of them holds no bodies in memory."""
+
+    def __init__(self, pipeline: Pipeline, admission: Admission, workers: int, clock: Clock):
         self.pipeline = pipeline
         self.admission = admission
-        self.queue: asyncio.Queue[RunningJob] = asyncio.Queue()
+        self.clock = clock
+        self.queue: asyncio.Queue[RunningJob | JobRecord] = asyncio.Queue()
         self.stopping = asyncio.Event()
         self._workers = [asyncio.create_task(self._work(n), name=f"job-worker-{n}") for n in range(workers)]
-        self.active: dict[str, RunningJob] = {}
+        self.active: dict[str, RunningJob | JobRecord] = {}
+        self._queued: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+        self._changed = asyncio.Event()
 
     def submit(self, running: RunningJob) -> None:
+        self._enqueue(running)
+
+    def submit_stored(self, record: JobRecord) -> None:
+        self._enqueue(record)
+
+    def _enqueue(self, item: RunningJob | JobRecord) -> None:
         self.idle.clear()
-        self.queue.put_nowait(running)
+        self._queued.add(item.id)
+        self.queue.put_nowait(item)
+
+    def has(self, job_id: str) -> bool:
+        """Queued or running here."""
+        return job_id in self._queued or job_id in self.active
+
+    @property
+    def load(self) -> int:
+        """Jobs running or waiting for a worker."""
+        return len(self.active) + self.queue.qsize()
+
+    async def wait_for_change(self, timeout: float = 1.0) -> None:
+        """Until a job finishes (or `timeout`)."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _work(self, n: int) -> None:
         while True:
-            running = await self.queue.get()
-            self.active[running.id] = running
-            start = running.cursor
+            item = await self.queue.get()
+            self._queued.discard(item.id)
+            self.active[item.id] = item
+            held = (item.recipients if isinstance(item, JobRecord) else len(item.job.recipients)) - item.cursor
             try:
-                await self._run(running)
+                await self._run(item)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the job stays in the store at its cursor; retried on restart
-                log.exception("job %s failed at recipient %d; it resumes on the next start", running.id,
-                              running.cursor)
+                log.exception("job %s failed; it resumes from its stored cursor on the next start", item.id)
             finally:
-                self.admission.release(len(running.job.recipients) - start)
-                del self.active[running.id]
+                self.admission.release(held)
+                del self.active[item.id]
                 self.queue.task_done()
+                self._changed.set()
                 if not self.active and self.queue.empty():
                     self.idle.set()
 
-    async def _run(self, running: RunningJob) -> None:
+    async def _run(self, item: RunningJob | JobRecord) -> None:
         """Run a job; while the store is unreachable, pause and go on from the last recorded
         batch (a batch sent but not recorded goes again with the same delivery ids)."""
         pause = 0.5
         while True:
             try:
-                await self.pipeline.run(running, self.stopping)
+                if isinstance(item, JobRecord):
+                    item = await load_job(self.pipeline.store, item.id, item.cursor, self.clock.monotonic())
+                    self.active[item.id] = item
+                await self.pipeline.run(item, self.stopping)
                 return
             except StoreUnavailable as exc:
                 if self.stopping.is_set():
                     raise
                 log.warning("job %s paused at recipient %d: store unavailable (%s); retrying in %.1fs",
-                            running.id, running.cursor, exc, pause)
+                            item.id, item.cursor, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
-
     async def stop(self, timeout: float) -> None:
         """Stop taking new batches; let batches under way finish and record, up to
         `timeout`. Whatever is left resumes from the store on the next start."""
         self.stopping.set()
         while not self.queue.empty():  # not started: they stay in the store as accepted
-            self.queue.get_nowait()
+            self._queued.discard(self.queue.get_nowait().id)
             self.queue.task_done()
         if self.active:
             try:

@@ -141,28 +141,11 @@ async def api(start: Callable[..., Any]) -> Running:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real redis-server on a free port for this test session."""
-    import shutil
-    import socket
-    import subprocess
-    import time as _time
+    from gateway.testing.redis_server import RedisServer
 
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if RedisServer.binary() is None:
         if os.environ.get("GATEWAY_REQUIRE_REDIS"):
             pytest.fail("GATEWAY_REQUIRE_REDIS is set but redis-server is not on PATH")
         pytest.skip("redis-server is not installed: the Redis backend is not tested here")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = _time.monotonic() + 10
-    while _time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        _time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with RedisServer(workdir=tmp_path_factory.mktemp("redis")) as url:
+        yield url

@@ -19,8 +19,10 @@ from tests.conftest import API_KEY, speaker_job
 BATCH = 20
 
 
-def write_config(tmp_path: Path, receiver_url: str, store: str | None = None, name: str = "gateway.toml") -> Path:
-    """`store`: the [store] table's lines (default: SQLite in tmp_path)."""
+def write_config(tmp_path: Path, receiver_url: str, store: str | None = None, name: str = "gateway.toml",
+                 extra: str = "", workers: int = 1) -> Path:
+    """`store`: the [store] table's lines (default: SQLite in tmp_path); `extra`: more
+    TOML at the end."""
     path = tmp_path / name
     store = store or f'url = "sqlite:{tmp_path}/gateway.db"'
     path.write_text(f"""
@@ -33,13 +35,14 @@ shutdown_timeout = "10s"
 [quiet_hours]
 enabled = false
 [pipeline]
-workers = 1
+workers = {workers}
 batch_size = {BATCH}
 [channels.speaker]
 concurrency = 4
 [channels.speaker.targets.home-hub]
 url = "{receiver_url}/hooks/home-hub"
 secret = {{ env = "GATEWAY_TEST_SPEAKER_SECRET" }}
+{extra}
 """)
     return path
 

@@ -17,7 +17,7 @@ from gateway.app import Gateway
 from gateway.config import seconds
 from gateway.intake.validate import JobError, accept_job
 from gateway.pipeline import RunningJob
-from gateway.store import IdempotencyRecord, JobRecord
+from gateway.store import IdempotencyRecord, JobRecord, StoreBusy
 
 _json = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
@@ -68,7 +68,11 @@ class Intake:
             return Reply(exc.status, _json.encode(exc.body()), {})
         job = accepted.job
         n = len(job.recipients)
-        if not gw.admission.try_acquire(n):
+        # A shared queue bounds what waits in the store (StoreBusy below), and each process
+        # its own in-flight recipients when it takes jobs; otherwise this process runs the
+        # job, and admits it here.
+        held = 0 if gw.store.shared_queue else n
+        if held and not gw.admission.try_acquire(held):
             gw.metrics.jobs_rejected.inc("429")
             return _error(429, "busy", f"{gw.admission.inflight} recipients are in flight (limit "
                           f"{gw.admission.limit}); retry later", retry_after=gw.config.intake.retry_after)
@@ -86,20 +90,25 @@ class Intake:
                                warnings=accepted.warnings, created_at=now)
         try:
             existing = await gw.store.accept_job(job_record, body, record, now)
+        except StoreBusy as exc:
+            gw.metrics.jobs_rejected.inc("429")
+            return _error(429, "busy", f"{exc.queued} recipients are queued and not yet taken (limit "
+                          f"{gw.store.queue_limit}); retry later", retry_after=gw.config.intake.retry_after)
         except Exception as exc:
             # Never a 202 for a job that is not stored: the caller retries, nothing is lost.
-            gw.admission.release(n)
+            gw.admission.release(held)
             log.error("store refused job %s: %s", job_id, exc)
             gw.metrics.jobs_rejected.inc("503")
             return _error(503, "store_unavailable", "the job could not be stored; retry later",
                           retry_after=gw.config.intake.retry_after)
         if existing is not None:  # another process took the key between our read and write
-            gw.admission.release(n)
+            gw.admission.release(held)
             return _replay(existing, idempotency[1])  # type: ignore[index]
         gw.metrics.jobs_accepted.inc()
         gw.metrics.recipients_accepted.inc(by=n)
         assert gw.runner is not None
-        gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic()))
+        if not gw.store.shared_queue:
+            gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic()))
         return Reply(202, reply_body, {"Location": f"/v1/jobs/{job_id}"})
 
 

@@ -50,7 +50,23 @@ class StoreUnavailable(Exception):
     """The backend cannot be reached; intake answers 503 rather than accept blindly."""
 
 
+class StoreBusy(Exception):
+    """A shared queue holds `queued` recipients no process has taken yet, and the job
+    would pass the bound: intake answers 429."""
+
+    def __init__(self, queued: int):
+        self.queued = queued
+        super().__init__(f"{queued} recipients are queued")
+
+
 class Store(abc.ABC):
+    # True: accepted jobs wait in the store and any process takes them (`take_jobs`); the
+    # embedded store's jobs are run by the process that accepted them.
+    shared_queue = False
+    # Shared queue: recipients accepted and not yet taken by any process; past this,
+    # `accept_job` raises StoreBusy. 0: no bound.
+    queue_limit = 0
+
     @abc.abstractmethod
     async def open(self) -> None: ...
 
@@ -140,13 +156,18 @@ class Store(abc.ABC):
         """Decisions ordered by recipient, then by the job's channel order."""
 
     # -- several processes (backends shared between processes override these) ------------
+    async def take_jobs(self, count: int, wait: float) -> list[JobRecord]:
+        """Shared queue: up to `count` accepted jobs no process has taken, now this
+        process's; waits up to `wait` seconds for one."""
+        return []
+
     async def heartbeat(self, ttl: float) -> None:
-        """Tell the other processes this one is alive for `ttl` seconds more."""
+        """Renew this process's hold on the jobs it has taken for `ttl` seconds more."""
         return None
 
     async def claim_orphaned_jobs(self) -> list[JobRecord]:
-        """Unfinished jobs whose owning process stopped heartbeating, now owned by this one.
-        A store only one process uses has none."""
+        """Unfinished jobs taken by a process whose hold lapsed (it stopped heartbeating),
+        now this process's. A store only one process uses has none."""
         return []
 
     @abc.abstractmethod

@@ -7,9 +7,14 @@ none), claiming due deferred messages (a claim pushes the message's due time for
 the lease, so a crashed claimer's messages come back). Keys of one user share a hash tag
 (`{u:ID}`) for Redis Cluster. Expiry is Redis TTLs: idempotency keys, cap logs.
 
-This slice is the store. A job is delivered by the process that accepted it (recorded as its
-`owner`), which also resumes it after a restart; a Redis Stream intake with claims, so any
-process can take over a dead one's jobs, is the rest of the distributed-mode issue.
+Intake is a Redis Stream with one consumer group: accepting a job adds its id to the
+stream in the same script that stores it, so a `202` means queued as well as stored. Any
+process takes jobs with XREADGROUP (as many as it has idle workers, within its in-flight
+bound), which puts them in its pending list; its heartbeat re-claims its own pending
+entries (XCLAIM, resetting their idle time), so an entry idle past the lease belongs to a
+process that stopped, and XAUTOCLAIM hands it to another, which resumes the job from its
+stored cursor. Finishing a job acknowledges and deletes its entry in the same script that
+records the finish.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.decision import Decision
 from gateway.policy.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
-from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
+from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreBusy, StoreUnavailable
 
 _pack = msgspec.msgpack.encode
 _decision = msgspec.msgpack.Decoder(Decision)
@@ -36,14 +41,88 @@ _strings = msgspec.json.Decoder(list[str])
 _json = msgspec.json.Encoder()
 CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
 
+# KEYS: idempotency key (or ''), job hash, body, open jobs zset, intake stream, queued
+# recipients counter. ARGV: idempotency record, its TTL ms, campaign, recipients,
+# warnings, created_at, body, job id, queue limit (0: none). Returns the existing
+# idempotency record, the number of queued recipients when the queue is full, or false.
 ACCEPT = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('GET', KEYS[1]) end
+local queued = tonumber(redis.call('GET', KEYS[6]) or '0')
+local limit = tonumber(ARGV[9])
+if limit > 0 and queued > 0 and queued + tonumber(ARGV[4]) > limit then return queued end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 redis.call('HSET', KEYS[2], 'campaign', ARGV[3], 'state', 'accepted', 'recipients', ARGV[4], 'cursor', 0,
-           'warnings', ARGV[5], 'created_at', ARGV[6], 'owner', ARGV[9])
+           'warnings', ARGV[5], 'created_at', ARGV[6])
 redis.call('SET', KEYS[3], ARGV[7])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[8])
+local entry = redis.call('XADD', KEYS[5], '*', 'job', ARGV[8])
+redis.call('HSET', KEYS[2], 'entry', entry)
+redis.call('INCRBY', KEYS[6], ARGV[4])
 return false
+"""
+
+# KEYS: intake stream, queued recipients counter. ARGV: group, consumer, count, key
+# prefix. Takes up to `count` new jobs: {job ids...}, or {false, last stream id} when
+# there are none (the id to wait after).
+TAKE = """
+local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+local out = {}
+if res then
+  for _, e in ipairs(res[1][2]) do
+    local id = e[2][2]
+    local job = ARGV[4] .. 'job:{' .. id .. '}'
+    redis.call('HSET', job, 'owner', ARGV[2])
+    redis.call('DECRBY', KEYS[2], tonumber(redis.call('HGET', job, 'recipients') or '0'))
+    table.insert(out, id)
+  end
+end
+if #out > 0 then return out end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return {false, info[i + 1]} end
+end
+return {false, '0-0'}
+"""
+
+# KEYS: intake stream. ARGV: group, consumer, 'renew' | 'resume'. Re-claims this
+# consumer's pending entries (their idle time starts again: the hold is renewed);
+# 'resume' also returns their job ids. One script, so an entry another process has just
+# claimed is not taken back.
+HOLD = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 100000, ARGV[2])
+local out = {}
+for c = 1, #pending, 500 do
+  local ids = {}
+  for j = c, math.min(c + 499, #pending) do table.insert(ids, pending[j][1]) end
+  if ARGV[3] == 'resume' then
+    for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))) do
+      if e and e[2] then table.insert(out, e[2][2]) end
+    end
+  else
+    table.insert(ids, 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
+  end
+end
+return out
+"""
+
+# KEYS: intake stream. ARGV: group, consumer, lease ms, key prefix. Entries idle past
+# the lease (their process stopped renewing) become this consumer's; their job ids.
+ORPHANS = """
+local out = {}
+local start = '0-0'
+repeat
+  local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], start, 'COUNT', 100)
+  start = res[1]
+  for _, e in ipairs(res[2]) do
+    if e and e[2] then
+      local id = e[2][2]
+      redis.call('HSET', ARGV[4] .. 'job:{' .. id .. '}', 'owner', ARGV[2])
+      table.insert(out, id)
+    end
+  end
+until start == '0-0'
+return out
 """
 
 # KEYS: job hash, decisions hash, outcomes hash, counts hash, order zset, deferred zset,
@@ -90,8 +169,14 @@ end
 return true
 """
 
-# KEYS: job hash, job's deferred set, open jobs zset. ARGV: now, job id.
+# KEYS: job hash, job's deferred set, open jobs zset, intake stream. ARGV: now, job id,
+# group.
 FINISH = """
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then
+  redis.call('XACK', KEYS[4], ARGV[3], entry)
+  redis.call('XDEL', KEYS[4], entry)
+end
 local recipients = redis.call('HGET', KEYS[1], 'recipients')
 redis.call('HSET', KEYS[1], 'cursor', recipients)
 if redis.call('SCARD', KEYS[2]) > 0 then
@@ -159,23 +244,6 @@ end
 return out
 """
 
-# KEYS: open jobs zset. ARGV: key prefix, this instance. Jobs whose owner's heartbeat key
-# is gone become this instance's; their ids are returned.
-ORPHANS = """
-local out = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local job = ARGV[1] .. 'job:{' .. id .. '}'
-  local owner = redis.call('HGET', job, 'owner')
-  local state = redis.call('HGET', job, 'state')
-  if owner and owner ~= ARGV[2] and (state == 'accepted' or state == 'running')
-     and redis.call('EXISTS', ARGV[1] .. 'instance:' .. owner) == 0 then
-    redis.call('HSET', job, 'owner', ARGV[2])
-    table.insert(out, id)
-  end
-end
-return out
-"""
-
 REFUND = """
 for _, id in ipairs(ARGV) do
   for _, key in ipairs(redis.call('SMEMBERS', 'capres:' .. id)) do redis.call('ZREM', key, id) end
@@ -210,12 +278,20 @@ def _unavailable_on_error(method: Any) -> Any:
     return wrapper
 
 
+GROUP = "gateway"  # every process consumes the intake stream in this one group
+
+
 class RedisStore(Store):
-    def __init__(self, url: str, prefix: str = "gw:", instance: str = "gateway"):
+    shared_queue = True
+
+    def __init__(self, url: str, prefix: str = "gw:", instance: str = "gateway", queue_limit: int = 0):
         self.url = url
         self.p = prefix
         self.instance = instance
+        self.queue_limit = queue_limit
         self.redis: aioredis.Redis | None = None
+        self.stream = self._k("jobs")
+        self._lease_ms = 6000
 
     async def open(self) -> None:
         # Connections pooled before a Redis restart are dead: retry such errors on a fresh
@@ -232,7 +308,16 @@ class RedisStore(Store):
             r.register_script(FINISH)
         self._reserve, self._refund, self._claim = r.register_script(RESERVE), r.register_script(REFUND), \
             r.register_script(CLAIM)
-        self._orphans = r.register_script(ORPHANS)
+        self._orphans, self._take, self._hold = r.register_script(ORPHANS), r.register_script(TAKE), \
+            r.register_script(HOLD)
+        await self._create_group()
+
+    async def _create_group(self) -> None:
+        try:
+            await self._r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def close(self) -> None:
         if self.redis is not None:
@@ -271,9 +356,12 @@ class RedisStore(Store):
         keys = self._job_keys(job.id)
         idem_key = self._k("idem", idempotency.key) if idempotency else ""
         ttl_ms = max(1, int((idempotency.expires_at - now) * 1000)) if idempotency else 0
-        existing = await self._call(self._accept, [idem_key, keys[0], self._k(f"job:{{{job.id}}}", "body"), keys[8]],
+        existing = await self._call(self._accept, [idem_key, keys[0], self._k(f"job:{{{job.id}}}", "body"), keys[8],
+                                                   self.stream, self._k("queued")],
                                     [_pack(idempotency) if idempotency else b"", ttl_ms, job.campaign, job.recipients,
-                                     _json.encode(job.warnings), repr(job.created_at), body, job.id, self.instance])
+                                     _json.encode(job.warnings), repr(job.created_at), body, job.id, self.queue_limit])
+        if isinstance(existing, int):
+            raise StoreBusy(existing)
         return _idem.decode(existing) if existing else None
 
     @_unavailable_on_error
@@ -282,16 +370,39 @@ class RedisStore(Store):
         record = _idem.decode(raw) if raw else None
         return record if record is not None and record.expires_at > now else None
 
-    @_unavailable_on_error
     async def resumable_jobs(self) -> list[JobRecord]:
-        """This instance's unfinished jobs only: another live process may be delivering
-        the rest. (Taking over a dead process's jobs is the Stream/claim part to come.)"""
-        ids = [i.decode() for i in await self._r.zrange(self._k("open"), 0, -1)]
-        owners = [await self._r.hget(self._k(f"job:{{{i}}}"), "owner") for i in ids]
-        mine = [i for i, owner in zip(ids, owners, strict=True)
-                if owner is not None and owner.decode() == self.instance]
-        jobs = [await self.get_job(i) for i in mine]
+        """The jobs this instance had taken and not finished (still in its pending list,
+        re-claimed here so no other process takes them meanwhile); the others are other
+        processes' or still queued for whoever takes them."""
+        ids = await self._call(self._hold, [self.stream], [GROUP, self.instance, "resume"])
+        return await self._unfinished([i.decode() for i in ids])
+
+    async def _unfinished(self, ids: list[str]) -> list[JobRecord]:
+        jobs = [await self.get_job(i) for i in ids]
         return [j for j in jobs if j is not None and j.state in ("accepted", "running")]
+
+    async def take_jobs(self, count: int, wait: float) -> list[JobRecord]:
+        for attempt in range(2):
+            try:
+                raw = await self._take(keys=[self.stream, self._k("queued")],
+                                       args=[GROUP, self.instance, count, self.p])
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise StoreUnavailable(str(exc)) from exc
+                await self._create_group()  # Redis lost its data (restarted without persistence)
+                continue
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            if raw and raw[0] is not None:
+                return await self._unfinished([i.decode() for i in raw])
+            if attempt == 0 and wait > 0:
+                # Nothing queued: wait for the next entry after the last one the stream
+                # has seen (XREAD does not consume it), then take again.
+                try:
+                    await self._r.xread({self.stream: raw[1]}, count=1, block=max(1, int(wait * 1000)))
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailable(str(exc)) from exc
+        return []
 
     @_unavailable_on_error
     async def job_body(self, job_id: str) -> bytes:
@@ -323,7 +434,7 @@ class RedisStore(Store):
 
     async def finish_job(self, job_id: str, now: float) -> None:
         keys = self._job_keys(job_id)
-        await self._call(self._finish, [keys[0], keys[7], keys[8]], [repr(now), job_id])
+        await self._call(self._finish, [keys[0], keys[7], keys[8], self.stream], [repr(now), job_id, GROUP])
 
     @_unavailable_on_error
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -354,15 +465,12 @@ class RedisStore(Store):
 
     # -- several processes ---------------------------------------------------------------
     async def heartbeat(self, ttl: float) -> None:
-        try:
-            await self._r.set(self._k("instance", self.instance), "alive", px=max(1, int(ttl * 1000)))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        self._lease_ms = max(1, int(ttl * 1000))
+        await self._call(self._hold, [self.stream], [GROUP, self.instance, "renew"])
 
     async def claim_orphaned_jobs(self) -> list[JobRecord]:
-        ids = await self._call(self._orphans, [self._k("open")], [self.p, self.instance])
-        jobs = [await self.get_job(i.decode()) for i in ids]
-        return [j for j in jobs if j is not None]
+        ids = await self._call(self._orphans, [self.stream], [GROUP, self.instance, self._lease_ms, self.p])
+        return await self._unfinished([i.decode() for i in ids])
 
     # -- frequency caps --------------------------------------------------------------
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:

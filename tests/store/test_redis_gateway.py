@@ -140,3 +140,57 @@ async def test_kill_9_of_one_process_another_takes_over(start, tmp_path, redis_u
     assert done["counts"]["sent"] == n
     assert_each_recipient_once(receiver, n)
     assert receiver.duplicates <= BATCH  # only the batch in flight at the kill, same webhook-ids
+
+
+@pytest.mark.timeout(120)
+async def test_three_processes_racing_jobs_never_exceed_a_cap(tmp_path, redis_url, speaker_secret) -> None:
+    """Three `gateway serve` processes on one Redis, 18 jobs for the same two users posted
+    to all three at once: the caps hold, counted from what the receiver got, and every
+    other recipient is delivered exactly once, by whichever process took the job."""
+    from collections import Counter
+
+    from gateway.testing import WebhookReceiver
+    from tests.test_crash import post, serve, wait_completed, write_config
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    caps = ('[[caps]]\nname = "promo-week"\ntags = ["promo"]\nlimit = 3\nwindow = "7d"\n'
+            '[[caps]]\nname = "speaker-day"\nchannels = ["speaker"]\nlimit = 5\nwindow = "24h"\n')
+
+    def job(n: int) -> dict:
+        users = ["ana", "ben", f"solo-{n}"]
+        promo = n % 2 == 1
+        return {"campaign": f"{'promo' if promo else 'news'}-{n}", "channels": ["speaker"],
+                "tags": ["promo"] if promo else [],
+                "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
+                "recipients": [{"user_id": u, "subscriptions": {"speaker": "opted_in"},
+                                "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"{u}-hub"}]}
+                               for u in users]}
+
+    async with WebhookReceiver(speaker_secret) as receiver:
+        processes = []
+        for name in ("a", "b", "c"):
+            config = write_config(tmp_path, receiver.url, name=f"{name}.toml", workers=4, extra=caps, store=(
+                f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "gw-{name}"\nheartbeat = "500ms"'))
+            processes.append(await serve(config, speaker_secret))
+        try:
+            jobs = await asyncio.gather(*(post(processes[n % 3].url, job(n)) for n in range(18)))
+            for n, job_id in enumerate(jobs):
+                await wait_completed(processes[(n + 1) % 3].url, job_id)  # read through another process
+            import redis
+
+            client = redis.Redis.from_url(redis_url)
+            owners = {client.hget(f"{prefix}job:{{{job_id}}}", "owner") for job_id in jobs}
+            client.close()
+            assert len(owners) >= 2, f"one process took every job: {owners}"
+        finally:
+            for p in processes:
+                p.proc.terminate()
+            for p in processes:
+                await p.proc.wait()
+    per_user = Counter(r.payload["user_id"] for r in receiver.received.values())
+    # 9 promo jobs (limit 3 a week) and 9 others; speaker-day (5 a day) counts both.
+    assert per_user["ana"] == per_user["ben"] == 5
+    promo = Counter(r.payload["user_id"] for r in receiver.received.values()
+                    if r.payload["campaign"].startswith("promo"))
+    assert promo["ana"] <= 3 and promo["ben"] <= 3
+    assert all(per_user[f"solo-{n}"] == 1 for n in range(18))

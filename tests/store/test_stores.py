@@ -177,21 +177,55 @@ def test_cursor_only_moves_forward(batches: list[int]) -> None:
     asyncio.run(scenario())
 
 
-async def test_redis_resumes_only_its_own_jobs(redis_url) -> None:
+async def test_redis_queue_take_hold_claim_and_bound(redis_url) -> None:
+    """The intake stream: each job is taken by one process; a process resumes only what it
+    took; entries whose hold lapsed go to another process; finishing acknowledges."""
     import uuid
 
-    from gateway.store.redis import RedisStore
+    from gateway.store.base import StoreBusy
+    from gateway.store.redis import GROUP, RedisStore
 
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    a, b = RedisStore(redis_url, prefix, instance="gw-a"), RedisStore(redis_url, prefix, instance="gw-b")
+    a = RedisStore(redis_url, prefix, instance="gw-a")
+    b = RedisStore(redis_url, prefix, instance="gw-b", queue_limit=6)
     await a.open()
     await b.open()
     try:
-        await a.accept_job(record("from-a"), b"{}", None, 1.0)
-        await b.accept_job(record("from-b"), b"{}", None, 2.0)
-        assert [j.id for j in await a.resumable_jobs()] == ["from-a"]
-        assert [j.id for j in await b.resumable_jobs()] == ["from-b"]
-        assert (await b.get_job("from-a")) is not None  # but every process can read every job
+        await a.accept_job(record("j1"), b"{}", None, 1.0)
+        await b.accept_job(record("j2"), b"{}", None, 2.0)
+        assert [j.id for j in await a.take_jobs(1, wait=0)] == ["j1"]
+        assert [j.id for j in await b.take_jobs(5, wait=0)] == ["j2"]
+        assert await a.take_jobs(5, wait=0) == []
+        assert [j.id for j in await a.resumable_jobs()] == ["j1"]
+        assert [j.id for j in await b.resumable_jobs()] == ["j2"]
+        assert (await b.get_job("j1")) is not None  # every process reads every job
+
+        # A waiting take returns as soon as a job is accepted.
+        waiting = asyncio.create_task(a.take_jobs(1, wait=5))
+        await asyncio.sleep(0.1)
+        await b.accept_job(record("j3"), b"{}", None, 3.0)
+        assert [j.id for j in await asyncio.wait_for(waiting, 2)] == ["j3"]
+
+        # a stops renewing; b renews its own and claims a's once their idle time passes the lease.
+        await b.heartbeat(0.3)
+        assert await b.claim_orphaned_jobs() == []
+        await asyncio.sleep(0.4)
+        await b.heartbeat(0.3)
+        assert sorted(j.id for j in await b.claim_orphaned_jobs()) == ["j1", "j3"]
+        assert await a.resumable_jobs() == []
+        assert sorted(j.id for j in await b.resumable_jobs()) == ["j1", "j2", "j3"]
+
+        for job_id in ("j1", "j2", "j3"):
+            await b.finish_job(job_id, 4.0)
+        assert (await b.redis.xpending(b.stream, GROUP))["pending"] == 0
+        assert await b.redis.xlen(b.stream) == 0
+
+        # The bound counts recipients accepted and not yet taken; one job always fits.
+        await b.accept_job(record("big", n=8), b"{}", None, 5.0)
+        with pytest.raises(StoreBusy):
+            await b.accept_job(record("more", n=1), b"{}", None, 5.0)
+        assert [j.id for j in await a.take_jobs(1, wait=0)] == ["big"]
+        await b.accept_job(record("more", n=1), b"{}", None, 5.0)
     finally:
         await a.close()
         await b.close()
