@@ -1,4 +1,5 @@
-"""End-to-end messages/s per channel, from POST /v1/jobs to the fake provider's receipt.
+"""End to end per channel, from POST /v1/jobs to the fake provider's receipt: messages/s,
+CPU per message, and p50/p99 latency (each message from the POST of its own job).
 
 For each channel: the gateway (embedded store, synchronous=full) serves on a free port,
 the channel's fake from `gateway.testing` runs in the *same process* (so the two share one
@@ -50,25 +51,34 @@ def _job(n: int, offset: int, channel: str, device: Any) -> bytes:
                        "variants": [{"name": "d", "content": content}], "recipients": recipients}).encode()
 
 
-async def _measure(config: GatewayConfig, channel: str, total: int, device: Any, received: Any) -> dict[str, Any]:
+async def _measure(config: GatewayConfig, channel: str, total: int, device: Any, fake: Any,
+                   recipient_of: Any) -> dict[str, Any]:
+    """`recipient_of(record)`: the recipient index a fake's receipt is for, so each
+    message's latency is taken from the POST of its own job."""
     server = await start_server(config)
+    jobs = [_job(min(1000, total - offset), offset, channel, device) for offset in range(0, total, 1000)]
+    posted_at: list[float] = []
     try:
         async with aiohttp.ClientSession(server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
             started = time.perf_counter()
             cpu = time.process_time()
-            ids = []
-            for offset in range(0, total, 1000):
-                async with http.post("/v1/jobs", data=_job(min(1000, total - offset), offset, channel, device)) as r:
+            for body in jobs:
+                posted_at.append(time.monotonic())
+                async with http.post("/v1/jobs", data=body) as r:
                     assert r.status == 202, await r.text()
-                    ids.append((await r.json())["job_id"])
-            while received() < total:
+            while len(fake.received) < total:
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu
     finally:
         await server.stop()
+    records = list(fake.received.values()) if isinstance(fake.received, dict) else list(fake.received)
+    latencies = sorted(arrived - posted_at[recipient_of(record) // 1000]
+                       for record, arrived in zip(records, fake.arrivals, strict=True))
     return {"channel": channel, "messages": total, "seconds": round(elapsed, 3),
-            "messages_per_s": round(total / elapsed), "cpu_us_per_message": round(cpu / total * 1e6, 1)}
+            "messages_per_s": round(total / elapsed), "cpu_us_per_message": round(cpu / total * 1e6, 1),
+            "latency_ms_p50": round(latencies[len(latencies) // 2] * 1000, 1),
+            "latency_ms_p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 1)}
 
 
 def _config(tmp: str, channels: dict[str, Any]) -> GatewayConfig:
@@ -105,18 +115,20 @@ async def run(total: int, only: set[str] | None) -> list[dict[str, Any]]:
                 config = _config(tmp, {"speaker": {"targets": {"hub": {
                     "url": f"{hub.url}/hook", "secret": {"env": "BENCH_SPEAKER_SECRET"}}}}})
                 results.append(await _measure(config, "speaker", total, lambda i: {
-                    "channel": "speaker", "target": "hub", "device_id": f"d{i}"}, lambda: len(hub.received)))
+                    "channel": "speaker", "target": "hub", "device_id": f"d{i}"}, hub,
+                    lambda r: int(r.payload["user_id"][1:])))
         if wanted("email"):
             async with SmtpFake() as smtp:
                 config = _config(tmp, {"email": {"host": "127.0.0.1", "port": smtp.port, "security": "none",
                                                  "from_address": "bench@shop.example", "pool_size": 16}})
-                results.append(await _measure(config, "email", total, None, lambda: len(smtp.received)))
+                results.append(await _measure(config, "email", total, None, smtp,
+                                              lambda r: int(r.rcpt_tos[0].split("@")[0][4:])))
         if wanted("fcm"):
             async with FcmFake() as fcm:
                 Path(f"{tmp}/sa.json").write_text(json.dumps(fcm.service_account()))
                 config = _config(tmp, {"fcm": {"service_account": {"file": f"{tmp}/sa.json"}, "endpoint": fcm.url}})
                 results.append(await _measure(config, "fcm", total, lambda i: {
-                    "channel": "fcm", "token": f"token-{i:06d}"}, lambda: len(fcm.received)))
+                    "channel": "fcm", "token": f"token-{i:06d}"}, fcm, lambda r: int(r["token"][6:])))
         if wanted("apns"):
             async with ApnsFake(server_tls) as apns:
                 os.environ["BENCH_APNS_KEY"] = apns.key_pem()
@@ -124,7 +136,7 @@ async def run(total: int, only: set[str] | None) -> list[dict[str, Any]]:
                     "team_id": apns.team_id, "key_id": apns.key_id, "key": {"env": "BENCH_APNS_KEY"},
                     "topic": "com.shop.app"}}, "endpoint": f"127.0.0.1:{apns.port}", "ca_file": ca_file}})
                 results.append(await _measure(config, "apns", total, lambda i: {
-                    "channel": "apns", "token": f"{i:064x}"}, lambda: len(apns.received)))
+                    "channel": "apns", "token": f"{i:064x}"}, apns, lambda r: int(r.token, 16)))
         for workers in (0, 2):  # encryption on the event loop, then in 2 worker processes
             if not wanted("webpush"):
                 break
@@ -133,11 +145,13 @@ async def run(total: int, only: set[str] | None) -> list[dict[str, Any]]:
                 vapid.generate_keys()
                 os.environ["BENCH_VAPID"] = vapid.private_pem().decode()
                 subscriptions = [push.subscription() for _ in range(total)]
+                index = {sub["endpoint"].rsplit("/", 1)[1]: i for i, sub in enumerate(subscriptions)}
                 config = _config(tmp, {"webpush": {"vapid_private_key": {"env": "BENCH_VAPID"},
                                                    "subject": "mailto:ops@shop.example", "encrypt_workers": workers,
                                                    "allowed_hosts": ["127.0.0.1"], "ca_file": ca_file}})
                 result = await _measure(config, "webpush", total, lambda i, subs=subscriptions: {
-                    "channel": "webpush", "subscription": subs[i]}, lambda push=push: len(push.received))
+                    "channel": "webpush", "subscription": subs[i]}, push,
+                    lambda r, index=index: index[r.subscription_id])
                 result["encrypt_workers"] = workers
                 results.append(result)
     return results

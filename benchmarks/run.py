@@ -75,6 +75,67 @@ def main() -> None:
     out = HERE / "results" / f"{result['date']}-{result['commit']}{'-quick' if quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(HERE.parent)}")
+    if not quick:
+        refresh_readme(result, out.name)
+        print("refreshed the latest-run table in benchmarks/README.md")
+
+
+START, END = "<!-- latest-run:start -->", "<!-- latest-run:end -->"
+
+
+def refresh_readme(result: dict[str, Any], source: str) -> None:
+    """Rewrite the table between the markers in benchmarks/README.md from a full run."""
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{latest_table(result, source)}\n{END}{tail}")
+
+
+def latest_table(r: dict[str, Any], source: str) -> str:
+    m = r["machine"]
+    rows = [f"`{r['command']}` on {r['date']} at {r['commit']} ({m['cpus']} cores, Python {m['python']}); "
+            f"every figure is in `results/{source}`.", "", "| Figure | Value |", "|---|---|"]
+
+    def row(name: str, value: Any) -> None:
+        rows.append(f"| {name} | {value} |")
+
+    p, st, rd = r.get("pipeline", {}), r.get("stages_us", {}), r.get("render_us_per_field", {})
+    if p:
+        row(f"hot path, us per message ({p['recipients']:,} recipients, all stages, mean / batch p99)",
+            f"{p['hot_path_total_us_per_message']} / {p['pipeline_batch_p99_us']}")
+        row("decode us per message / `json.loads` of the same body", f"{p['decode_us_per_message']} / "
+            f"{p['json_loads_us_per_message']}")
+    if st:
+        row("personalize us per recipient (5 channels) / python-liquid", f"{st['personalize_us']} / "
+            f"{st['python_liquid_render_us']} ({st['personalize_vs_python_liquid']}x)")
+    if rd:
+        row("render us per field, 46 templates / python-liquid", f"{rd['mean_us_per_field']} / "
+            f"{rd['python_liquid_mean_us_per_field']} ({rd['ratio_of_means']}x)")
+        row("render us per field, the shared examples / python-liquid", f"{rd['examples_mean_us_per_field']} / "
+            f"{rd['examples_python_liquid_mean_us']}")
+    e = r.get("webhook_end_to_end", {})
+    if e:
+        row(f"webhook end to end, 3 processes, {e['recipients']:,} recipients: accepted/s, delivered/s, peak RSS",
+            f"{e['accepted_recipients_per_s']:,}, {e['delivered_per_s']:,}, {e['gateway_peak_rss_mb']} MB")
+    for c in r.get("channels", []):
+        label = c["channel"] + (f" (encrypt_workers={c['encrypt_workers']})" if "encrypt_workers" in c else "")
+        row(f"{label}: msg/s, CPU us per message, latency p50 / p99 ms",
+            f"{c['messages_per_s']:,}, {c['cpu_us_per_message']}, "
+            f"{c.get('latency_ms_p50', '-')} / {c.get('latency_ms_p99', '-')}")
+    for d in r.get("distributed", {}).get("rows", []):
+        trips = d.get("redis_round_trips_per_message")
+        row(f"{d['store']} store, {d['gateways']} process(es): delivered/s"
+            + (", Redis round trips per message" if trips is not None else ""),
+            f"{d['delivered_per_s']:,}" + (f", {trips}" if trips is not None else ""))
+    a = r.get("peer_apprise", {})
+    for kind in ("webhook", "email"):
+        if kind in a:
+            row(f"vs Apprise, {kind}: gateway msg/s, ratio to Apprise's best",
+                f"{a[kind]['gateway_per_s']:,}, {a[kind]['ratio_vs_best_apprise']}x")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

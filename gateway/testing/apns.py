@@ -52,6 +52,8 @@ class ApnsFake:
     key_id: str = "KEY1234567"
     fault: Callable[[str, int], ApnsFault | None] | None = None
     received: list[ApnsNotification] = field(default_factory=list)
+    # time.monotonic() of each first receipt, in the order of `received` (latency figures)
+    arrivals: list[float] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     apns_ids: list[str] = field(default_factory=list)  # every request's apns-id, retries included
     rejected: list[str] = field(default_factory=list)
@@ -110,6 +112,7 @@ class ApnsFake:
                         return
                     status, reason = fault.status, fault.reason
         if status == 200:
+            self.arrivals.append(time.monotonic())
             self.received.append(ApnsNotification(token, headers, json.loads(body), verdict))  # type: ignore[arg-type]
             proto.send(stream_id, [(":status", "200"), ("apns-id", apns_id)], None)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,8 @@ class FcmFake:
     project_id: str = "demo-project"
     fault: Callable[[str, int], FcmFault | None] | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
+    # time.monotonic() of each first receipt, in the order of `received` (latency figures)
+    arrivals: list[float] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)
     revoked: set[str] = field(default_factory=set)
@@ -107,6 +110,7 @@ class FcmFake:
                 return web.Response(status=500)
             if fault.status != 200:
                 return _error(fault.status, fault.error_code, fault.message, fault.retry_after)
+        self.arrivals.append(time.monotonic())
         self.received.append(message)
         return web.json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
 

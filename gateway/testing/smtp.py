@@ -14,6 +14,7 @@ import email
 import email.policy
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -43,6 +44,8 @@ class SmtpFake:
     fault: SmtpFault | None = None
     latency: float = 0.0  # seconds before answering each RCPT
     received: list[ReceivedMail] = field(default_factory=list)
+    # time.monotonic() of each first receipt, in the order of `received` (latency figures)
+    arrivals: list[float] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 0
@@ -62,6 +65,7 @@ class SmtpFake:
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.arrivals.append(time.monotonic())
         self.received.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), message,  # type: ignore[arg-type]
                                           tls=session.ssl is not None))
         return "250 2.0.0 queued"

@@ -55,6 +55,8 @@ class WebhookReceiver:
     fault: FaultScript | None = None
     latency: float = 0.0
     received: dict[str, Received] = field(default_factory=dict)
+    # time.monotonic() of each first receipt, in the order of `received` (latency figures)
+    arrivals: list[float] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     url: str = ""
@@ -111,6 +113,7 @@ class WebhookReceiver:
             if msg_id in self.received:
                 self.received[msg_id].copies += 1
             else:
+                self.arrivals.append(time.monotonic())
                 self.received[msg_id] = Received(msg_id, request.path,
                                                  int(request.headers.get("webhook-timestamp", 0)),
                                                  payload, body, dict(request.headers))

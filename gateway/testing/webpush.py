@@ -61,6 +61,8 @@ class WebPushFake:
     host: str = "127.0.0.1"
     fault: Callable[[str, int], WebPushFault | None] | None = None
     received: list[Pushed] = field(default_factory=list)
+    # time.monotonic() of each first receipt, in the order of `received` (latency figures)
+    arrivals: list[float] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     origin: str = ""
@@ -122,6 +124,7 @@ class WebPushFake:
         except Exception as exc:
             self.rejected.append(f"decrypt: {type(exc).__name__}")
             return web.Response(status=400, text="cannot decrypt")
+        self.arrivals.append(time.monotonic())
         self.received.append(Pushed(sub_id, json.loads(plaintext), dict(request.headers), claims))
         return web.Response(status=201, headers={"Location": f"{self.origin}/message/{secrets.token_hex(6)}"})
 
