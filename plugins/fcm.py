@@ -1,4 +1,4 @@
-"""Firebase Cloud Messaging, HTTP v1, with aiohttp.
+"""Firebase Cloud Messaging, HTTP v1.
 
 Auth is a Google service account: an RS256 JWT assertion exchanged at the account's
 `token_uri` for an OAuth2 access token, cached and refreshed a few minutes early, one
@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -32,6 +33,7 @@ from gateway.channel import (
     parse_retry_after,
 )
 from gateway.config import ConfigError, Duration, SecretRef, seconds
+from gateway.dispatch.http1 import Http1Pool
 from gateway.hookspecs import hookimpl
 from gateway.intake.model import PushContent
 
@@ -133,7 +135,11 @@ class FcmChannel(Channel):
         self.tokens = _Tokens(account, session)
         project = config.project_id or account.project_id
         self.url = f"{config.endpoint.rstrip('/')}/v1/projects/{project}/messages:send"
-        self.timeout = aiohttp.ClientTimeout(total=seconds(config.timeout))
+        # Sends are small POSTs to one origin: the lean HTTP/1.1 client (see
+        # gateway/dispatch/http1.py); the rare token refresh keeps aiohttp.
+        self.pool = Http1Pool(self.url, max_idle=config.concurrency)
+        self.path = urlsplit(self.url).path
+        self.timeout = seconds(config.timeout)
 
     @classmethod
     def check_config(cls, config: FcmConfig, path: str) -> list[str]:
@@ -197,13 +203,13 @@ class FcmChannel(Channel):
                 log.error("fcm: cannot get an OAuth token: %s", exc)
                 return TransientFailure("oauth_unavailable")
             try:
-                async with self.session.post(self.url, data=body, timeout=self.timeout, headers={
-                        "Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as response:
-                    payload = await response.json(content_type=None)
-                    status, retry_after = response.status, response.headers.get("Retry-After")
+                response = await self.pool.post(self.path, (("Authorization", f"Bearer {token}"),
+                                                            ("Content-Type", "application/json")), body, self.timeout)
+                payload = json.loads(response.body) if response.body else {}
+                status, retry_after = response.status, response.headers.get("retry-after")
             except TimeoutError:
                 return TransientFailure("timeout")
-            except (aiohttp.ClientError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # refused, reset, TLS, a cut response, not JSON
                 return TransientFailure(f"connection_error: {type(exc).__name__}")
             if status == 200:
                 return Sent(payload.get("name"))
@@ -216,6 +222,7 @@ class FcmChannel(Channel):
         return PermanentFailure("credentials", "UNAUTHENTICATED after refreshing the OAuth token")
 
     async def aclose(self) -> None:
+        await self.pool.aclose()
         await self.session.close()
 
 

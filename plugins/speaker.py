@@ -14,7 +14,6 @@ cannot make the gateway call an arbitrary address.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -23,7 +22,6 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from gateway.channel import (
@@ -38,6 +36,7 @@ from gateway.channel import (
     parse_retry_after,
 )
 from gateway.config import ConfigError, Duration, SecretRef, seconds
+from gateway.dispatch.http1 import Http1Pool
 from gateway.hookspecs import hookimpl
 from gateway.intake.model import Device
 
@@ -86,11 +85,16 @@ def classify(status: int, retry_after: float | None) -> Result:
 
 
 class _Target:
-    def __init__(self, name: str, config: Target, key: bytes):
+    def __init__(self, name: str, config: Target, key: bytes, connections: int):
         self.name = name
         self.url = config.url
+        parts = urlsplit(config.url)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Kept-alive HTTP/1.1 to the hub: the lean client, as every request is a small POST
+        # to this one origin (gateway/dispatch/http1.py says why not aiohttp's).
+        self.pool = Http1Pool(config.url, max_idle=connections)
         self.key = key
-        self.timeout = aiohttp.ClientTimeout(total=seconds(config.timeout))
+        self.timeout = seconds(config.timeout)
         self.gone = False  # a 410 disables the target for the rest of this process
 
 
@@ -100,10 +104,9 @@ class SpeakerChannel(Channel):
     subscription_group = "speaker"
     Config = SpeakerConfig
 
-    def __init__(self, config: SpeakerConfig, targets: dict[str, _Target], session: aiohttp.ClientSession):
+    def __init__(self, config: SpeakerConfig, targets: dict[str, _Target]):
         super().__init__(config)
         self.targets = targets
-        self.session = session
 
     @classmethod
     def check_config(cls, config: SpeakerConfig, path: str) -> list[str]:
@@ -124,12 +127,11 @@ class SpeakerChannel(Channel):
     @classmethod
     async def create(cls, config: SpeakerConfig) -> SpeakerChannel:
         targets = {
-            name: _Target(name, t, signing_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()))
+            name: _Target(name, t, signing_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()),
+                          config.concurrency)
             for name, t in config.targets.items()
         }
-        connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=config.concurrency)
-        session = aiohttp.ClientSession(connector=connector)
-        return cls(config, targets, session)
+        return cls(config, targets)
 
     def destinations(self, recipient) -> list[Device | str]:  # type: ignore[no-untyped-def]
         return [d for d in recipient.devices if d.channel == "speaker"]
@@ -155,29 +157,26 @@ class SpeakerChannel(Channel):
             "job_id": delivery.job_id,
         })
         timestamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": delivery.id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(target.key, delivery.id, timestamp, body),
-        }
+        headers = (
+            ("content-type", "application/json"),
+            ("webhook-id", delivery.id),
+            ("webhook-timestamp", str(timestamp)),
+            ("webhook-signature", sign(target.key, delivery.id, timestamp, body)),
+        )
         try:
-            async with self.session.post(target.url, data=body, headers=headers, allow_redirects=False,
-                                         timeout=target.timeout) as response:
-                await response.read()
-                result = classify(response.status, parse_retry_after(response.headers.get("retry-after"),
-                                                                     time.time()))
+            response = await target.pool.post(target.path, headers, body, timeout=target.timeout)
         except TimeoutError:
             return TransientFailure("timeout")
-        except aiohttp.ClientError as exc:
+        except OSError as exc:  # refused, reset, TLS, a malformed or cut response
             return TransientFailure(f"connection_error: {type(exc).__name__}")
+        result = classify(response.status, parse_retry_after(response.headers.get("retry-after"), time.time()))
         if isinstance(result, InvalidToken):
             target.gone = True
         return result
 
     async def aclose(self) -> None:
-        await self.session.close()
-        await asyncio.sleep(0)  # let aiohttp close its transports before the loop goes
+        for target in self.targets.values():
+            await target.pool.aclose()
 
 
 _encode = msgspec.json.Encoder().encode
