@@ -94,6 +94,7 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
         jobs = synthetic_jobs(total, per_job)
         try:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
+                cpu_before = (sum(_cpu_seconds(p.pid) for p, _ in processes), _cpu_seconds(receiver.pid))
                 started = time.perf_counter()
                 ids = []
                 for n, (_, body) in enumerate(jobs):
@@ -119,6 +120,8 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
                         break
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
+                gateway_cpu = sum(_cpu_seconds(p.pid) for p, _ in processes) - cpu_before[0]
+                receiver_cpu = _cpu_seconds(receiver.pid) - cpu_before[1]
         finally:
             sampler.cancel()
             for process, _ in processes:
@@ -141,9 +144,21 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
         "end_to_end_seconds": round(elapsed, 3),
         "decided_recipients_per_s": round(total / elapsed),
         "delivered_per_s": round(state["received"] / elapsed),
+        # CPU of the processes from the first POST to the last receipt, per delivered message
+        "gateway_cpu_us_per_message": round(gateway_cpu / max(1, state["received"]) * 1e6, 1),
+        "receiver_cpu_us_per_message": round(receiver_cpu / max(1, state["received"]) * 1e6, 1),
         "gateway_peak_rss_mb": round(max(r for _, r in rss) / 1024, 1) if rss else None,
         "gateway_rss_mb_by_progress": _by_progress(rss, state["received"]),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _rss_kib(pid: int) -> int:
