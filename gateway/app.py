@@ -88,15 +88,14 @@ class Gateway:
                 log.warning("taking jobs from the store: %s; retrying", exc)
                 await asyncio.sleep(0.5)
 
-    def _submit(self, record: JobRecord, how: str) -> None:
+    def _submit(self, record: JobRecord, how: str, level: int = logging.INFO) -> None:
         """Run a stored job from its cursor (unless this process already runs it)."""
         assert self.runner is not None
         if self.runner.has(record.id):
             return
         self.admission.force(record.recipients - record.cursor)
-        self.runner.submit_stored(record)
-        log.log(logging.WARNING if how.startswith("took over") else logging.INFO, "%s job %s at recipient %d of %d",
-                how, record.id, record.cursor, record.recipients)
+        self.runner.submit(record)
+        log.log(level, "%s job %s at recipient %d of %d", how, record.id, record.cursor, record.recipients)
 
     async def _take_over_orphans(self) -> None:
         """Heartbeat, and pick up the unfinished jobs of processes that stopped (a shared
@@ -106,7 +105,7 @@ class Gateway:
             try:
                 await self.store.heartbeat(3 * every)
                 for record in await self.store.claim_orphaned_jobs():
-                    self._submit(record, "took over (its process stopped)")
+                    self._submit(record, "took over (its process stopped)", logging.WARNING)
             except Exception:
                 log.exception("heartbeat / takeover")
             await asyncio.sleep(every)

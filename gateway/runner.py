@@ -56,13 +56,8 @@ class Runner:
         self.idle.set()
         self._changed = asyncio.Event()
 
-    def submit(self, running: RunningJob) -> None:
-        self._enqueue(running)
-
-    def submit_stored(self, record: JobRecord) -> None:
-        self._enqueue(record)
-
-    def _enqueue(self, item: RunningJob | JobRecord) -> None:
+    def submit(self, item: RunningJob | JobRecord) -> None:
+        """A job just accepted (decoded), or a stored one (loaded when a worker starts it)."""
         self.idle.clear()
         self._queued.add(item.id)
         self.queue.put_nowait(item)
@@ -122,6 +117,7 @@ class Runner:
                             item.id, item.cursor, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
+
     async def stop(self, timeout: float) -> None:
         """Stop taking new batches; let batches under way finish and record, up to
         `timeout`. Whatever is left resumes from the store on the next start."""

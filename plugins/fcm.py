@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -138,7 +137,6 @@ class FcmChannel(Channel):
         # Sends are small POSTs to one origin: the lean HTTP/1.1 client (see
         # gateway/dispatch/http1.py); the rare token refresh keeps aiohttp.
         self.pool = Http1Pool(self.url, max_idle=config.concurrency)
-        self.path = urlsplit(self.url).path
         self.timeout = seconds(config.timeout)
 
     @classmethod
@@ -203,7 +201,7 @@ class FcmChannel(Channel):
                 log.error("fcm: cannot get an OAuth token: %s", exc)
                 return TransientFailure("oauth_unavailable")
             try:
-                response = await self.pool.post(self.path, (("Authorization", f"Bearer {token}"),
+                response = await self.pool.post(self.pool.path, (("Authorization", f"Bearer {token}"),
                                                             ("Content-Type", "application/json")), body, self.timeout)
                 payload = json.loads(response.body) if response.body else {}
                 status, retry_after = response.status, response.headers.get("retry-after")

@@ -88,8 +88,6 @@ class _Target:
     def __init__(self, name: str, config: Target, key: bytes, connections: int):
         self.name = name
         self.url = config.url
-        parts = urlsplit(config.url)
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # Kept-alive HTTP/1.1 to the hub: the lean client, as every request is a small POST
         # to this one origin (gateway/dispatch/http1.py says why not aiohttp's).
         self.pool = Http1Pool(config.url, max_idle=connections)
@@ -164,7 +162,7 @@ class SpeakerChannel(Channel):
             ("webhook-signature", sign(target.key, delivery.id, timestamp, body)),
         )
         try:
-            response = await target.pool.post(target.path, headers, body, timeout=target.timeout)
+            response = await target.pool.post(target.pool.path, headers, body, timeout=target.timeout)
         except TimeoutError:
             return TransientFailure("timeout")
         except OSError as exc:  # refused, reset, TLS, a malformed or cut response

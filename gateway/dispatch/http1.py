@@ -233,6 +233,7 @@ class Http1Pool:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s) URL, got {url!r}")
         self.host = parts.hostname
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # the URL's request target
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         default_port = self.port == (443 if self.tls else 80)

@@ -264,6 +264,14 @@ return out
 """
 
 
+def _job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    return JobRecord(id=job_id, campaign=f["campaign"], state=f["state"], recipients=int(f["recipients"]),
+                     cursor=int(f["cursor"]), warnings=_strings.decode(f["warnings"]),
+                     created_at=float(f["created_at"]),
+                     finished_at=float(f["finished_at"]) if "finished_at" in f else None)
+
+
 def _unavailable_on_error(method: Any) -> Any:
     """Redis errors on reads become StoreUnavailable, as the writes' do (API: 503)."""
     import functools
@@ -374,12 +382,21 @@ class RedisStore(Store):
         """The jobs this instance had taken and not finished (still in its pending list,
         re-claimed here so no other process takes them meanwhile); the others are other
         processes' or still queued for whoever takes them."""
-        ids = await self._call(self._hold, [self.stream], [GROUP, self.instance, "resume"])
-        return await self._unfinished([i.decode() for i in ids])
+        return await self._unfinished(await self._call(self._hold, [self.stream], [GROUP, self.instance, "resume"]))
 
-    async def _unfinished(self, ids: list[str]) -> list[JobRecord]:
-        jobs = [await self.get_job(i) for i in ids]
-        return [j for j in jobs if j is not None and j.state in ("accepted", "running")]
+    async def _unfinished(self, ids: list[bytes]) -> list[JobRecord]:
+        """The records of these jobs that are still to run, read in one round trip."""
+        if not ids:
+            return []
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for i in ids:
+                    pipe.hgetall(self._k(f"job:{{{i.decode()}}}"))
+                raws = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        jobs = [_job_record(i.decode(), raw) for i, raw in zip(ids, raws, strict=True) if raw]
+        return [j for j in jobs if j.state in ("accepted", "running")]
 
     async def take_jobs(self, count: int, wait: float) -> list[JobRecord]:
         for attempt in range(2):
@@ -394,7 +411,7 @@ class RedisStore(Store):
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(str(exc)) from exc
             if raw and raw[0] is not None:
-                return await self._unfinished([i.decode() for i in raw])
+                return await self._unfinished(raw)
             if attempt == 0 and wait > 0:
                 # Nothing queued: wait for the next entry after the last one the stream
                 # has seen (XREAD does not consume it), then take again.
@@ -439,13 +456,7 @@ class RedisStore(Store):
     @_unavailable_on_error
     async def get_job(self, job_id: str) -> JobRecord | None:
         raw = await self._r.hgetall(self._k(f"job:{{{job_id}}}"))
-        if not raw:
-            return None
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        return JobRecord(id=job_id, campaign=f["campaign"], state=f["state"], recipients=int(f["recipients"]),
-                         cursor=int(f["cursor"]), warnings=_strings.decode(f["warnings"]),
-                         created_at=float(f["created_at"]),
-                         finished_at=float(f["finished_at"]) if "finished_at" in f else None)
+        return _job_record(job_id, raw) if raw else None
 
     @_unavailable_on_error
     async def outcome_counts(self, job_id: str) -> dict[str, int]:
@@ -469,8 +480,8 @@ class RedisStore(Store):
         await self._call(self._hold, [self.stream], [GROUP, self.instance, "renew"])
 
     async def claim_orphaned_jobs(self) -> list[JobRecord]:
-        ids = await self._call(self._orphans, [self.stream], [GROUP, self.instance, self._lease_ms, self.p])
-        return await self._unfinished([i.decode() for i in ids])
+        return await self._unfinished(
+            await self._call(self._orphans, [self.stream], [GROUP, self.instance, self._lease_ms, self.p]))
 
     # -- frequency caps --------------------------------------------------------------
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:

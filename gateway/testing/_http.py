@@ -1,9 +1,11 @@
-"""Serving a fake's routes over HTTP(S): what the aiohttp-based fakes share."""
+"""What the fakes share: serving routes over HTTP(S), and the start/stop lifecycle."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -22,3 +24,27 @@ async def serve_routes(posts: dict[str, Handler], host: str, port: int,
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, f"{'https' if tls else 'http'}://{host}:{bound}"
+
+
+class FakeServer:
+    """`async with Fake() as fake:` for every fake: `start()` (each fake's own) sets
+    `_runner` (aiohttp) or `_server` (a bare asyncio server); `stop()` closes either."""
+
+    _runner: web.AppRunner | None = None
+    _server: asyncio.AbstractServer | None = None
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()

@@ -27,6 +27,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
 
+from gateway.testing._http import FakeServer
+
 
 @dataclass
 class ApnsFault:
@@ -45,7 +47,7 @@ class ApnsNotification:
 
 
 @dataclass
-class ApnsFake:
+class ApnsFake(FakeServer):
     tls_context: ssl.SSLContext
     topics: tuple[str, ...] = ("com.shop.app",)
     team_id: str = "TEAM123456"
@@ -130,18 +132,6 @@ class ApnsFake:
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> ApnsFake:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def to(self, token: str) -> list[ApnsNotification]:
         return [n for n in self.received if n.token == token]

@@ -22,7 +22,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.testing._http import serve_routes
+from gateway.testing._http import FakeServer, serve_routes
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -40,7 +40,7 @@ class FcmFault:
 
 
 @dataclass
-class FcmFake:
+class FcmFake(FakeServer):
     project_id: str = "demo-project"
     fault: Callable[[str, int], FcmFault | None] | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -119,17 +119,6 @@ class FcmFake:
             {"/token": self._token, "/v1/projects/{project}/messages:send": self._send}, host, port)
         return self.url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FcmFake:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def to(self, token: str) -> list[dict[str, Any]]:
         return [m for m in self.received if m.get("token") == token]

@@ -22,6 +22,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from gateway.testing._http import FakeServer
+
 SmtpFault = Callable[[str, int], "str | None"]
 # aiosmtpd logs every SMTP command at INFO: keep that out of demo and test output.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -36,7 +38,7 @@ class ReceivedMail:
 
 
 @dataclass
-class SmtpFake:
+class SmtpFake(FakeServer):
     tls_context: ssl.SSLContext | None = None  # offers STARTTLS when set
     require_starttls: bool = False
     username: str | None = None  # AUTH required when set
@@ -89,18 +91,6 @@ class SmtpFake:
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> SmtpFake:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def to(self, address: str) -> list[EmailMessage]:
         return [r.message for r in self.received if address in r.rcpt_tos]

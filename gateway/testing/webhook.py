@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway.testing._http import serve_routes
+from gateway.testing._http import FakeServer, serve_routes
 
 
 @dataclass
@@ -49,7 +49,7 @@ FaultScript = Callable[[dict[str, Any], int], "Fault | None"]
 
 
 @dataclass
-class WebhookReceiver:
+class WebhookReceiver(FakeServer):
     secret: str | None  # whsec_...; None accepts unsigned requests (peers that cannot sign)
     tolerance: float = 300.0
     fault: FaultScript | None = None
@@ -132,17 +132,6 @@ class WebhookReceiver:
         self._runner, self.url = await serve_routes({"/{tail:.*}": self._handle}, host, port)
         return self.url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> WebhookReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 def new_secret() -> str:

@@ -28,7 +28,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.testing._http import serve_routes
+from gateway.testing._http import FakeServer, serve_routes
 
 
 def _b64(data: bytes) -> str:
@@ -56,7 +56,7 @@ class Pushed:
 
 
 @dataclass
-class WebPushFake:
+class WebPushFake(FakeServer):
     tls_context: ssl.SSLContext | None = None
     host: str = "127.0.0.1"
     fault: Callable[[str, int], WebPushFault | None] | None = None
@@ -133,17 +133,6 @@ class WebPushFake:
                                                        self.tls_context)
         return self.origin
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> WebPushFake:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def to(self, subscription: dict[str, Any]) -> list[Pushed]:
         sub_id = subscription["endpoint"].rsplit("/", 1)[1]
