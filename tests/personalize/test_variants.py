@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import subprocess
 import sys
@@ -109,6 +110,28 @@ def test_default_covers_nil_false_empty_and_whitespace(value: Any, rendered: str
 def test_testing_a_missing_path_in_a_template_is_missing_data() -> None:
     choice = one({}, variant("vip", "{% if attributes.vip %}VIP{% endif %}Hi", when="true"), variant("d", "Hi"))
     assert choice.variant == "d" and choice.skipped[0].detail == "attributes.vip is undefined"
+
+
+@pytest.mark.parametrize("template", ["Hi {{ attributes.first_name }}",          # missing data
+                                      "{{ attributes.n | divided_by: 0 }}"])       # render error
+def test_a_skipped_variant_leaves_no_cyclic_garbage(template: str) -> None:
+    # A skipped variant is an everyday outcome. Garbage that only the cyclic GC can free
+    # would keep the frames, and through them the pipeline's whole batch, alive: the
+    # hot path paid ~20% for it in GC passes.
+    job = {"campaign": "c", "channels": ["apns"], "variants": [variant("named", template, when="true"),
+                                                               variant("plain", "Hi")],
+           "recipients": [{"user_id": f"u{i}", "attributes": {"n": 1}} for i in range(3)]}
+    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), set())
+    personalizer = Personalizer(accepted.job, accepted.variants, {})
+    gc.collect()
+    gc.disable()
+    try:
+        choices = [personalizer.choose(r) for r in accepted.job.recipients]
+        assert {c.variant for c in choices} == {"plain"}
+        del choices
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_default_that_cannot_render_suppresses_with_the_path(start, tmp_path) -> None:
