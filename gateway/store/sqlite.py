@@ -24,6 +24,7 @@ import msgspec
 
 from gateway.decision import Decision
 from gateway.policy.caps import CapLedger, CapOutcome, CapRequest
+from gateway.store import sqlite_decisions as decision_rows
 from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
 
 SCHEMA = """
@@ -39,21 +40,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(state, created_at) WHERE state != 'completed';
-CREATE TABLE IF NOT EXISTS decisions (
-    job_id TEXT NOT NULL,
-    recipient INTEGER NOT NULL,
-    channel TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    reason TEXT,
-    detail TEXT,
-    variant TEXT,
-    until REAL,
-    at REAL NOT NULL,
-    invalid_tokens TEXT,
-    flags TEXT,
-    UNIQUE (job_id, recipient, channel)
-);
 CREATE TABLE IF NOT EXISTS deferred (
     job_id TEXT NOT NULL,
     recipient INTEGER NOT NULL,
@@ -77,10 +63,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
     response BLOB NOT NULL,
     expires_at REAL NOT NULL
 );
-"""
+""" + decision_rows.SCHEMA
 
 _JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at"
-_DECISION_COLUMNS = "recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens, flags"
 _STOP = object()
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack
@@ -115,6 +100,7 @@ class SQLiteStore(Store):
         try:
             write_conn = self._connect()
             write_conn.executescript(SCHEMA)
+            _migrate(write_conn)
             self._read_conn = self._connect()
             self.caps.load(_cap_history(write_conn))
         except sqlite3.Error as exc:
@@ -228,10 +214,8 @@ class SQLiteStore(Store):
 
     async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
                            deferred: Sequence[DeferredItem] = ()) -> None:
-        rows = _decision_rows(job_id, decisions, now)
-
         def write(conn: sqlite3.Connection) -> None:
-            _write_decisions(conn, rows)
+            decision_rows.put(conn, job_id, decisions, now)
             _write_deferred(conn, deferred)
             conn.execute(
                 "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
@@ -294,12 +278,11 @@ class SQLiteStore(Store):
 
     async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
                               now: float) -> None:
-        rows = _decision_rows(job_id, decisions, now)
         again = {(item.recipient, item.channel) for item in deferred}
         done = [(job_id, d.recipient, d.channel) for d in decisions if (d.recipient, d.channel) not in again]
 
         def write(conn: sqlite3.Connection) -> None:
-            _write_decisions(conn, rows)
+            decision_rows.put(conn, job_id, decisions, now)
             conn.executemany("DELETE FROM deferred WHERE job_id = ? AND recipient = ? AND channel = ?", done)
             _write_deferred(conn, deferred)
             state = conn.execute("SELECT state, cursor, recipients FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -314,20 +297,10 @@ class SQLiteStore(Store):
         return _job(row) if row else None
 
     async def outcome_counts(self, job_id: str) -> dict[str, int]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT outcome, count(*) FROM decisions WHERE job_id = ? GROUP BY outcome", (job_id,)).fetchall())
-        return dict(rows)
+        return await self._read(lambda c: decision_rows.counts(c, job_id))
 
     async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
-        rows = await self._read(lambda c: c.execute(
-            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE job_id = ? "
-            "ORDER BY recipient, rowid LIMIT ? OFFSET ?", (job_id, limit, offset)).fetchall())
-        return [
-            Decision(recipient=r[0], user_id=r[1], channel=r[2], outcome=r[3], reason=r[4], detail=r[5],
-                     variant=r[6], until=r[7], at=r[8], invalid_tokens=_strings.decode(r[9]) if r[9] else None,
-                     flags=_strings.decode(r[10]) if r[10] else None)
-            for r in rows
-        ]
+        return await self._read(lambda c: decision_rows.page(c, job_id, offset, limit))
 
     async def purge_expired(self, now: float) -> int:
         return await self._write(lambda c: c.execute(
@@ -342,22 +315,20 @@ def _cap_history(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
     return entries
 
 
-def _decision_rows(job_id: str, decisions: Sequence[Decision], now: float) -> list[tuple[Any, ...]]:
-    return [
-        (job_id, d.recipient, d.user_id, d.channel, d.outcome, d.reason, d.detail, d.variant, d.until, d.at or now,
-         _json.encode(d.invalid_tokens).decode() if d.invalid_tokens else None,
-         _json.encode(d.flags).decode() if d.flags else None)
-        for d in decisions
-    ]
-
-
-def _write_decisions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    # Rows go in the job's channel order; rowid keeps that order for reads. A released
-    # deferred message replaces its `deferred` decision (a new rowid: reads order by
-    # recipient first, so the page stays grouped by recipient).
-    conn.executemany(
-        f"INSERT OR REPLACE INTO decisions (job_id, {_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows)
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A database from before decisions were stored a batch per row: move them over."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").fetchone() is None:
+        return
+    columns = "job_id, recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens, flags"
+    rows = conn.execute(f"SELECT {columns} FROM decisions ORDER BY job_id, recipient, rowid")
+    conn.execute("BEGIN IMMEDIATE")
+    decision_rows.migrate_row_per_decision(conn, (
+        (r[0], Decision(recipient=r[1], user_id=r[2], channel=r[3], outcome=r[4], reason=r[5], detail=r[6],
+                        variant=r[7], until=r[8], at=r[9], invalid_tokens=_strings.decode(r[10]) if r[10] else None,
+                        flags=_strings.decode(r[11]) if r[11] else None))
+        for r in rows.fetchall()))
+    conn.execute("DROP TABLE decisions")
+    conn.execute("COMMIT")
 
 
 def _write_deferred(conn: sqlite3.Connection, items: Sequence[DeferredItem]) -> None:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.decision import Decision
+from gateway.decision import OUTCOMES, Decision
 from gateway.store.base import IdempotencyRecord, JobRecord
 from gateway.store.sqlite import SQLiteStore
 
@@ -175,6 +176,72 @@ def test_cursor_only_moves_forward(batches: list[int]) -> None:
             await s.close()
 
     asyncio.run(scenario())
+
+
+_recording = st.tuples(
+    st.booleans(),  # a contiguous batch (as record_batch gets) or scattered (released messages)
+    st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=8, unique=True),
+    st.lists(st.sampled_from(["apns", "email", "speaker"]), min_size=1, max_size=3, unique=True),
+    st.sampled_from(OUTCOMES))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_recording, min_size=1, max_size=10), st.integers(0, 60), st.integers(1, 25))
+def test_decisions_read_back_in_order_last_write_wins(recordings, offset: int, limit: int) -> None:
+    """However batches and releases overlap, reads give one decision per (recipient,
+    channel), the last recorded, in recipient then first-recorded channel order, and
+    the counts agree."""
+    import tempfile
+
+    model: dict[int, dict[str, str]] = {}
+    batches: list[list[Decision]] = []
+    for contiguous, recipients, channels, outcome in recordings:
+        if contiguous:
+            recipients = list(range(min(recipients), min(recipients) + len(recipients)))
+        batch = [Decision(recipient=r, user_id=f"u{r}", channel=c, outcome=outcome)
+                 for r in recipients for c in channels]
+        for d in batch:
+            model.setdefault(d.recipient, {})[d.channel] = d.outcome
+        batches.append(batch)
+    expected = [(r, c, o) for r in sorted(model) for c, o in model[r].items()]
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = SQLiteStore(f"{tmp}/db")
+            await s.open()
+            await s.accept_job(record("j", 31), b"{}", None, 1.0)
+            for batch in batches:
+                await s.settle_deferred("j", batch, [], 2.0)
+            page = await s.decisions("j", offset, limit)
+            assert [(d.recipient, d.channel, d.outcome) for d in page] == expected[offset:offset + limit]
+            assert await s.outcome_counts("j") == dict(Counter(o for _, _, o in expected))
+            await s.close()
+
+    asyncio.run(scenario())
+
+
+async def test_a_database_with_a_row_per_decision_is_migrated(tmp_path) -> None:
+    path = str(tmp_path / "db.sqlite")
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE decisions (job_id TEXT NOT NULL, recipient INTEGER NOT NULL, channel TEXT NOT NULL,
+            user_id TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT, detail TEXT, variant TEXT, until REAL,
+            at REAL NOT NULL, invalid_tokens TEXT, flags TEXT, UNIQUE (job_id, recipient, channel));
+        INSERT INTO decisions VALUES ('j', 1, 'email', 'u1', 'sent', NULL, NULL, 'default', NULL, 5.0, NULL, NULL);
+        INSERT INTO decisions VALUES ('j', 0, 'apns', 'u0', 'invalid_token', 'Unregistered', NULL, NULL, NULL, 4.0,
+                                      '["tok"]', '["timezone_fallback"]');
+        INSERT INTO decisions VALUES ('k', 0, 'apns', 'u0', 'sent', NULL, NULL, NULL, NULL, 4.0, NULL, NULL);
+    """)
+    old.close()
+    store = SQLiteStore(path)
+    await store.open()
+    first, second = await store.decisions("j", 0, 10)
+    assert (first.recipient, first.outcome, first.reason, first.invalid_tokens, first.flags, first.at) == (
+        0, "invalid_token", "Unregistered", ["tok"], ["timezone_fallback"], 4.0)
+    assert (second.recipient, second.channel, second.variant) == (1, "email", "default")
+    assert await store.outcome_counts("j") == {"sent": 1, "invalid_token": 1}
+    assert await store.outcome_counts("k") == {"sent": 1}
+    await store.close()
 
 
 async def test_redis_queue_take_hold_claim_and_bound(redis_url) -> None:
