@@ -28,7 +28,7 @@ from gateway.intake.validate import check_job  # noqa: E402
 from gateway.personalize.render import Personalizer, context  # noqa: E402
 from gateway.personalize.templates import compile_job  # noqa: E402
 from gateway.plugins import channel_classes, plugin_manager  # noqa: E402
-from gateway.policy.engine import defaults  # noqa: E402
+from gateway.policy.engine import Screening, defaults  # noqa: E402
 
 
 def scaled_cart(n: int) -> bytes:
@@ -76,7 +76,7 @@ async def _reserve_all(job: Any, n: int) -> float:
             for r in job.recipients[lo:lo + 500]:
                 for name in job.channels:
                     screening = policy.check(job, r, channels.get(name), name, now)
-                    if screening.outcome is None and screening.tz is not None:
+                    if isinstance(screening, Screening):
                         requests.append(policy.caps_request(job, r, name, screening.tz, now))
             await store.reserve_caps(requests, now)
         spent = time.process_time() - started

@@ -218,14 +218,27 @@ class Pipeline:
         """Devices of one recipient on one channel make one decision: sent if any device
         got it; invalid_token if every device is dead; else failed with the first reason."""
         by_recipient: dict[int, list[tuple[Delivery, Result]]] = {}
-        for delivery, result in zip(deliveries, results, strict=True):
-            by_recipient.setdefault(delivery.recipient, []).append((delivery, result))
-        elapsed = self.clock.monotonic() - running.accepted_at
         sent_count = 0
+        user_ids = running.job.recipients
+        at = self.clock.now()
+        for delivery, result in zip(deliveries, results, strict=True):
+            i = delivery.recipient
+            pairs = by_recipient.get(i)
+            if pairs is None:
+                by_recipient[i] = [(delivery, result)]
+            else:
+                pairs.append((delivery, result))
         dead_all: list[Delivery] = []
         for i, pairs in by_recipient.items():
-            step = plans[i].channels[channel]
+            plan = plans[i]
+            step = plan.channels[channel]
             assert isinstance(step, Ready)
+            if len(pairs) == 1 and type(pairs[0][1]) is Sent:  # the common case, decided directly
+                decided[(i, channel)] = Decision(
+                    recipient=i, user_id=user_ids[i].user_id, channel=channel, outcome="sent", detail=step.note,
+                    variant=plan.variant, at=at, flags=step.flags)
+                sent_count += 1
+                continue
             dead = [dv for dv, r in pairs if isinstance(r, InvalidToken)]
             dead_all += dead
             ok = [r for _, r in pairs if isinstance(r, Sent)]
@@ -249,6 +262,7 @@ class Pipeline:
             decision.invalid_tokens = [_token(dv.to) for dv in dead] or None
             decided[(i, channel)] = decision
         if sent_count:  # one histogram update per batch: the deliveries share `elapsed`
+            elapsed = self.clock.monotonic() - running.accepted_at
             self.metrics.delivery_latency.observe(elapsed, channel, times=sent_count)
         if dead_all:
             self.pm.hook.tokens_invalidated(channel=channel, deliveries=dead_all)

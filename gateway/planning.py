@@ -15,7 +15,7 @@ from gateway.channel import Channel, RenderedContent
 from gateway.intake.model import Device, Job, PushContent, Recipient
 from gateway.personalize.fit import PAYLOAD_TOO_LARGE, PayloadTooLarge, fit_push
 from gateway.personalize.render import Choice, Personalizer
-from gateway.policy.engine import Policy, Screening
+from gateway.policy.engine import Policy, Screening, Verdict
 
 
 @dataclass
@@ -28,17 +28,6 @@ class Ready:
     note: str | None = None  # for the decision, e.g. "body shortened ..."
     flags: list[str] | None = None
     reservation: str | None = None  # the caps reservation, once granted
-
-
-@dataclass
-class Verdict:
-    """Will not be sent now, and why (deferred ones carry their release time)."""
-
-    outcome: d.Outcome
-    reason: str
-    detail: str | None = None
-    until: float | None = None
-    flags: list[str] | None = None
 
 
 @dataclass
@@ -61,11 +50,10 @@ def plan_recipient(job: Job, personalizer: Personalizer, channels: dict[str, Cha
     for name in only if only is not None else job.channels:
         channel = channels.get(name)
         screening = policy.check(job, recipient, channel, name, now, released)
-        if screening.outcome is not None:
-            steps[name] = Verdict(screening.outcome, screening.reason or "", screening.detail, screening.until,
-                                  screening.flags)
+        if type(screening) is Verdict:
+            steps[name] = screening
         else:
-            assert channel is not None
+            assert channel is not None and type(screening) is Screening
             passing.append((name, channel, screening))
     if not passing and not always_choose:
         return RecipientPlan(None, steps)
@@ -89,7 +77,6 @@ def plan_recipient(job: Job, personalizer: Personalizer, channels: dict[str, Cha
             except PayloadTooLarge as exc:
                 steps[name] = Verdict("failed", PAYLOAD_TOO_LARGE, str(exc), flags=screening.flags)
                 continue
-        assert screening.tz is not None
         steps[name] = Ready(screening.destinations, content, screening.tz, note, screening.flags)
     order = only if only is not None else job.channels
     return RecipientPlan(choice, {name: steps[name] for name in order})

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
 from gateway import decision as d
@@ -32,15 +32,34 @@ OPTED_OUT = "opted_out"
 
 @dataclass(slots=True)
 class Screening:
-    """The outcome of the per-message checks: destinations to send to now, or why not."""
+    """Passed the per-message checks: may be sent now, subject to the caps."""
 
-    destinations: list[Device | str] = field(default_factory=list)
-    outcome: d.Outcome | None = None  # None: may be sent now (subject to caps)
-    reason: str | None = None
-    detail: str | None = None
-    until: float | None = None  # deferred: release instant
+    destinations: list[Device | str]
+    tz: ZoneInfo
     flags: list[str] | None = None  # e.g. ["timezone_fallback"]
-    tz: ZoneInfo | None = None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """Will not be sent now, and why (deferred ones carry their release time)."""
+
+    outcome: d.Outcome
+    reason: str
+    detail: str | None = None
+    until: float | None = None
+    flags: list[str] | None = None
+
+
+@dataclass(slots=True)
+class _JobRules:
+    """What the checks need from a job, worked out once per job rather than per message."""
+
+    expires: float | None
+    marketing: bool
+    deliver_at: time | None
+    quiet_action: str
+    quiet_channels: frozenset[str]  # the job's channels quiet hours apply to
+    job: Job | None = None  # the job these are for (ids are reused once a job is freed)
 
 
 class Policy:
@@ -58,56 +77,61 @@ class Policy:
         self.caps = [Cap.from_rule(rule) for rule in caps]
         self._checks_cache: dict[tuple[int, str, ZoneInfo], list[Check]] = {}
         self._checks_at = 0.0
+        self._job_rules: dict[int, _JobRules] = {}
         self.longest_window = max([c.period or 8 * 86400 for c in self.caps], default=0.0)
 
+    def _rules(self, job: Job) -> _JobRules:
+        rules = self._job_rules.get(id(job))
+        if rules is None or rules.job is not job:
+            action = job.quiet_hours or self.quiet.action
+            applies = self.quiet.enabled and action != "ignore" and (
+                job.category == "marketing" or self.quiet.transactional)
+            rules = _JobRules(_timestamp(job.expires_at), job.category == "marketing",
+                              parse_hhmm(job.deliver_at_local) if job.deliver_at_local is not None else None,
+                              action, frozenset(c for c in job.channels if c in self.quiet_channels) if applies
+                              else frozenset())
+            rules.job = job
+            if len(self._job_rules) > 256:
+                self._job_rules.clear()
+            self._job_rules[id(job)] = rules
+        return rules
+
     def check(self, job: Job, recipient: Recipient, channel: Channel | None, name: str, now: float,
-              released: bool = False) -> Screening:
+              released: bool = False) -> Screening | Verdict:
         """`released`: a deferred message coming due; its deliver_at_local has passed."""
         if channel is None:
-            return Screening(outcome="suppressed", reason=d.CHANNEL_UNAVAILABLE)
+            return Verdict("suppressed", d.CHANNEL_UNAVAILABLE)
+        rules = self._rules(job)
         tz, fell_back = resolve(recipient.timezone, self.fallback)
         flags = [TIMEZONE_FALLBACK] if fell_back else None
-        expires = _timestamp(job.expires_at)
+        expires = rules.expires
         if expires is not None and expires <= now:
-            return Screening(outcome="suppressed", reason=d.EXPIRED, detail=f"expired at {_iso(expires)}", flags=flags)
-        if job.category == "marketing":
+            return Verdict("suppressed", d.EXPIRED, f"expired at {_iso(expires)}", flags=flags)
+        if rules.marketing:
             state = recipient.subscriptions.get(channel.subscription_group)
             if state not in SUBSCRIBED:
-                reason = d.UNSUBSCRIBED if state == "unsubscribed" else d.NOT_SUBSCRIBED
-                return Screening(outcome="suppressed", reason=reason, flags=flags)
+                return Verdict("suppressed", d.UNSUBSCRIBED if state == "unsubscribed" else d.NOT_SUBSCRIBED,
+                               flags=flags)
             if self.opt_outs and channel.subscription_group == "email" and recipient.email \
                     and recipient.email.lower() in self.opt_outs:
-                return Screening(outcome="suppressed", reason=OPTED_OUT, flags=flags,
-                                 detail="one-click unsubscribe; upstream clears it with DELETE /v1/opt-outs/{address}")
+                return Verdict("suppressed", OPTED_OUT, flags=flags,
+                               detail="one-click unsubscribe; upstream clears it with DELETE /v1/opt-outs/{address}")
         destinations = channel.destinations(recipient)
         if not destinations:
-            return Screening(outcome="suppressed", reason=d.NO_DEVICE, flags=flags)
-        result = Screening(destinations=destinations, flags=flags, tz=tz)
-        if job.deliver_at_local is not None and not released:
-            at = next_wall_time(tz, now, parse_hhmm(job.deliver_at_local))
+            return Verdict("suppressed", d.NO_DEVICE, flags=flags)
+        if rules.deliver_at is not None and not released:
+            at = next_wall_time(tz, now, rules.deliver_at)
             if at > now:
-                return self._defer(result, at, DELIVER_AT_LOCAL, f"{job.deliver_at_local} in {tz.key}", expires)
-        action = job.quiet_hours or self.quiet.action
-        applies = (self.quiet.enabled and action != "ignore" and name in self.quiet_channels
-                   and (job.category == "marketing" or self.quiet.transactional))
-        if applies:
+                return _defer(at, DELIVER_AT_LOCAL, f"{job.deliver_at_local} in {tz.key}", expires, flags)
+        if name in rules.quiet_channels:
             release = self.window.release(tz, now)
             if release is not None:
                 window = f"{self.quiet.start}-{self.quiet.end} {tz.key}"
-                if action == "drop":
-                    result.outcome, result.reason, result.detail = "suppressed", QUIET_HOURS, window
-                    return result
+                if rules.quiet_action == "drop":
+                    return Verdict("suppressed", QUIET_HOURS, window, flags=flags)
                 release += spread_offset(f"{recipient.user_id}/{job.campaign}", self.spread)
-                return self._defer(result, release, QUIET_HOURS, window, expires)
-        return result
-
-    def _defer(self, result: Screening, until: float, reason: str, detail: str, expires: float | None) -> Screening:
-        if expires is not None and until > expires:
-            result.outcome, result.reason = "suppressed", d.EXPIRED
-            result.detail = f"{reason} would hold it until {_iso(until)}, after expires_at {_iso(expires)}"
-            return result
-        result.outcome, result.reason, result.detail, result.until = "deferred", reason, detail, until
-        return result
+                return _defer(release, QUIET_HOURS, window, expires, flags)
+        return Screening(destinations, tz, flags)
 
     def caps_request(self, job: Job, recipient: Recipient, name: str, tz: ZoneInfo, now: float) -> CapRequest:
         # A batch shares one `now`, so a message's checks depend only on (job, channel,
@@ -139,6 +163,13 @@ def _expand(channels: Sequence[str]) -> frozenset[str] | _Any:
 class _Any:
     def __contains__(self, item: object) -> bool:
         return True
+
+
+def _defer(until: float, reason: str, detail: str, expires: float | None, flags: list[str] | None) -> Verdict:
+    if expires is not None and until > expires:
+        return Verdict("suppressed", d.EXPIRED,
+                       f"{reason} would hold it until {_iso(until)}, after expires_at {_iso(expires)}", flags=flags)
+    return Verdict("deferred", reason, detail, until, flags)
 
 
 @functools.lru_cache(maxsize=1024)
