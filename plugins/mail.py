@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import ssl
 from collections.abc import Sequence
-from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Literal
 
@@ -39,6 +38,7 @@ from gateway.channel import (
 from gateway.config import ConfigError, Duration, Secret, SecretRef, seconds
 from gateway.hookspecs import hookimpl
 from gateway.intake.model import Device, EmailContent, Recipient
+from plugins.mime import compose
 
 DEAD_MAILBOX_CODES = frozenset({550, 551, 553})
 
@@ -186,20 +186,22 @@ class MailChannel(Channel):
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return await map_bounded(deliveries, self._send, self.config.pool_size)
 
-    def message(self, delivery: Delivery) -> EmailMessage:
+    def message(self, delivery: Delivery) -> bytes:
+        """The RFC 5322 message, composed as bytes: building an `EmailMessage` under the
+        default policy, then flattening and re-parsing its addresses in `send_message`,
+        cost ~3 ms of CPU per mail here, most of the email path (`mime.py` does the
+        same work directly)."""
         content: EmailContent = delivery.content
         to = delivery.to
         assert isinstance(to, str)
-        msg = EmailMessage()
-        msg["From"] = formataddr((self.config.from_name, self.config.from_address)) if self.config.from_name \
+        sender = formataddr((self.config.from_name, self.config.from_address)) if self.config.from_name \
             else self.config.from_address
-        msg["To"] = to
-        msg["Subject"] = content.subject
-        msg["Date"] = formatdate(localtime=False, usegmt=True)
-        # Stable across retries: a relay that saw the first attempt can drop the copy.
-        msg["Message-ID"] = f"<{delivery.id}@{self.domain}>"
+        headers = [("From", sender), ("To", to), ("Subject", content.subject),
+                   ("Date", formatdate(localtime=False, usegmt=True)),
+                   # Stable across retries: a relay that saw the first attempt can drop the copy.
+                   ("Message-ID", f"<{delivery.id}@{self.domain}>")]
         if self.config.reply_to:
-            msg["Reply-To"] = self.config.reply_to
+            headers.append(("Reply-To", self.config.reply_to))
         if delivery.category == "marketing" and self.unsubscribe_key is not None:
             unsubscribe = self.config.unsubscribe
             assert unsubscribe is not None
@@ -207,15 +209,13 @@ class MailChannel(Channel):
             links = [f"<{unsubscribe.url.rstrip('/')}/v1/unsubscribe/{token}>"]
             if unsubscribe.mailto:
                 links.append(f"<mailto:{unsubscribe.mailto}?subject=unsubscribe>")
-            msg["List-Unsubscribe"] = ", ".join(links)
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        msg.set_content(content.text or "")
-        if content.html:
-            msg.add_alternative(content.html, subtype="html")
-        return msg
+            headers.append(("List-Unsubscribe", ", ".join(links)))
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        return compose(headers, content.text or "", content.html, boundary_seed=delivery.id)
 
     async def _send(self, delivery: Delivery) -> Result:
         msg = self.message(delivery)
+        assert isinstance(delivery.to, str)
         try:
             client = await self.pool.acquire()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -223,8 +223,8 @@ class MailChannel(Channel):
         try:
             for attempt in (1, 2):
                 try:
-                    await client.send_message(msg)
-                    return Sent(msg["Message-ID"])
+                    await client.sendmail(self.config.from_address, [delivery.to], msg)
+                    return Sent(f"<{delivery.id}@{self.domain}>")
                 except aiosmtplib.SMTPServerDisconnected:
                     if attempt == 2:
                         return TransientFailure("disconnected")

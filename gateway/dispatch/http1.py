@@ -67,6 +67,35 @@ def _header(lower_head: bytes, name: bytes) -> bytes | None:
     return lower_head[start:end if end >= 0 else None].strip()
 
 
+def read_chunks(buffer: bytearray, body: bytearray) -> bool:
+    """Move the chunks of a chunked body from `buffer` to `body` as they complete; True
+    once the last chunk (and any trailers) has been read. Shared with the fakes' server."""
+    while True:
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            return False
+        size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HttpError("malformed chunk size") from None
+        if size == 0:
+            trailer_end = buffer.find(b"\r\n\r\n", end)  # "0\r\n" + trailers + "\r\n"
+            if buffer[end:end + 4] == b"\r\n\r\n":
+                del buffer[:end + 4]
+            elif trailer_end >= 0:
+                del buffer[:trailer_end + 4]
+            else:
+                return False
+            return True
+        if len(buffer) < end + 2 + size + 2:
+            return False
+        body += buffer[end + 2:end + 2 + size]
+        if len(body) > MAX_BODY_BYTES:
+            raise HttpError("body too large")
+        del buffer[:end + 2 + size + 2]
+
+
 class _Stale(HttpError):
     """A reused connection failed before any response byte arrived."""
 
@@ -174,32 +203,8 @@ class _Connection(asyncio.Protocol):
         self.head_done = True
 
     def _parse_chunks(self) -> None:
-        buffer = self.buffer
-        while True:
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                return
-            size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpError("malformed chunk size") from None
-            if size == 0:
-                trailer_end = buffer.find(b"\r\n\r\n", end)  # "0\r\n" + trailers + "\r\n"
-                if buffer[end:end + 4] == b"\r\n\r\n":
-                    del buffer[:end + 4]
-                elif trailer_end >= 0:
-                    del buffer[:trailer_end + 4]
-                else:
-                    return
-                self._finish()
-                return
-            if len(buffer) < end + 2 + size + 2:
-                return
-            self.body += buffer[end + 2:end + 2 + size]
-            del buffer[:end + 2 + size + 2]
-            if len(self.body) > MAX_BODY_BYTES:
-                raise HttpError("response body too large")
+        if read_chunks(self.buffer, self.body):
+            self._finish()
 
     def _finish(self) -> None:
         waiter, self.waiter = self.waiter, None

@@ -13,16 +13,17 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import jwt
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.testing._http import FakeServer, serve_routes
+from gateway.testing._http import FakeServer
+from gateway.testing._http1 import Request, Response, json_response, serve_http1
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -51,7 +52,6 @@ class FcmFake(FakeServer):
     revoked: set[str] = field(default_factory=set)
     rejected_assertions: list[str] = field(default_factory=list)
     url: str = ""
-    _runner: web.AppRunner | None = None
 
     def __post_init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -65,9 +65,19 @@ class FcmFake(FakeServer):
         return {"type": "service_account", "project_id": self.project_id, "private_key_id": self.key_id,
                 "private_key": pem, "client_email": self.client_email, "token_uri": f"{self.url}/token"}
 
-    async def _token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        assertion = str(form.get("assertion", ""))
+    def _route(self, request: Request) -> Response | Awaitable[Response | None] | None:
+        if request.method != "POST":
+            return json_response({"error": "method not allowed"}, status=405)
+        if request.path == "/token":
+            return self._token(request)
+        project, sep, verb = request.path.removeprefix("/v1/projects/").partition("/messages:")
+        if request.path.startswith("/v1/projects/") and sep and verb == "send" and "/" not in project:
+            return self._send(request, project)
+        return json_response({"error": "not found"}, status=404)
+
+    def _token(self, request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs(request.body.decode()).items()}
+        assertion = form.get("assertion", "")
         try:
             if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
                 raise jwt.InvalidTokenError("grant_type")
@@ -79,18 +89,18 @@ class FcmFake(FakeServer):
                 raise jwt.InvalidTokenError("scope")
         except jwt.InvalidTokenError as exc:
             self.rejected_assertions.append(str(exc))
-            return web.json_response({"error": "invalid_grant", "error_description": str(exc)}, status=400)
+            return json_response({"error": "invalid_grant", "error_description": str(exc)}, status=400)
         token = "ya29." + secrets.token_urlsafe(24)
         self.issued.append(token)
-        return web.json_response({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+        return json_response({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
 
-    async def _send(self, request: web.Request) -> web.Response:
+    def _send(self, request: Request, project: str) -> Response | Awaitable[Response | None] | None:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if bearer not in self.issued or bearer in self.revoked:
             return _error(401, None, "Request had invalid authentication credentials.")
-        if request.match_info["project"] != self.project_id:
+        if project != self.project_id:
             return _error(403, "SENDER_ID_MISMATCH", "wrong project")
-        raw = await request.read()
+        raw = request.body
         message = json.loads(raw).get("message", {})
         token = message.get("token")
         if not token:
@@ -101,22 +111,28 @@ class FcmFake(FakeServer):
             return _error(400, "INVALID_ARGUMENT", "Message is too big")
         attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
         fault = self.fault(token, attempt) if self.fault else None
+        if fault is not None and fault.delay:
+            return self._later(fault.delay, request, message, fault)
+        return self._answer(request, message, fault)
+
+    async def _later(self, delay: float, request: Request, message: dict[str, Any],
+                     fault: FcmFault) -> Response | None:
+        await asyncio.sleep(delay)
+        return self._answer(request, message, fault)
+
+    def _answer(self, request: Request, message: dict[str, Any], fault: FcmFault | None) -> Response | None:
         if fault is not None:
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
             if fault.drop:
-                assert request.transport is not None
                 request.transport.abort()
-                return web.Response(status=500)
+                return None
             if fault.status != 200:
                 return _error(fault.status, fault.error_code, fault.message, fault.retry_after)
         self.arrivals.append(time.monotonic())
         self.received.append(message)
-        return web.json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
+        return json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, self.url = await serve_routes(
-            {"/token": self._token, "/v1/projects/{project}/messages:send": self._send}, host, port)
+        self._server, self.url = await serve_http1(self._route, host, port)
         return self.url
 
 
@@ -124,8 +140,8 @@ class FcmFake(FakeServer):
         return [m for m in self.received if m.get("token") == token]
 
 
-def _error(status: int, code: str | None, message: str, retry_after: str | None = None) -> web.Response:
+def _error(status: int, code: str | None, message: str, retry_after: str | None = None) -> Response:
     details = [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}] if code else []
     body = {"error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN"),
                       "details": details}}
-    return web.json_response(body, status=status, headers={"Retry-After": retry_after} if retry_after else None)
+    return json_response(body, status=status, headers={"Retry-After": retry_after} if retry_after else None)

@@ -15,14 +15,14 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
-from gateway.testing._http import FakeServer, serve_routes
+from gateway.testing._http import FakeServer
+from gateway.testing._http1 import Request, Response, json_response, serve_http1
 
 
 @dataclass
@@ -60,7 +60,6 @@ class WebhookReceiver(FakeServer):
     attempts: dict[str, int] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     url: str = ""
-    _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -91,23 +90,29 @@ class WebhookReceiver(FakeServer):
                 return None
         return "no valid signature"
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+    def _handle(self, request: Request) -> Response | Awaitable[Response | None] | None:
+        body = request.body
         problem = self.verify(request.headers, body) if self.secret is not None else None
         if problem is not None:
             self.rejected.append(problem)
-            return web.json_response({"error": problem}, status=401 if "signature" in problem else 400)
+            return json_response({"error": problem}, status=401 if "signature" in problem else 400)
         msg_id = request.headers.get("webhook-id") or f"unsigned-{len(self.attempts)}"
         payload = msgspec.json.decode(body)
         attempt = self.attempts[msg_id] = self.attempts.get(msg_id, 0) + 1
         fault = self.fault(payload, attempt) if self.fault else None
         delay = self.latency + (fault.delay if fault else 0.0)
         if delay:
-            await asyncio.sleep(delay)
+            return self._later(delay, request, msg_id, payload, fault)
+        return self._answer(request, msg_id, payload, fault)
+
+    async def _later(self, delay: float, *args: Any) -> Response | None:
+        await asyncio.sleep(delay)
+        return self._answer(*args)
+
+    def _answer(self, request: Request, msg_id: str, payload: Any, fault: Fault | None) -> Response | None:
         if fault is not None and fault.drop:
-            assert request.transport is not None
             request.transport.abort()
-            return web.Response(status=500)
+            return None
         status = fault.status if fault else 200
         if 200 <= status < 300:
             if msg_id in self.received:
@@ -116,10 +121,10 @@ class WebhookReceiver(FakeServer):
                 self.arrivals.append(time.monotonic())
                 self.received[msg_id] = Received(msg_id, request.path,
                                                  int(request.headers.get("webhook-timestamp", 0)),
-                                                 payload, body, dict(request.headers))
+                                                 payload, request.body, dict(request.headers))
             self._arrived.set()
         headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else None
-        return web.json_response({"ok": 200 <= status < 300}, status=status, headers=headers)
+        return json_response({"ok": 200 <= status < 300}, status=status, headers=headers)
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
         """Wait until `count` distinct deliveries have arrived."""
@@ -129,7 +134,7 @@ class WebhookReceiver(FakeServer):
                 await self._arrived.wait()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, self.url = await serve_routes({"/{tail:.*}": self._handle}, host, port)
+        self._server, self.url = await serve_http1(self._handle, host, port)
         return self.url
 
 
@@ -151,12 +156,16 @@ async def _serve(secret: str | None, host: str, port: int, smtp: bool = False) -
         print(f"smtp server on {mail.host}:{mail.port}", flush=True)
     last = -1
     while True:  # report progress on stdout so a driving process can follow
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
         total = len(receiver.received) + (len(mail.received) if mail else 0)
         if total != last:
             last = total
+            # `at`: time.monotonic() of the latest first receipt (the clock is the same in
+            # every process of the machine), so a driver times the last delivery exactly
+            latest = max([*receiver.arrivals[-1:], *(mail.arrivals[-1:] if mail else [])], default=0.0)
             print(f"received {len(receiver.received)} duplicates {receiver.duplicates} "
-                  f"rejected {len(receiver.rejected)} mails {len(mail.received) if mail else 0}", flush=True)
+                  f"rejected {len(receiver.rejected)} mails {len(mail.received) if mail else 0} "
+                  f"at {latest:.6f}", flush=True)
 
 
 def main() -> None:

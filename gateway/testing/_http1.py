@@ -1,0 +1,215 @@
+"""A small HTTP/1.1 server for the fakes that take thousands of requests a second.
+
+In the benchmarks the fake providers share two cores with the gateway they measure, and
+aiohttp's server cost the webhook receiver ~260 us of CPU per request on the development
+machine: more than the gateway spent sending it, so the runs measured the fake. This
+server parses the request line and headers, reads bodies framed by Content-Length or
+chunked transfer coding, answers `Expect: 100-continue`, keeps connections alive
+(HTTP/1.1, or HTTP/1.0 asking for it), serves TLS through the event loop's SSL transport,
+and answers requests on a connection in order.
+
+A handler takes a `Request` and returns a `Response`, or an awaitable of one when it has
+to wait (injected latency); None means it dealt with the connection itself (a fault that
+drops it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from gateway.dispatch.http1 import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpError, read_chunks
+
+log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+
+
+class Headers(dict[str, str]):
+    """Request headers by lower-case name (repeats joined with ", "); lookups ignore case."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return dict.__getitem__(self, key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key.lower() if isinstance(key, str) else key)
+
+
+class Request:
+    __slots__ = ("body", "headers", "method", "path", "query", "transport")
+
+    def __init__(self, method: str, path: str, query: str, headers: Headers, body: bytes,
+                 transport: asyncio.Transport):
+        self.method, self.path, self.query, self.headers = method, path, query, headers
+        self.body, self.transport = body, transport
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None):
+        self.status, self.body, self.headers = status, body, headers
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, _json.encode(data), {"Content-Type": "application/json", **(headers or {})})
+
+
+Handler = Callable[[Request], "Response | Awaitable[Response | None] | None"]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.busy = False  # a handler is still working on the previous request
+        self.continued = False  # "100 Continue" sent for the request being read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._serve()
+
+    def _serve(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while not transport.is_closing():
+            try:
+                parsed = self._parse()
+            except _BadRequest as exc:
+                self._write(exc.status, exc.message.encode(), None, keep_alive=False)
+                return
+            if parsed is None:
+                return
+            request, keep_alive = parsed
+            try:
+                result = self.handler(request)
+            except Exception:
+                log.exception("fake server handler failed")
+                result = Response(500, b"handler failed")
+            if result is None or isinstance(result, Response):
+                self._answer(result, keep_alive)
+                continue
+            self.busy = True
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(functools.partial(self._resume, keep_alive=keep_alive))
+            return
+
+    def _resume(self, task: asyncio.Future[Response | None], keep_alive: bool) -> None:
+        self.busy = False
+        if task.cancelled():
+            result: Response | None = None
+        elif task.exception() is not None:
+            log.error("fake server handler failed", exc_info=task.exception())
+            result = Response(500, b"handler failed")
+        else:
+            result = task.result()
+        self._answer(result, keep_alive)
+        if self.transport is not None and not self.transport.is_closing():
+            self._serve()
+
+    def _answer(self, response: Response | None, keep_alive: bool) -> None:
+        if response is not None:
+            self._write(response.status, response.body, response.headers, keep_alive)
+
+    def _write(self, status: int, body: bytes, headers: dict[str, str] | None, keep_alive: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n"
+        if headers:
+            head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        if not keep_alive:
+            head += "Connection: close\r\n"
+        transport.write(head.encode("latin-1") + b"\r\n" + body)
+        if not keep_alive:
+            transport.close()
+
+    def _parse(self) -> tuple[Request, bool] | None:
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEADER_BYTES:
+                raise _BadRequest(431, "request headers too large")
+            return None
+        lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+        request_line = lines[0].split(" ")
+        if len(request_line) != 3 or not request_line[2].startswith("HTTP/1."):
+            raise _BadRequest(400, "malformed request line")
+        method, target, version = request_line
+        headers = Headers()
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                raise _BadRequest(400, "malformed header line")
+            key = name.lower()
+            value = value.strip()
+            headers[key] = f"{dict.__getitem__(headers, key)}, {value}" if dict.__contains__(headers, key) else value
+        start = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = bytearray()
+            rest = buffer[start:]
+            try:
+                complete = read_chunks(rest, body)
+            except HttpError as exc:
+                raise _BadRequest(400, str(exc)) from None
+            if not complete:
+                self._continue(headers)
+                return None
+            del buffer[:]
+            buffer += rest
+        else:
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                raise _BadRequest(400, "malformed content-length") from None
+            if not 0 <= length <= MAX_BODY_BYTES:
+                raise _BadRequest(413, "request body too large")
+            if len(buffer) < start + length:
+                self._continue(headers)
+                return None
+            body = buffer[start:start + length]
+            del buffer[:start + length]
+        self.continued = False
+        connection = headers.get("connection", "").lower()
+        keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        path, _, query = target.partition("?")
+        assert self.transport is not None
+        return Request(method, path, query, headers, bytes(body), self.transport), keep_alive
+
+    def _continue(self, headers: Headers) -> None:
+        if not self.continued and headers.get("expect", "").lower() == "100-continue":
+            self.continued = True
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def serve_http1(handler: Handler, host: str, port: int,
+                      tls: ssl.SSLContext | None = None) -> tuple[asyncio.AbstractServer, str]:
+    """Serve `handler` on host:port (0: a free port); (server, base URL)."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Connection(handler), host, port, ssl=tls)
+    bound = server.sockets[0].getsockname()[1]
+    return server, f"{'https' if tls else 'http'}://{host}:{bound}"
