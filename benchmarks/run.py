@@ -64,12 +64,15 @@ def main() -> None:
     result["pipeline"] = _section("pipeline", asyncio.run(pipeline.run(5_000 if quick else 100_000)))
     result["webhook_end_to_end"] = _section("webhook end to end", runner(webhook_e2e.run(10_000 if quick else 50_000,
                                                                                        1000)))
-    result["channels"] = _section("channels", runner(channels.run(1_000 if quick else 3_000, None)))
+    if not quick:  # the scale run: memory must stay flat while a million recipients go through
+        result["scale"] = _section("scale", runner(webhook_e2e.run(1_000_000, 1000)))
+    result["channels"] = _section("channels", runner(channels.run(1_000 if quick else 10_000, None)))
     result["distributed"] = _section("distributed", runner(distributed.run(5_000 if quick else 20_000)))
     try:
         import apprise  # noqa: F401
 
-        result["peer_apprise"] = _section("apprise", asyncio.run(apprise_peer.run(300 if quick else 2_000)))
+        result["peer_apprise"] = _section("apprise", asyncio.run(apprise_peer.run(300 if quick else 5_000,
+                                                                                  300 if quick else 2_000)))
     except ImportError:
         print("apprise not installed (pip install -e '.[bench]'): peer comparison skipped")
     out = HERE / "results" / f"{result['date']}-{result['commit']}{'-quick' if quick else ''}.json"
@@ -120,6 +123,13 @@ def latest_table(r: dict[str, Any], source: str) -> str:
     if e:
         row(f"webhook end to end, 3 processes, {e['recipients']:,} recipients: accepted/s, delivered/s, peak RSS",
             f"{e['accepted_recipients_per_s']:,}, {e['delivered_per_s']:,}, {e['gateway_peak_rss_mb']} MB")
+    sc = r.get("scale", {})
+    if sc:
+        by = sc["gateway_rss_mb_by_progress"]
+        row(f"scale: {sc['recipients']:,} recipients in jobs of 1,000: delivered/s, drained in, peak RSS, "
+            "RSS at 10% / 50% / 100%",
+            f"{sc['delivered_per_s']:,}, {sc['end_to_end_seconds']} s, {sc['gateway_peak_rss_mb']} MB, "
+            f"{by.get('10%')} / {by.get('50%')} / {by.get('100%')} MB")
     for c in r.get("channels", []):
         label = c["channel"] + (f" (encrypt_workers={c['encrypt_workers']})" if "encrypt_workers" in c else "")
         row(f"{label}: msg/s, CPU us per message, latency p50 / p99 ms",

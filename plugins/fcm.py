@@ -203,11 +203,11 @@ class FcmChannel(Channel):
             try:
                 response = await self.pool.post(self.pool.path, (("Authorization", f"Bearer {token}"),
                                                             ("Content-Type", "application/json")), body, self.timeout)
-                payload = json.loads(response.body) if response.body else {}
-                status, retry_after = response.status, response.headers.get("retry-after")
+                payload = msgspec.json.decode(response.body) if response.body else {}
+                status = response.status
             except TimeoutError:
                 return TransientFailure("timeout")
-            except (OSError, ValueError) as exc:  # refused, reset, TLS, a cut response, not JSON
+            except (OSError, ValueError, msgspec.DecodeError) as exc:  # refused, reset, TLS, cut, not JSON
                 return TransientFailure(f"connection_error: {type(exc).__name__}")
             if status == 200:
                 return Sent(payload.get("name"))
@@ -215,7 +215,8 @@ class FcmChannel(Channel):
             if status == 401 and code in (None, "UNAUTHENTICATED") and stale is None:
                 stale = token
                 continue
-            return classify(status, code, message, parse_retry_after(retry_after, time.time()))
+            return classify(status, code, message,
+                            parse_retry_after(response.headers.get("retry-after"), time.time()))
         log.error("fcm: credentials refused after a token refresh")
         return PermanentFailure("credentials", "UNAUTHENTICATED after refreshing the OAuth token")
 

@@ -167,6 +167,8 @@ class SpeakerChannel(Channel):
             return TransientFailure("timeout")
         except OSError as exc:  # refused, reset, TLS, a malformed or cut response
             return TransientFailure(f"connection_error: {type(exc).__name__}")
+        if 200 <= response.status < 300:  # the common case reads no header: they are parsed on first read
+            return Sent()
         result = classify(response.status, parse_retry_after(response.headers.get("retry-after"), time.time()))
         if isinstance(result, InvalidToken):
             target.gone = True

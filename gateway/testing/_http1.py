@@ -19,8 +19,10 @@ import asyncio
 import functools
 import http
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -28,6 +30,9 @@ import msgspec
 from gateway.dispatch.http1 import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpError, read_chunks
 
 log = logging.getLogger(__name__)
+_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+# One header line: a token name, a colon, the value without surrounding blanks.
+_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
 _json = msgspec.json.Encoder()
 
 
@@ -134,11 +139,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        try:
-            reason = http.HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
-        head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n"
+        head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Length: {len(body)}\r\n"
         if headers:
             head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         if not keep_alive:
@@ -154,21 +155,23 @@ class _Connection(asyncio.Protocol):
             if len(buffer) > MAX_HEADER_BYTES:
                 raise _BadRequest(431, "request headers too large")
             return None
-        lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-        request_line = lines[0].split(" ")
+        head = bytes(buffer[:end]).decode("latin-1")
+        line_end = head.find("\r\n")
+        request_line = (head if line_end < 0 else head[:line_end]).split(" ")
         if len(request_line) != 3 or not request_line[2].startswith("HTTP/1."):
             raise _BadRequest(400, "malformed request line")
         method, target, version = request_line
         headers = Headers()
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise _BadRequest(400, "malformed header line")
+        fields = _FIELD.findall(head[line_end + 2:]) if line_end >= 0 else []
+        if len(fields) != head.count("\r\n"):  # a line that is not "name: value"
+            raise _BadRequest(400, "malformed header line")
+        for name, value in fields:
             key = name.lower()
-            value = value.strip()
-            headers[key] = f"{dict.__getitem__(headers, key)}, {value}" if dict.__contains__(headers, key) else value
+            previous = dict.get(headers, key)
+            headers[key] = value if previous is None else f"{previous}, {value}"
         start = end + 4
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        get = partial(dict.get, headers)  # names below are lower case already
+        if "chunked" in get("transfer-encoding", "").lower():
             body = bytearray()
             rest = buffer[start:]
             try:
@@ -182,7 +185,7 @@ class _Connection(asyncio.Protocol):
             buffer += rest
         else:
             try:
-                length = int(headers.get("content-length", "0"))
+                length = int(get("content-length", "0"))
             except ValueError:
                 raise _BadRequest(400, "malformed content-length") from None
             if not 0 <= length <= MAX_BODY_BYTES:
@@ -193,14 +196,14 @@ class _Connection(asyncio.Protocol):
             body = buffer[start:start + length]
             del buffer[:start + length]
         self.continued = False
-        connection = headers.get("connection", "").lower()
+        connection = get("connection", "").lower()
         keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
         path, _, query = target.partition("?")
         assert self.transport is not None
         return Request(method, path, query, headers, bytes(body), self.transport), keep_alive
 
     def _continue(self, headers: Headers) -> None:
-        if not self.continued and headers.get("expect", "").lower() == "100-continue":
+        if not self.continued and dict.get(headers, "expect", "").lower() == "100-continue":
             self.continued = True
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -81,7 +82,7 @@ class WebhookReceiver(FakeServer):
         if abs(time.time() - timestamp) > self.tolerance:
             return "timestamp outside tolerance"
         assert self.secret is not None
-        key = base64.b64decode(self.secret.removeprefix("whsec_"))
+        key = _key(self.secret)
         expected = base64.b64encode(
             hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()).decode()
         for signature in signatures.split(" "):
@@ -137,6 +138,11 @@ class WebhookReceiver(FakeServer):
         self._server, self.url = await serve_http1(self._handle, host, port)
         return self.url
 
+
+
+@functools.lru_cache(maxsize=16)
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
 
 
 def new_secret() -> str:
