@@ -59,7 +59,9 @@ class _JobRules:
     deliver_at: time | None
     quiet_action: str
     quiet_channels: frozenset[str]  # the job's channels quiet hours apply to
-    job: Job | None = None  # the job these are for (ids are reused once a job is freed)
+    # The job's channel list identifies the job in the cache: holding it (a few names, not
+    # the job with its recipients) keeps its id from being reused by another job's list.
+    channels: list[str]
 
 
 class Policy:
@@ -81,19 +83,20 @@ class Policy:
         self.longest_window = max([c.period or 8 * 86400 for c in self.caps], default=0.0)
 
     def _rules(self, job: Job) -> _JobRules:
-        rules = self._job_rules.get(id(job))
-        if rules is None or rules.job is not job:
+        rules = self._job_rules.get(id(job.channels))
+        if rules is None or rules.channels is not job.channels:
             action = job.quiet_hours or self.quiet.action
             applies = self.quiet.enabled and action != "ignore" and (
                 job.category == "marketing" or self.quiet.transactional)
             rules = _JobRules(_timestamp(job.expires_at), job.category == "marketing",
                               parse_hhmm(job.deliver_at_local) if job.deliver_at_local is not None else None,
                               action, frozenset(c for c in job.channels if c in self.quiet_channels) if applies
-                              else frozenset())
-            rules.job = job
-            if len(self._job_rules) > 256:
+                              else frozenset(), job.channels)
+            # Not the job itself: a finished job must not stay in memory for its rules' sake
+            # (holding jobs here once kept hundreds of them, and their recipients, alive).
+            if len(self._job_rules) >= 256:
                 self._job_rules.clear()
-            self._job_rules[id(job)] = rules
+            self._job_rules[id(job.channels)] = rules
         return rules
 
     def check(self, job: Job, recipient: Recipient, channel: Channel | None, name: str, now: float,

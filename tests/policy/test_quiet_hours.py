@@ -116,3 +116,25 @@ def test_spread_spreads() -> None:
         buckets[int(o // 60)] += 1
     assert min(buckets) > 500  # roughly uniform over the 15 minutes
     assert max(offsets) - min(offsets) > 850
+
+
+def test_the_policy_keeps_no_finished_job_alive() -> None:
+    """Per-job rules are cached for speed; a reference to the job there once kept hundreds
+    of finished jobs in memory (the 1,000,000-recipient run's RSS doubled)."""
+    import sys
+
+    from gateway.config import GatewayConfig
+    from gateway.demo.run import example_jobs
+    from gateway.intake.model import JOB_DECODER
+    from gateway.plugins import channel_classes, plugin_manager
+    from gateway.policy.engine import defaults
+
+    policy = defaults()
+    job = JOB_DECODER.decode(dict(example_jobs())["job-cart-reminder.json"])
+    channels = {n: cls.__new__(cls) for n, cls in channel_classes(plugin_manager(GatewayConfig())).items()}
+    before = sys.getrefcount(job), sys.getrefcount(job.recipients)
+    for r in job.recipients:
+        for name in job.channels:
+            policy.check(job, r, channels[name], name, 1_764_331_200.0)
+    assert len(policy._job_rules) == 1
+    assert (sys.getrefcount(job), sys.getrefcount(job.recipients)) == before
