@@ -199,7 +199,7 @@ class MailChannel(Channel):
         headers = [("From", sender), ("To", to), ("Subject", content.subject),
                    ("Date", formatdate(localtime=False, usegmt=True)),
                    # Stable across retries: a relay that saw the first attempt can drop the copy.
-                   ("Message-ID", f"<{delivery.id}@{self.domain}>")]
+                   ("Message-ID", self.message_id(delivery))]
         if self.config.reply_to:
             headers.append(("Reply-To", self.config.reply_to))
         if delivery.category == "marketing" and self.unsubscribe_key is not None:
@@ -211,7 +211,10 @@ class MailChannel(Channel):
                 links.append(f"<mailto:{unsubscribe.mailto}?subject=unsubscribe>")
             headers.append(("List-Unsubscribe", ", ".join(links)))
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-        return compose(headers, content.text or "", content.html, boundary_seed=delivery.id)
+        return compose(headers, content.text or "", content.html or None, boundary_seed=delivery.id)
+
+    def message_id(self, delivery: Delivery) -> str:
+        return f"<{delivery.id}@{self.domain}>"
 
     async def _send(self, delivery: Delivery) -> Result:
         msg = self.message(delivery)
@@ -224,7 +227,7 @@ class MailChannel(Channel):
             for attempt in (1, 2):
                 try:
                     await client.sendmail(self.config.from_address, [delivery.to], msg)
-                    return Sent(f"<{delivery.id}@{self.domain}>")
+                    return Sent(self.message_id(delivery))
                 except aiosmtplib.SMTPServerDisconnected:
                     if attempt == 2:
                         return TransientFailure("disconnected")

@@ -84,7 +84,7 @@ class Policy:
 
     def _rules(self, job: Job) -> _JobRules:
         rules = self._job_rules.get(id(job.channels))
-        if rules is None or rules.channels is not job.channels:
+        if rules is None:
             action = job.quiet_hours or self.quiet.action
             applies = self.quiet.enabled and action != "ignore" and (
                 job.category == "marketing" or self.quiet.transactional)

@@ -72,6 +72,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 Handler = Callable[[Request], "Response | Awaitable[Response | None] | None"]
 
 
+async def after(delay: float, answer: Callable[..., Response | None], *args: Any) -> Response | None:
+    """`answer(*args)` after `delay` seconds: what a handler returns to answer late."""
+    await asyncio.sleep(delay)
+    return answer(*args)
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, message: str):
         self.status, self.message = status, message

@@ -9,7 +9,6 @@ faults: `fault(token, attempt) -> FcmFault | None`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.testing._http import FakeServer
-from gateway.testing._http1 import Request, Response, json_response, serve_http1
+from gateway.testing._http1 import Request, Response, after, json_response, serve_http1
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -112,12 +111,7 @@ class FcmFake(FakeServer):
         attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
         fault = self.fault(token, attempt) if self.fault else None
         if fault is not None and fault.delay:
-            return self._later(fault.delay, request, message, fault)
-        return self._answer(request, message, fault)
-
-    async def _later(self, delay: float, request: Request, message: dict[str, Any],
-                     fault: FcmFault) -> Response | None:
-        await asyncio.sleep(delay)
+            return after(fault.delay, self._answer, request, message, fault)
         return self._answer(request, message, fault)
 
     def _answer(self, request: Request, message: dict[str, Any], fault: FcmFault | None) -> Response | None:

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from gateway.testing._http import FakeServer
-from gateway.testing._http1 import Request, Response, json_response, serve_http1
+from gateway.testing._http1 import Request, Response, after, json_response, serve_http1
 
 
 @dataclass
@@ -104,12 +104,8 @@ class WebhookReceiver(FakeServer):
         fault = self.fault(payload, attempt) if self.fault else None
         delay = self.latency + (fault.delay if fault else 0.0)
         if delay:
-            return self._later(delay, request, msg_id, payload, fault)
+            return after(delay, self._answer, request, msg_id, payload, fault)
         return self._answer(request, msg_id, payload, fault)
-
-    async def _later(self, delay: float, *args: Any) -> Response | None:
-        await asyncio.sleep(delay)
-        return self._answer(*args)
 
     def _answer(self, request: Request, msg_id: str, payload: Any, fault: Fault | None) -> Response | None:
         if fault is not None and fault.drop:
