@@ -1,8 +1,9 @@
 """Side by side with a peer: Apprise and the gateway, same messages, same receivers.
 
 The receivers (a webhook endpoint accepting unsigned requests, since Apprise cannot sign,
-and an SMTP server) run in their own process; Apprise and the gateway each run in this
-process, one after the other, delivering the same personalized message to N recipients.
+and an SMTP server) run in their own process. Apprise runs in this process, the gateway
+as deployed (`gateway serve`, a process of its own that this one posts jobs to), one
+after the other, delivering the same personalized message to N recipients.
 Apprise is given its best shot: one `Apprise` object for the webhook (its connection
 reused), messages personalized with `str.format` (no template engine), and both its
 sequential `notify` and its concurrent `async_notify`. The gateway signs every webhook
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -27,9 +29,10 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gateway.config import GatewayConfig  # noqa: E402
-from gateway.server import start_server  # noqa: E402
+from procs import start_gateway  # noqa: E402
+
 from gateway.testing import new_secret  # noqa: E402
 
 TEXT = "Hi {name}, your order is ready."
@@ -130,32 +133,35 @@ def _job(n: int, offset: int, channel: str) -> bytes:
 
 
 async def gateway(receivers: Receivers, n: int, channel: str, tmp: str) -> float:
-    import msgspec
-
-    os.environ["PEER_API_KEYS"] = "peer"
-    os.environ["PEER_SECRET"] = new_secret()
-    config = msgspec.convert({
-        "server": {"port": 0, "api_keys_env": "PEER_API_KEYS"},
-        "store": {"url": f"sqlite:{tmp}/peer-{channel}.db"},
-        "quiet_hours": {"enabled": False},
-        "channels": {"speaker": {"targets": {"hub": {"url": f"{receivers.url}/hook",
-                                                     "secret": {"env": "PEER_SECRET"}}}},
-                     "email": {"host": "127.0.0.1", "port": receivers.smtp_port, "security": "none",
-                               "from_address": "bench@shop.example", "pool_size": 16}},
-    }, GatewayConfig)
-    server = await start_server(config)
+    """`gateway serve` in a process of its own, as deployed (uvloop, the embedded store)."""
+    api_key, secret = secrets.token_urlsafe(16), new_secret()
+    env = dict(os.environ, PEER_API_KEYS=api_key, PEER_SECRET=secret)
+    store = f'url = "sqlite:{tmp}/peer-{channel}.db"'
+    process, url = await start_gateway(Path(tmp) / f"peer-{channel}.toml", store=store, api_keys_env="PEER_API_KEYS",
+                                       env=env, channels=f"""
+[channels.speaker.targets.hub]
+url = "{receivers.url}/hook"
+secret = {{ env = "PEER_SECRET" }}
+[channels.email]
+host = "127.0.0.1"
+port = {receivers.smtp_port}
+security = "none"
+from_address = "bench@shop.example"
+pool_size = 16""")
+    jobs = [_job(min(1000, n - offset), offset, channel) for offset in range(0, n, 1000)]
     base = receivers.webhooks if channel == "speaker" else receivers.mails
     try:
-        async with aiohttp.ClientSession(server.url, headers={"Authorization": "Bearer peer"}) as http:
+        async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {api_key}"}) as http:
             started = time.monotonic()
-            for offset in range(0, n, 1000):
-                async with http.post("/v1/jobs", data=_job(min(1000, n - offset), offset, channel)) as r:
+            for body in jobs:
+                async with http.post("/v1/jobs", data=body) as r:
                     assert r.status == 202, await r.text()
             if channel == "speaker":
                 return n / (await receivers.wait(webhooks=base + n) - started)
             return n / (await receivers.wait(mails=base + n) - started)
     finally:
-        await server.stop()
+        process.terminate()
+        await process.wait()
 
 
 async def run(n: int, n_email: int | None = None) -> dict[str, Any]:

@@ -1,22 +1,24 @@
 """End to end per channel, from POST /v1/jobs to the fake provider's receipt: messages/s,
-CPU per message, and p50/p99 latency (each message from the POST of its own job).
+CPU per message (the gateway's and the fake's), and p50/p99 latency (each message from
+the POST of its own job); then all five channels at once ("mixed").
 
-For each channel: the gateway (embedded store, synchronous=full) serves on a free port,
-the channel's fake from `gateway.testing` runs in the *same process* (so the two share one
-core for the event loop; the store's writer thread uses the other), and the driver posts
-transactional jobs of 1,000 recipients over HTTP and waits for every receipt. The figures
-are therefore a floor for a deployment where the provider is elsewhere.
+The gateway (embedded store, synchronous=full) serves on a free port in this process,
+whose driver only posts transactional jobs of 1,000 recipients over HTTP. Each channel's
+fake from `gateway.testing` runs in a process of its own (`fake_process.py`), as a
+provider is elsewhere in a deployment. How the 2 cores are shared: the OS schedules the
+gateway's event loop, its store's writer thread and the fake's event loop on them; in
+the mixed run five fakes share them with the gateway.
 
-    .venv/bin/python benchmarks/channels.py [--recipients 5000] [--only apns,fcm]
+    .venv/bin/python benchmarks/channels.py [--recipients 5000] [--only apns,fcm] [--no-mixed]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import ssl
 import sys
 import tempfile
 import time
@@ -25,65 +27,75 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from fake_process import KINDS, FakeProcess  # noqa: E402
+from procs import cpu_seconds  # noqa: E402
 
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.server import start_server  # noqa: E402
-from gateway.testing import ApnsFake, FcmFake, SmtpFake, WebhookReceiver, WebPushFake, new_secret  # noqa: E402
 
 API_KEY = "bench-key"
+PER_JOB = 1000
 
 
-def _job(n: int, offset: int, channel: str, device: Any) -> bytes:
+def _device(kind: str, info: dict[str, Any], i: int) -> dict[str, Any]:
+    if kind == "speaker":
+        return {"channel": "speaker", "target": "hub", "device_id": f"d{i}"}
+    if kind == "fcm":
+        return {"channel": "fcm", "token": f"token-{i:06d}"}
+    if kind == "apns":
+        return {"channel": "apns", "token": f"{i:064x}"}
+    return {"channel": "webpush", "subscription": info["subscriptions"][i]}
+
+
+def _job(kinds: list[str], fakes: dict[str, FakeProcess], n: int, offset: int) -> bytes:
     recipients = []
     for i in range(offset, offset + n):
-        recipient: dict[str, Any] = {"user_id": f"u{i}", "attributes": {"first_name": f"User{i}"}}
-        if channel == "email":
+        recipient: dict[str, Any] = {"user_id": f"u{i}", "attributes": {"first_name": f"User{i}"},
+                                     "devices": [_device(k, fakes[k].info, i) for k in kinds if k != "email"]}
+        if "email" in kinds:
             recipient["email"] = f"user{i}@example.com"
-        else:
-            recipient["devices"] = [device(i)]
         recipients.append(recipient)
     content = {"push": {"title": "Hi {{ attributes.first_name }}", "body": "Your order is ready"},
                "email": {"subject": "Hi {{ attributes.first_name }}", "text": "Your order is ready."},
                "speaker": {"speech": "Your order is ready, {{ attributes.first_name }}."}}
-    return json.dumps({"campaign": "bench", "category": "transactional", "channels": [channel],
+    return json.dumps({"campaign": "bench", "category": "transactional", "channels": kinds,
                        "variants": [{"name": "d", "content": content}], "recipients": recipients}).encode()
 
 
-async def _measure(config: GatewayConfig, channel: str, total: int, device: Any, fake: Any,
-                   recipient_of: Any) -> dict[str, Any]:
-    """`recipient_of(record)`: the recipient index a fake's receipt is for, so each
-    message's latency is taken from the POST of its own job."""
-    server = await start_server(config)
-    jobs = [_job(min(1000, total - offset), offset, channel, device) for offset in range(0, total, 1000)]
-    posted_at: list[float] = []
-    try:
-        async with aiohttp.ClientSession(server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
-            started = time.perf_counter()
-            cpu = time.process_time()
-            for body in jobs:
-                posted_at.append(time.monotonic())
-                async with http.post("/v1/jobs", data=body) as r:
-                    assert r.status == 202, await r.text()
-            while len(fake.received) < total:
-                await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu
-    finally:
-        await server.stop()
-    records = list(fake.received.values()) if isinstance(fake.received, dict) else list(fake.received)
-    latencies = sorted(arrived - posted_at[recipient_of(record) // 1000]
-                       for record, arrived in zip(records, fake.arrivals, strict=True))
-    return {"channel": channel, "messages": total, "seconds": round(elapsed, 3),
-            "messages_per_s": round(total / elapsed), "cpu_us_per_message": round(cpu / total * 1e6, 1),
-            "latency_ms_p50": round(latencies[len(latencies) // 2] * 1000, 1),
-            "latency_ms_p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 1)}
-
-
-def _config(tmp: str, channels: dict[str, Any]) -> GatewayConfig:
+def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int) -> GatewayConfig:
     import msgspec
 
+    channels: dict[str, Any] = {}
+    for kind, fake in fakes.items():
+        info = fake.info
+        if kind == "speaker":
+            os.environ["BENCH_SPEAKER_SECRET"] = info["secret"]
+            channels["speaker"] = {"targets": {"hub": {"url": f"{info['url']}/hook",
+                                                       "secret": {"env": "BENCH_SPEAKER_SECRET"}}}}
+        elif kind == "email":
+            channels["email"] = {"host": "127.0.0.1", "port": info["port"], "security": "none",
+                                 "from_address": "bench@shop.example", "pool_size": 16}
+        elif kind == "fcm":
+            Path(f"{tmp}/sa.json").write_text(json.dumps(info["service_account"]))
+            channels["fcm"] = {"service_account": {"file": f"{tmp}/sa.json"}, "endpoint": info["url"]}
+        elif kind == "apns":
+            os.environ["BENCH_APNS_KEY"] = info["key_pem"]
+            channels["apns"] = {"apps": {"shop": {"team_id": info["team_id"], "key_id": info["key_id"],
+                                                  "key": {"env": "BENCH_APNS_KEY"}, "topic": info["topic"]}},
+                                "endpoint": f"127.0.0.1:{info['port']}", "ca_file": info["ca_file"]}
+        elif kind == "webpush":
+            from py_vapid import Vapid02
+
+            vapid = Vapid02()
+            vapid.generate_keys()
+            os.environ["BENCH_VAPID"] = vapid.private_pem().decode()
+            channels["webpush"] = {"vapid_private_key": {"env": "BENCH_VAPID"}, "subject": "mailto:ops@shop.example",
+                                   "encrypt_workers": encrypt_workers, "allowed_hosts": ["127.0.0.1"],
+                                   "ca_file": info["ca_file"]}
     return msgspec.convert({
         "server": {"port": 0, "api_keys_env": "BENCH_API_KEYS"},
         "store": {"url": f"sqlite:{tmp}/bench-{time.time_ns()}.db", "synchronous": "full"},
@@ -92,68 +104,67 @@ def _config(tmp: str, channels: dict[str, Any]) -> GatewayConfig:
     }, GatewayConfig)
 
 
-async def run(total: int, only: set[str] | None) -> list[dict[str, Any]]:
-    import trustme
-    from py_vapid import Vapid02
+def _percentile_ms(values: list[float], share: float) -> float:
+    return round(values[min(len(values) - 1, int(len(values) * share))] * 1000, 1)
 
+
+async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int = 0) -> dict[str, Any]:
+    """`total` recipients, each reached on every channel in `kinds`."""
     os.environ["BENCH_API_KEYS"] = API_KEY
+    async with contextlib.AsyncExitStack() as stack:
+        fakes = {kind: await stack.enter_async_context(
+            FakeProcess(kind, tmp, subscriptions=total if kind == "webpush" else 0)) for kind in kinds}
+        server = await start_server(_config(tmp, fakes, encrypt_workers))
+        jobs = [_job(kinds, fakes, min(PER_JOB, total - offset), offset) for offset in range(0, total, PER_JOB)]
+        posted_at: list[float] = []
+        try:
+            async with aiohttp.ClientSession(server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+                cpu = time.process_time(), {k: cpu_seconds(f.pid) for k, f in fakes.items()}
+                started = time.monotonic()
+                for body in jobs:
+                    posted_at.append(time.monotonic())
+                    async with http.post("/v1/jobs", data=body) as r:
+                        assert r.status == 202, await r.text()
+                while any(f.count < total for f in fakes.values()):
+                    await asyncio.sleep(0.02)
+                elapsed = max(f.at for f in fakes.values()) - started
+                gateway_cpu = time.process_time() - cpu[0]
+                fake_cpu = {k: cpu_seconds(f.pid) - cpu[1][k] for k, f in fakes.items()}
+        finally:
+            await server.stop()
+        records = {kind: await fake.records() for kind, fake in fakes.items()}
+    messages = total * len(kinds)
+    result: dict[str, Any] = {
+        "channel": kinds[0] if len(kinds) == 1 else "mixed", "messages": messages, "seconds": round(elapsed, 3),
+        "messages_per_s": round(messages / elapsed),
+        "gateway_cpu_us_per_message": round(gateway_cpu / messages * 1e6, 1),
+        "fake_cpu_us_per_message": round(sum(fake_cpu.values()) / messages * 1e6, 1),
+    }
+    every = sorted(at - posted_at[i // PER_JOB] for pairs in records.values() for i, at in pairs)
+    result["latency_ms_p50"], result["latency_ms_p99"] = _percentile_ms(every, 0.5), _percentile_ms(every, 0.99)
+    if len(kinds) > 1:
+        result["per_channel"] = {}
+        for kind, pairs in records.items():
+            latencies = sorted(at - posted_at[i // PER_JOB] for i, at in pairs)
+            result["per_channel"][kind] = {
+                "delivered_per_s": round(len(pairs) / (max(at for _, at in pairs) - started)),
+                "fake_cpu_us_per_message": round(fake_cpu[kind] / total * 1e6, 1),
+                "latency_ms_p50": _percentile_ms(latencies, 0.5), "latency_ms_p99": _percentile_ms(latencies, 0.99)}
+    if "webpush" in kinds:
+        result["encrypt_workers"] = encrypt_workers
+    return result
+
+
+async def run(total: int, only: set[str] | None, mixed: bool = True) -> list[dict[str, Any]]:
     results = []
-    ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
     with tempfile.TemporaryDirectory() as tmp:
-        ca_file = f"{tmp}/ca.pem"
-        ca.cert_pem.write_to_path(ca_file)
-
-        def wanted(name: str) -> bool:
-            return only is None or name in only
-
-        if wanted("speaker"):
-            secret = new_secret()
-            os.environ["BENCH_SPEAKER_SECRET"] = secret
-            async with WebhookReceiver(secret) as hub:
-                config = _config(tmp, {"speaker": {"targets": {"hub": {
-                    "url": f"{hub.url}/hook", "secret": {"env": "BENCH_SPEAKER_SECRET"}}}}})
-                results.append(await _measure(config, "speaker", total, lambda i: {
-                    "channel": "speaker", "target": "hub", "device_id": f"d{i}"}, hub,
-                    lambda r: int(r.payload["user_id"][1:])))
-        if wanted("email"):
-            async with SmtpFake() as smtp:
-                config = _config(tmp, {"email": {"host": "127.0.0.1", "port": smtp.port, "security": "none",
-                                                 "from_address": "bench@shop.example", "pool_size": 16}})
-                results.append(await _measure(config, "email", total, None, smtp,
-                                              lambda r: int(r.rcpt_tos[0].split("@")[0][4:])))
-        if wanted("fcm"):
-            async with FcmFake() as fcm:
-                Path(f"{tmp}/sa.json").write_text(json.dumps(fcm.service_account()))
-                config = _config(tmp, {"fcm": {"service_account": {"file": f"{tmp}/sa.json"}, "endpoint": fcm.url}})
-                results.append(await _measure(config, "fcm", total, lambda i: {
-                    "channel": "fcm", "token": f"token-{i:06d}"}, fcm, lambda r: int(r["token"][6:])))
-        if wanted("apns"):
-            async with ApnsFake(server_tls) as apns:
-                os.environ["BENCH_APNS_KEY"] = apns.key_pem()
-                config = _config(tmp, {"apns": {"apps": {"shop": {
-                    "team_id": apns.team_id, "key_id": apns.key_id, "key": {"env": "BENCH_APNS_KEY"},
-                    "topic": "com.shop.app"}}, "endpoint": f"127.0.0.1:{apns.port}", "ca_file": ca_file}})
-                results.append(await _measure(config, "apns", total, lambda i: {
-                    "channel": "apns", "token": f"{i:064x}"}, apns, lambda r: int(r.token, 16)))
-        for workers in (0, 2):  # encryption on the event loop, then in 2 worker processes
-            if not wanted("webpush"):
-                break
-            async with WebPushFake(tls_context=server_tls) as push:
-                vapid = Vapid02()
-                vapid.generate_keys()
-                os.environ["BENCH_VAPID"] = vapid.private_pem().decode()
-                subscriptions = [push.subscription() for _ in range(total)]
-                index = {sub["endpoint"].rsplit("/", 1)[1]: i for i, sub in enumerate(subscriptions)}
-                config = _config(tmp, {"webpush": {"vapid_private_key": {"env": "BENCH_VAPID"},
-                                                   "subject": "mailto:ops@shop.example", "encrypt_workers": workers,
-                                                   "allowed_hosts": ["127.0.0.1"], "ca_file": ca_file}})
-                result = await _measure(config, "webpush", total, lambda i, subs=subscriptions: {
-                    "channel": "webpush", "subscription": subs[i]}, push,
-                    lambda r, index=index: index[r.subscription_id])
-                result["encrypt_workers"] = workers
-                results.append(result)
+        for kind in KINDS:
+            if only is None or kind in only:
+                results.append(await measure(tmp, [kind], total))
+        if only is None or "webpush" in only:  # encryption in 2 worker processes instead of the event loop
+            results.append(await measure(tmp, ["webpush"], total, encrypt_workers=2))
+        if mixed:
+            results.append(await measure(tmp, [k for k in KINDS if only is None or k in only], total // 5))
     return results
 
 
@@ -161,14 +172,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=5000)
     parser.add_argument("--only", help="comma-separated channels")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the run with every channel at once")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     try:
         import uvloop
 
-        results = uvloop.run(run(args.recipients, only))
+        results = uvloop.run(run(args.recipients, only, not args.no_mixed))
     except ImportError:
-        results = asyncio.run(run(args.recipients, only))
+        results = asyncio.run(run(args.recipients, only, not args.no_mixed))
     print(json.dumps(results, indent=2))
 
 

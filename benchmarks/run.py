@@ -132,8 +132,10 @@ def latest_table(r: dict[str, Any], source: str) -> str:
             f"{by.get('10%')} / {by.get('50%')} / {by.get('100%')} MB")
     for c in r.get("channels", []):
         label = c["channel"] + (f" (encrypt_workers={c['encrypt_workers']})" if "encrypt_workers" in c else "")
-        row(f"{label}: msg/s, CPU us per message, latency p50 / p99 ms",
-            f"{c['messages_per_s']:,}, {c['cpu_us_per_message']}, "
+        if c["channel"] == "mixed":
+            label = f"all five channels at once, {c['messages']:,} messages"
+        row(f"{label}: msg/s, CPU us per message gateway / fake, latency p50 / p99 ms",
+            f"{c['messages_per_s']:,}, {c['gateway_cpu_us_per_message']} / {c['fake_cpu_us_per_message']}, "
             f"{c.get('latency_ms_p50', '-')} / {c.get('latency_ms_p99', '-')}")
     for d in r.get("distributed", {}).get("rows", []):
         trips = d.get("redis_round_trips_per_message")

@@ -27,21 +27,12 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from procs import cpu_seconds, rss_kib, spawn, start_gateway  # noqa: E402
 
 from gateway.demo.run import synthetic_jobs  # noqa: E402
 from gateway.testing import new_secret  # noqa: E402
-
-
-async def _spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT, env=env)
-    assert proc.stdout is not None
-    while True:
-        line = (await proc.stdout.readline()).decode()
-        if not line:
-            raise SystemExit(f"{args} exited before it was ready")
-        if line.startswith(ready):
-            return proc, line.split()[-1]
 
 
 async def _follow(proc: asyncio.subprocess.Process, state: dict[str, float]) -> None:
@@ -58,7 +49,7 @@ async def run(total: int, per_job: int, gateways: int = 1, redis_url: str | None
     process); jobs are posted to them in turn."""
     secret, api_key = new_secret(), secrets.token_urlsafe(16)
     env = dict(os.environ, WEBHOOK_SECRET=secret, GATEWAY_DEMO_SPEAKER_SECRET=secret, GATEWAY_DEMO_API_KEY=api_key)
-    receiver, receiver_url = await _spawn(sys.executable, "-m", "gateway.testing.webhook", env=env,
+    receiver, receiver_url = await spawn(sys.executable, "-m", "gateway.testing.webhook", env=env,
                                           ready="webhook receiver on")
     state: dict[str, float] = {"received": 0, "duplicates": 0, "rejected": 0, "at": 0.0}
     follower = asyncio.create_task(_follow(receiver, state))
@@ -68,34 +59,24 @@ async def run(total: int, per_job: int, gateways: int = 1, redis_url: str | None
         for n in range(gateways):
             store = (f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "bench-{n}"' if redis_url
                      else f'url = "sqlite:{tmp}/bench.db"\nsynchronous = "full"')
-            config = Path(tmp) / f"bench-{n}.toml"
-            config.write_text(f"""
-[server]
-port = 0
-api_keys_env = "GATEWAY_DEMO_API_KEY"
-[store]
-{store}
-[quiet_hours]
-enabled = false
+            processes.append(await start_gateway(Path(tmp) / f"bench-{n}.toml", store=store, env=env,
+                                                 api_keys_env="GATEWAY_DEMO_API_KEY", channels=f"""
 [channels.speaker.targets.home-hub]
 url = "{receiver_url}/hooks/home-hub"
-secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
-""")
-            processes.append(await _spawn(sys.executable, "-m", "gateway", "--config", str(config), "serve",
-                                          env=env, ready="gateway listening on"))
+secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}"""))
         url = processes[0][1]
         rss: list[tuple[int, int]] = []  # (deliveries so far, gateway RSS in KiB, the largest process)
 
         async def sample() -> None:
             while True:
-                rss.append((state["received"], max(_rss_kib(p.pid) for p, _ in processes)))
+                rss.append((state["received"], max(rss_kib(p.pid) for p, _ in processes)))
                 await asyncio.sleep(0.5)
 
         sampler = asyncio.create_task(sample())
         jobs = synthetic_jobs(total, per_job)
         try:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
-                cpu_before = (sum(_cpu_seconds(p.pid) for p, _ in processes), _cpu_seconds(receiver.pid))
+                cpu_before = (sum(cpu_seconds(p.pid) for p, _ in processes), cpu_seconds(receiver.pid))
                 started = time.monotonic()
                 ids = []
                 for n, (_, body) in enumerate(jobs):
@@ -121,8 +102,8 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
                         break
                     await asyncio.sleep(0.05)
                 elapsed = time.monotonic() - started
-                gateway_cpu = sum(_cpu_seconds(p.pid) for p, _ in processes) - cpu_before[0]
-                receiver_cpu = _cpu_seconds(receiver.pid) - cpu_before[1]
+                gateway_cpu = sum(cpu_seconds(p.pid) for p, _ in processes) - cpu_before[0]
+                receiver_cpu = cpu_seconds(receiver.pid) - cpu_before[1]
         finally:
             sampler.cancel()
             for process, _ in processes:
@@ -151,25 +132,6 @@ secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}
         "gateway_peak_rss_mb": round(max(r for _, r in rss) / 1024, 1) if rss else None,
         "gateway_rss_mb_by_progress": _by_progress(rss, state["received"]),
     }
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _by_progress(samples: list[tuple[int, int]], total: int) -> dict[str, float]:

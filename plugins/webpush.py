@@ -3,8 +3,10 @@
 pywebpush does the encryption (a fresh salt and ephemeral key per message: never reused
 across recipients). The request is ours: pywebpush's own sender defaults `ttl` to 0 (the
 message is dropped when the browser is offline), has no timeout, mutates the claims it is
-given and opens a session per send. VAPID tokens are signed once per push-service origin
-and reused until shortly before they expire.
+given and opens a session per send. Requests go through the gateway's lean HTTP/1.1
+client, one pool of kept-alive connections per push-service origin (aiohttp's client cost
+more CPU per request than the encryption). VAPID tokens are signed once per push-service
+origin and reused until shortly before they expire.
 
 The endpoint comes from the job (the browser's subscription), so the gateway only calls
 hosts in `allowed_hosts` (the major push services by default): a job cannot make it
@@ -25,7 +27,6 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 from py_vapid import Vapid02
 from pywebpush import WebPusher
@@ -42,6 +43,7 @@ from gateway.channel import (
     parse_retry_after,
 )
 from gateway.config import ConfigError, Duration, SecretRef, seconds
+from gateway.dispatch.http1 import Http1Pool
 from gateway.hookspecs import hookimpl
 from gateway.intake.model import Device, PushContent
 
@@ -122,14 +124,15 @@ class WebPushChannel(Channel):
     Config = WebPushConfig
     max_payload_bytes = MAX_PLAINTEXT_BYTES
 
-    def __init__(self, config: WebPushConfig, vapid: Vapid02, session: aiohttp.ClientSession):
+    def __init__(self, config: WebPushConfig, vapid: Vapid02, tls: ssl.SSLContext):
         super().__init__(config)
         self.vapid = vapid
-        self.session = session
+        self.tls = tls
+        self.pools: dict[str, Http1Pool] = {}  # push-service origin -> its connections
         # forkserver: forking a process that runs threads (the store's writer) can deadlock.
         self.pool = ProcessPoolExecutor(config.encrypt_workers, mp_context=multiprocessing.get_context("forkserver")) \
             if config.encrypt_workers else None
-        self.timeout = aiohttp.ClientTimeout(total=seconds(config.timeout))
+        self.timeout = seconds(config.timeout)
         self._tokens: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, expires)
         self.signatures = 0
 
@@ -147,8 +150,7 @@ class WebPushChannel(Channel):
     @classmethod
     async def create(cls, config: WebPushConfig) -> WebPushChannel:
         context = ssl.create_default_context(cafile=config.ca_file)
-        connector = aiohttp.TCPConnector(limit=config.concurrency, ssl=context)
-        return cls(config, load_vapid(config, "channels.webpush"), aiohttp.ClientSession(connector=connector))
+        return cls(config, load_vapid(config, "channels.webpush"), context)
 
     def allowed(self, endpoint: str) -> bool:
         url = urlsplit(endpoint)
@@ -222,19 +224,21 @@ class WebPushChannel(Channel):
         topic = _topic(delivery.content.collapse_key)
         if topic:
             headers["Topic"] = topic
+        url = urlsplit(subscription.endpoint)
+        pool = self.pools.get(url.netloc)
+        if pool is None:
+            pool = self.pools[url.netloc] = Http1Pool(f"https://{url.netloc}", ssl=self.tls,
+                                                      max_idle=self.config.concurrency)
         try:
-            async with self.session.post(subscription.endpoint, data=body, headers=headers,
-                                         timeout=self.timeout, allow_redirects=False) as response:
-                await response.read()
-                result = classify(response.status, parse_retry_after(response.headers.get("Retry-After"),
-                                                                     time.time()))
-                if isinstance(result, Sent):
-                    return Sent(response.headers.get("Location"))
-                return result
+            response = await pool.post(url.path + (f"?{url.query}" if url.query else ""), headers.items(), body,
+                                       timeout=self.timeout)
         except TimeoutError:
             return TransientFailure("timeout")
-        except aiohttp.ClientError as exc:
+        except (OSError, ValueError) as exc:  # refused, reset, TLS, a cut response; a line break in the URL
             return TransientFailure(f"connection_error: {type(exc).__name__}")
+        if response.status in (200, 201, 202):  # no redirects are followed: a 3xx is not delivery
+            return Sent(response.headers.get("location"))
+        return classify(response.status, parse_retry_after(response.headers.get("retry-after"), time.time()))
 
     def _ttl(self, delivery: Delivery) -> int:
         if delivery.expires_at is not None:
@@ -242,7 +246,9 @@ class WebPushChannel(Channel):
         return int(seconds(self.config.default_ttl))
 
     async def aclose(self) -> None:
-        await self.session.close()
+        pools, self.pools = self.pools, {}
+        for pool in pools.values():
+            await pool.aclose()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 

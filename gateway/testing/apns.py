@@ -27,6 +27,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
 
+from gateway.dispatch.http2 import PlainEncoder
 from gateway.testing._http import FakeServer
 
 
@@ -101,27 +102,38 @@ class ApnsFake(FakeServer):
             return 400, "TopicDisallowed" if headers.get("apns-topic") else "MissingTopic"
         return claims
 
-    async def respond(self, proto: _Protocol, stream_id: int, headers: dict[str, str], body: bytes) -> None:
+    def respond(self, proto: _Protocol, stream_id: int, headers: dict[str, str], body: bytes) -> None:
         apns_id = headers.get("apns-id") or secrets.token_hex(16)
         self.apns_ids.append(apns_id)
         path = headers.get(":path", "")
         token = path.removeprefix("/3/device/")
         verdict = self.verify(headers)
+        fault = None
+        if not isinstance(verdict, tuple) and len(body) <= 4096:
+            attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
+            fault = self.fault(token, attempt) if self.fault else None
+        if fault is not None and fault.delay:  # only a late answer waits: a Task for it alone
+            task = asyncio.ensure_future(self._late(proto, stream_id, headers, body, token, apns_id, verdict, fault))
+            proto.tasks.add(task)
+            task.add_done_callback(proto.tasks.discard)
+            return
+        self._answer(proto, stream_id, headers, body, token, apns_id, verdict, fault)
+
+    async def _late(self, proto: _Protocol, stream_id: int, *args: Any) -> None:
+        await asyncio.sleep(args[-1].delay)
+        self._answer(proto, stream_id, *args)
+
+    def _answer(self, proto: _Protocol, stream_id: int, headers: dict[str, str], body: bytes, token: str,
+                apns_id: str, verdict: tuple[int, str] | dict[str, Any], fault: ApnsFault | None) -> None:
         status, reason = (verdict if isinstance(verdict, tuple) else (200, ""))
-        if status == 200:
-            if len(body) > 4096:
-                status, reason = 413, "PayloadTooLarge"
-            else:
-                attempt = self.attempts[token] = self.attempts.get(token, 0) + 1
-                fault = self.fault(token, attempt) if self.fault else None
-                if fault is not None:
-                    if fault.delay:
-                        await asyncio.sleep(fault.delay)
-                    if fault.drop:
-                        if proto.transport is not None:
-                            proto.transport.close()
-                        return
-                    status, reason = fault.status, fault.reason
+        if status == 200 and len(body) > 4096:
+            status, reason = 413, "PayloadTooLarge"
+        elif fault is not None:
+            if fault.drop:
+                if proto.transport is not None:
+                    proto.transport.close()
+                return
+            status, reason = fault.status, fault.reason
         if status == 200:
             self.arrivals.append(time.monotonic())
             self.received.append(ApnsNotification(token, headers, json.loads(body), verdict))  # type: ignore[arg-type]
@@ -147,9 +159,14 @@ class ApnsFake(FakeServer):
 
 
 class _Protocol(asyncio.Protocol):
+    """One HTTP/2 connection. Each response is written as soon as it is made: holding them
+    to the end of a read made the gateway and the fake take turns (measured: 2,700 msg/s
+    against 3,000-4,000 answering at once), as neither had work while the other did."""
+
     def __init__(self, fake: ApnsFake):
         self.fake = fake
         self.conn = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.conn.encoder = PlainEncoder()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, tuple[dict[str, str], bytearray]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -157,7 +174,7 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.conn.initiate_connection()
-        self._flush()
+        self.flush()
 
     def data_received(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
@@ -168,12 +185,10 @@ class _Protocol(asyncio.Protocol):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, StreamEnded):
                 headers, body = self.streams.pop(event.stream_id)
-                task = asyncio.ensure_future(self.fake.respond(self, event.stream_id, headers, bytes(body)))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self.fake.respond(self, event.stream_id, headers, bytes(body))
             elif isinstance(event, ConnectionTerminated) and self.transport is not None:
                 self.transport.close()
-        self._flush()
+        self.flush()
 
     def send(self, stream_id: int, headers: list[tuple[str, str]], body: bytes | None) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -181,9 +196,9 @@ class _Protocol(asyncio.Protocol):
         self.conn.send_headers(stream_id, headers, end_stream=body is None)
         if body is not None:
             self.conn.send_data(stream_id, body, end_stream=True)
-        self._flush()
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(self.conn.data_to_send())
 

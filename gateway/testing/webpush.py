@@ -11,24 +11,23 @@ Serve it over TLS (push endpoints are https) by passing a server SSL context.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import http_ece
 import jwt
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.testing._http import FakeServer, serve_routes
+from gateway.testing._http import FakeServer
+from gateway.testing._http1 import Request, Response, after, serve_http1
 
 
 def _b64(data: bytes) -> str:
@@ -67,7 +66,7 @@ class WebPushFake(FakeServer):
     attempts: dict[str, int] = field(default_factory=dict)
     origin: str = ""
     _keys: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = field(default_factory=dict)
-    _runner: web.AppRunner | None = None
+    _verified: dict[str, dict[str, Any]] = field(default_factory=dict)  # "t=..,k=.." -> its claims
 
     def subscription(self) -> dict[str, Any]:
         """A browser's PushSubscription JSON, with this service's endpoint."""
@@ -83,56 +82,61 @@ class WebPushFake(FakeServer):
         scheme, _, params = header.partition(" ")
         if scheme.lower() != "vapid":
             raise ValueError("not a vapid Authorization")
-        fields = dict(part.strip().split("=", 1) for part in params.split(","))
-        point = _unb64(fields["k"])
-        public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-        claims = jwt.decode(fields["t"], public, algorithms=["ES256"], audience=self.origin)
+        claims = self._verified.get(params)
+        if claims is None:  # the signature once per token: senders reuse a token for hours
+            fields = dict(part.strip().split("=", 1) for part in params.split(","))
+            point = _unb64(fields["k"])
+            public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+            claims = jwt.decode(fields["t"], public, algorithms=["ES256"], audience=self.origin,
+                                options={"verify_exp": False})  # checked below, on every request
+            if not str(claims.get("sub", "")).startswith(("mailto:", "https:")):
+                raise ValueError("sub must be mailto: or https:")
+            if len(self._verified) > 64:
+                self._verified.clear()
+            self._verified[params] = claims
         if not 0 < claims["exp"] - time.time() <= 86400:
             raise ValueError("exp must be in the future and at most 24 h away")
-        if not str(claims.get("sub", "")).startswith(("mailto:", "https:")):
-            raise ValueError("sub must be mailto: or https:")
         return claims
 
-    async def _push(self, request: web.Request) -> web.Response:
-        sub_id = request.match_info["id"]
-        if sub_id not in self._keys:
-            return web.Response(status=404)
+    def _push(self, request: Request) -> Response | Awaitable[Response | None] | None:
+        sub_id = request.path.removeprefix("/push/")
+        if request.method != "POST" or not request.path.startswith("/push/") or sub_id not in self._keys:
+            return Response(404)
         try:
             claims = self._verify_vapid(request.headers.get("Authorization", ""))
         except (ValueError, KeyError, jwt.InvalidTokenError) as exc:
             self.rejected.append(f"vapid: {exc}")
-            return web.Response(status=401, text=str(exc))
+            return Response(401, str(exc).encode())
         if "TTL" not in request.headers or request.headers.get("Content-Encoding") != "aes128gcm":
             self.rejected.append("missing TTL or wrong Content-Encoding")
-            return web.Response(status=400)
-        body = await request.read()
+            return Response(400)
         attempt = self.attempts[sub_id] = self.attempts.get(sub_id, 0) + 1
         fault = self.fault(sub_id, attempt) if self.fault else None
+        if fault is not None and fault.delay:
+            return after(fault.delay, self._answer, request, sub_id, claims, fault)
+        return self._answer(request, sub_id, claims, fault)
+
+    def _answer(self, request: Request, sub_id: str, claims: dict[str, Any],
+                fault: WebPushFault | None) -> Response | None:
         if fault is not None:
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
             if fault.drop:
-                assert request.transport is not None
                 request.transport.abort()
-                return web.Response(status=500)
+                return None
             if fault.status != 201:
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-                return web.Response(status=fault.status, headers=headers)
+                return Response(fault.status, headers={"Retry-After": fault.retry_after} if fault.retry_after else None)
         key, auth = self._keys[sub_id]
         try:
-            plaintext = http_ece.decrypt(body, private_key=key, auth_secret=auth, version="aes128gcm")
+            plaintext = http_ece.decrypt(request.body, private_key=key, auth_secret=auth, version="aes128gcm")
         except Exception as exc:
             self.rejected.append(f"decrypt: {type(exc).__name__}")
-            return web.Response(status=400, text="cannot decrypt")
+            return Response(400, b"cannot decrypt")
         self.arrivals.append(time.monotonic())
-        self.received.append(Pushed(sub_id, json.loads(plaintext), dict(request.headers), claims))
-        return web.Response(status=201, headers={"Location": f"{self.origin}/message/{secrets.token_hex(6)}"})
+        self.received.append(Pushed(sub_id, json.loads(plaintext), request.headers, claims))
+        return Response(201, headers={"Location": f"{self.origin}/message/{secrets.token_hex(6)}"})
 
     async def start(self, port: int = 0) -> str:
-        self._runner, self.origin = await serve_routes({"/push/{id}": self._push}, self.host, port,
-                                                       self.tls_context)
+        self._server, self.origin = await serve_http1(self._push, self.host, port, self.tls_context)
         return self.origin
-
 
     def to(self, subscription: dict[str, Any]) -> list[Pushed]:
         sub_id = subscription["endpoint"].rsplit("/", 1)[1]

@@ -156,3 +156,38 @@ async def test_encryption_in_worker_processes(start, tmp_path, push, ca, vapid_e
     done = await running.wait(body["job_id"], timeout=60)
     assert {d["outcome"] for d in done["decisions"]} == {"sent"}
     assert [p.payload["title"] for s in subscriptions for p in push.to(s)] == ["Hi N0", "Hi N1", "Hi N2"]
+
+
+async def test_the_fake_checks_every_vapid_token(push, ca) -> None:
+    """The push service verifies each token's signature once, and its claims on every request."""
+    import base64
+    import time
+
+    import aiohttp
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from pywebpush import WebPusher
+
+    subscription = push.subscription()
+    body = WebPusher(subscription).encode(b'{"title": "x"}', "aes128gcm")["body"]
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    k = base64.urlsafe_b64encode(point).decode().rstrip("=")
+
+    def vapid(signer: ec.EllipticCurvePrivateKey = key, **claims: Any) -> str:
+        good = {"aud": push.origin, "exp": int(time.time()) + 3600, "sub": "mailto:ops@shop.example"}
+        return f"vapid t={jwt.encode({**good, **claims}, signer, algorithm='ES256')},k={k}"
+
+    token = vapid()
+    cases = [(token, 201), (token, 201),  # the same token twice: its signature checked once
+             (vapid(aud="https://elsewhere.example"), 401), (vapid(exp=int(time.time()) - 10), 401),
+             (vapid(exp=int(time.time()) + 2 * 86400), 401), (vapid(sub="ops@shop.example"), 401),
+             (vapid(other), 401)]  # signed by another key than the one presented
+    context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    async with aiohttp.ClientSession() as http:
+        for authorization, status in cases:
+            headers = {"Authorization": authorization, "TTL": "60", "Content-Encoding": "aes128gcm"}
+            async with http.post(subscription["endpoint"], data=body, headers=headers, ssl=context) as r:
+                assert r.status == status, (authorization, await r.text())
+    assert len(push.received) == 2 and len(push.rejected) == 5

@@ -1,0 +1,58 @@
+"""The processes the benchmark drivers start: starting them, and what /proc says of them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a process and wait for its line starting with `ready`; (process, that line's last word)."""
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    while True:
+        line = (await proc.stdout.readline()).decode()
+        if not line:
+            raise SystemExit(f"{args} exited before it was ready")
+        if line.startswith(ready):
+            return proc, line.split()[-1]
+
+
+async def start_gateway(path: Path, *, store: str, channels: str, api_keys_env: str,
+                        env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+    """`gateway serve` in a process of its own, on a free port, quiet hours off; `store` and
+    `channels` are TOML (the [store] section's lines, whole [channels...] sections)."""
+    path.write_text(f"""
+[server]
+port = 0
+api_keys_env = "{api_keys_env}"
+[store]
+{store}
+[quiet_hours]
+enabled = false
+{channels}
+""")
+    return await spawn(sys.executable, "-m", "gateway", "--config", str(path), "serve", env=env,
+                       ready="gateway listening on")
