@@ -165,8 +165,10 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, fake: ApnsFake):
         self.fake = fake
-        self.conn = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8"))
-        self.conn.encoder = PlainEncoder()
+        # Incoming headers are validated (a client bug shows here); our own answers are not.
+        self.conn = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8",
+                                                        validate_outbound_headers=False))
+        self.conn.encoder = PlainEncoder(unindexed=("apns-id",))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, tuple[dict[str, str], bytearray]] = {}
         self.tasks: set[asyncio.Task[None]] = set()

@@ -137,10 +137,13 @@ def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("TEST_APNS_KEY", "not a pem")
     app = {"team_id": "T", "key_id": "K", "key": {"env": "TEST_APNS_KEY"}, "topic": "a"}
-    config = GatewayConfig(channels={"apns": {"apps": {"a": app, "b": app}, "default_app": "c"}})
+    config = GatewayConfig(channels={"apns": {"apps": {"a": app, "b": {**app, "topic": "com.shop\r\nx: y"}},
+                                              "default_app": "c"}})
     with pytest.raises(ConfigError) as err:
         configure_channels(config, channel_classes(plugin_manager(config)))
     assert "channels.apns.default_app: no app named 'c'" in err.value.problems
+    assert ("channels.apns.apps.b.topic: expected a bundle id (letters, digits, '.', '-', '_')"
+            in err.value.problems)  # it goes into a header as it is
     assert "channels.apns.apps.a.key: expected the .p8 key in PEM form" in err.value.problems
 
 
@@ -150,3 +153,16 @@ async def test_a_dropped_connection_is_retried(start, tmp_path, apns, ca, key_en
     _, body, _ = await running.post(apns_job([{"channel": "apns", "token": TOKEN}]))
     assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
     assert apns.attempts[TOKEN] == 2
+
+
+async def test_a_collapse_key_with_a_line_break_fails_alone(start, tmp_path, apns, ca, key_env) -> None:
+    """h2 refuses such a header value: that message fails, its batch goes on."""
+    running = await start(apns_config(tmp_path, apns, ca))
+    job = apns_job([{"channel": "apns", "token": TOKEN}, {"channel": "apns", "token": "b2" * 32}])
+    job["variants"].insert(0, {"name": "odd", "when": "attributes.n == 'N0'",
+                               "content": {"push": {"title": "x", "collapse_key": "a\nb"}}})
+    _, body, _ = await running.post(job)
+    done = await running.wait(body["job_id"])
+    assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [
+        ("failed", "invalid_header"), ("sent", None)]
+    assert [n.token for n in apns.received] == ["b2" * 32]
