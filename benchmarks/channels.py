@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from fake_process import KINDS, FakeProcess  # noqa: E402
 from procs import cpu_seconds  # noqa: E402
 
+from gateway.cli import tune_gc  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.server import start_server  # noqa: E402
 
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--no-mixed", action="store_true", help="skip the run with every channel at once")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
+    tune_gc()  # as `gateway serve` runs (run.py does the same for every benchmark)
     try:
         import uvloop
 

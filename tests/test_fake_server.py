@@ -114,6 +114,7 @@ async def test_pipelined_requests_are_answered_in_order(echo) -> None:
     (b"POST /x HTTP/1.1\r\nNo colon here\r\n\r\n", b"400"),
     (b"POST /x HTTP/1.1\r\nNot a name: x\r\n\r\n", b"400"),
     (b"POST /x HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n", b"400"),
+    (b"POST /x HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n", b"400"),  # a bare LF inside a line
     (b"POST /x HTTP/1.1\r\nContent-Length: many\r\n\r\n", b"400"),
     (b"POST /x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
     (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),

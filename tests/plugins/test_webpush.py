@@ -191,3 +191,16 @@ async def test_the_fake_checks_every_vapid_token(push, ca) -> None:
             async with http.post(subscription["endpoint"], data=body, headers=headers, ssl=context) as r:
                 assert r.status == status, (authorization, await r.text())
     assert len(push.received) == 2 and len(push.rejected) == 5
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["inline", "worker-process"])
+async def test_a_subscription_with_bad_keys_is_reported_dead(start, tmp_path, push, ca, vapid_env, workers) -> None:
+    good, bad = push.subscription(), push.subscription()
+    bad["keys"]["p256dh"] = "bm90IGEga2V5"  # not a P-256 point
+    running = await start(push_config(tmp_path, ca, encrypt_workers=workers))
+    _, body, _ = await running.post(push_job([bad, good]))
+    done = await running.wait(body["job_id"], timeout=60)
+    (first, second) = done["decisions"]
+    assert first["outcome"] == "invalid_token" and first["reason"].startswith("bad_subscription_keys: ")
+    assert first["invalid_tokens"] == [bad["endpoint"]]
+    assert second["outcome"] == "sent" and [p.payload["title"] for p in push.to(good)] == ["Hi N1"]
