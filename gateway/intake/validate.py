@@ -199,6 +199,10 @@ def _check_device(device: Device, path: str) -> None:
     if device.channel == "apns" and not (_HEX.match(device.token or "") and len(device.token or "") % 2 == 0):
         raise JobError(400, f"{path}.token", "expected an APNs device token in hexadecimal")
     if device.subscription is not None:
-        url = urlsplit(device.subscription.endpoint)
-        if url.scheme != "https" or not url.hostname:
+        try:
+            url = urlsplit(device.subscription.endpoint)
+            hostname, _ = url.hostname, url.port
+        except ValueError:  # an unbalanced IPv6 bracket, a port out of range
+            hostname = None
+        if not hostname or url.scheme != "https":
             raise JobError(400, f"{path}.subscription.endpoint", "expected an https:// push service URL")
