@@ -142,8 +142,8 @@ class WebPushChannel(Channel):
         self.tls = tls
         self.connections: dict[str, Http1Pool] = {}  # push-service origin -> its connections
         # forkserver: forking a process that runs threads (the store's writer) can deadlock.
-        self.encryptors = ProcessPoolExecutor(config.encrypt_workers, mp_context=multiprocessing.get_context("forkserver")) \
-            if config.encrypt_workers else None
+        self.encryptors = None if not config.encrypt_workers else ProcessPoolExecutor(
+            config.encrypt_workers, mp_context=multiprocessing.get_context("forkserver"))
         self.timeout = seconds(config.timeout)
         self._tokens: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, expires)
         self.signatures = 0
