@@ -164,8 +164,9 @@ async def run(total: int, only: set[str] | None, mixed: bool = True) -> list[dic
                 results.append(await measure(tmp, [kind], total))
         if only is None or "webpush" in only:  # encryption in 2 worker processes instead of the event loop
             results.append(await measure(tmp, ["webpush"], total, encrypt_workers=2))
-        if mixed:
-            results.append(await measure(tmp, [k for k in KINDS if only is None or k in only], total // 5))
+        kinds = [k for k in KINDS if only is None or k in only]
+        if mixed and len(kinds) > 1:
+            results.append(await measure(tmp, kinds, total // len(kinds)))
     return results
 
 

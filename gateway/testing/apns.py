@@ -120,6 +120,7 @@ class ApnsFake(FakeServer):
         self._answer(proto, stream_id, headers, body, token, apns_id, verdict, fault)
 
     async def _late(self, proto: _Protocol, stream_id: int, *args: Any) -> None:
+        """`_answer(proto, stream_id, *args)` after the fault's delay (the fault is last)."""
         await asyncio.sleep(args[-1].delay)
         self._answer(proto, stream_id, *args)
 
