@@ -21,6 +21,7 @@ import base64
 import fnmatch
 import logging
 import multiprocessing
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -141,6 +142,8 @@ class WebPushChannel(Channel):
         self.vapid = vapid
         self.tls = tls
         self.connections: dict[str, Http1Pool] = {}  # push-service origin -> its connections
+        # The allow-list as one pattern, built once: fnmatch per pattern per message cost ~5 us.
+        self._allowed_hosts = re.compile("|".join(fnmatch.translate(p) for p in config.allowed_hosts) or "(?!)")
         # forkserver: forking a process that runs threads (the store's writer) can deadlock.
         self.encryptors = None if not config.encrypt_workers else ProcessPoolExecutor(
             config.encrypt_workers, mp_context=multiprocessing.get_context("forkserver"))
@@ -165,8 +168,7 @@ class WebPushChannel(Channel):
         return cls(config, load_vapid(config, "channels.webpush"), context)
 
     def allowed(self, url: SplitResult) -> bool:
-        return url.scheme == "https" and any(fnmatch.fnmatch(url.hostname or "", pattern)
-                                             for pattern in self.config.allowed_hosts)
+        return url.scheme == "https" and self._allowed_hosts.match(url.hostname or "") is not None
 
     def payload(self, content: PushContent) -> bytes:
         fields = {"title": content.title, "body": content.body, "icon": content.image, "url": content.deep_link,

@@ -15,7 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.dispatch.http1 import Http1Pool, HttpError
-from gateway.testing._http import serve_routes
+
+
+async def serve_routes(posts: dict[str, Any], host: str, port: int,
+                       tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, str]:
+    """aiohttp's server on POST routes (0: a free port); (runner, base URL)."""
+    app = web.Application()
+    for path, handler in posts.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"{'https' if tls else 'http'}://{host}:{bound}"
 
 
 class RawServer:
