@@ -35,7 +35,7 @@ def main() -> None:
     import apprise_peer
     import channels
     import distributed
-    import h2_floor
+    import http2
     import pipeline
     import render
     import stages
@@ -68,7 +68,7 @@ def main() -> None:
     if not quick:  # the scale run: memory must stay flat while a million recipients go through
         result["scale"] = _section("scale", runner(webhook_e2e.run(1_000_000, 1000)))
     result["channels"] = _section("channels", runner(channels.run(1_000 if quick else 10_000, None)))
-    result["h2_floor"] = _section("h2 floor (APNs)", h2_floor.run(5_000 if quick else 20_000))
+    result["http2"] = _section("HTTP/2 per APNs request, ours and h2", http2.run(5_000 if quick else 20_000))
     result["distributed"] = _section("distributed", runner(distributed.run(5_000 if quick else 20_000)))
     try:
         import apprise  # noqa: F401
@@ -139,10 +139,14 @@ def latest_table(r: dict[str, Any], source: str) -> str:
         row(f"{label}: msg/s, CPU us per message gateway / fake, latency p50 / p99 ms",
             f"{c['messages_per_s']:,}, {c['gateway_cpu_us_per_message']} / {c['fake_cpu_us_per_message']}, "
             f"{c.get('latency_ms_p50', '-')} / {c.get('latency_ms_p99', '-')}")
-    h2 = r.get("h2_floor", {})
+    h2 = r.get("http2", {})
     if h2:
-        row("APNs floor: the h2 library alone, CPU us per request, client / server",
-            f"{h2['client_us_per_request']} / {h2['server_us_per_request']}")
+        ours, ref = h2["ours"], h2.get("h2")
+        row("HTTP/2 alone per APNs request, CPU us, client / server: ours"
+            + (" (h2, the reference; ratio)" if ref else ""),
+            f"{ours['client_us_per_request']} / {ours['server_us_per_request']}"
+            + (f" ({ref['client_us_per_request']} / {ref['server_us_per_request']}; "
+               f"{h2['ratio_client']}x / {h2['ratio_server']}x)" if ref else ""))
     for d in r.get("distributed", {}).get("rows", []):
         trips = d.get("redis_round_trips_per_message")
         row(f"{d['store']} store, {d['gateways']} process(es): delivered/s"

@@ -85,6 +85,9 @@ class Channel:
     # Push channels: the provider's payload limit. Rendered content over it has its body
     # shortened (or fails with payload_too_large) before any provider round trip.
     max_payload_bytes: ClassVar[int | None] = None
+    # Deliveries in flight the provider takes well, in place of `delivery.concurrency`
+    # (`delivery.concurrency_per_channel` still overrides it): APNs allows 1,000 streams.
+    default_concurrency: ClassVar[int | None] = None
 
     def __init__(self, config: Any):
         self.config = config

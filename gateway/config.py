@@ -131,7 +131,8 @@ class DeliveryConfig(_Section):
     max_delivery_time: Duration = "15m"
     backoff_base: Duration = "500ms"
     backoff_max: Duration = "30s"
-    # Deliveries in flight at once per provider, across all batches (its stream limits).
+    # Deliveries in flight at once per provider, across all batches (its stream limits),
+    # unless the channel's plugin sets `default_concurrency`; per channel over both.
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
     concurrency_per_channel: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
     # Circuit breaker: this many consecutive transient failures open it for the cooldown

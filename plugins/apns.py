@@ -1,38 +1,34 @@
-"""Apple Push Notification service, HTTP/2 provider API, with aioapns and token auth.
+"""Apple Push Notification service, HTTP/2 provider API, with token auth.
 
 Several apps (bundle ids, teams, keys, sandbox or production) live in one config; a
-device's `app` names one, else `default_app`. Each app has its own aioapns client, whose
-ES256 provider token aioapns caches for 30 minutes (inside Apple's 20-60 minute window).
+device's `app` names one, else `default_app`. Each app has its own ES256 provider token,
+made again every 30 minutes (inside Apple's 20-60 minute window), and its own connections
+(a team's token may not be good for another team's topics): one carries up to the 1,000
+streams Apple allows, more open as needed, up to `max_connections`.
 
-aioapns retries only connection failures, so 429/5xx come back as results and the core
-retries them; its `apns-id` is derived from the delivery id, so a retry carries the same
-one. A request that never answers is cut by `timeout` (aioapns waits forever).
-The host comes from the protocol class, which is always our subclass of aioapns's: it
-points elsewhere when `endpoint` is set (tests, the demo), an injectable seam rather than
-a patch, and its header strings go as plain HPACK literals (`PlainEncoder`: h2's pure-Python
-Huffman coding was ~19% of the channel's CPU). Coalescing writes to one per event-loop turn
-was tried and measured slower: the gateway and the provider took turns instead of overlapping.
+The HTTP/2 client is our own (`gateway.dispatch.http2`), not aioapns and h2: h2 alone
+cost ~100 us of CPU per request and aioapns about as much again, where one APNs provider
+is expected to reach 10,000 requests/s on two cores (`benchmarks/http2.py`). A 429/5xx
+comes back as a result and the core retries it; the `apns-id` is derived from the
+delivery id, so a retry carries the same one. A request unanswered after `timeout` is
+cut (RST_STREAM) and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 import logging
 import re
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
+import jwt
 import msgspec
-from aioapns import APNs, NotificationRequest, PushType
-from aioapns.connection import APNsDevelopmentClientProtocol, APNsProductionClientProtocol
-from aioapns.exceptions import ConnectionError as APNsConnectionError
-from aioapns.exceptions import MaxAttemptsExceeded
-from h2.config import H2Configuration
-from h2.connection import H2Connection
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.channel import (
     Channel,
@@ -45,13 +41,13 @@ from gateway.channel import (
     map_bounded,
 )
 from gateway.config import ConfigError, Duration, SecretRef, seconds
-from gateway.dispatch.http2 import PlainEncoder
+from gateway.dispatch.http2 import Http2Error, Http2Pool
 from gateway.hookspecs import hookimpl
 from gateway.intake.model import Device, PushContent
 
 log = logging.getLogger(__name__)
-# aioapns logs every connection opened and released at INFO: noise at any real volume.
-logging.getLogger("aioapns").setLevel(logging.WARNING)
+HOSTS = {False: "api.push.apple.com", True: "api.sandbox.push.apple.com"}
+TOKEN_SECONDS = 30 * 60  # Apple: refresh no more often than every 20 minutes, at least every 60
 MAX_PAYLOAD_BYTES = 4096
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")  # a bundle id, maybe with .voip and the like
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed in an HTTP/2 header value
@@ -86,8 +82,8 @@ class ApnsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default_app: str | None = None  # default: the only app
     endpoint: str | None = None  # "host:port" instead of Apple's (tests, the demo)
     ca_file: str | None = None  # trust this CA (with `endpoint`)
-    max_connections: int = 10  # per app
-    concurrency: int = 100  # requests in flight: bulk sends above ~100 have been seen to hang
+    max_connections: int = 4  # per app; each carries up to the streams the server allows (1,000)
+    concurrency: int = 1000  # requests in flight per app (Apple allows 1,000 streams per connection)
     timeout: Duration = "10s"
 
 
@@ -102,26 +98,35 @@ def classify(status: str, reason: str) -> Result:
     return PermanentFailure(reason or f"http_{status}")
 
 
-class _Lean:
-    """Mixed into aioapns's protocol: HPACK strings without Huffman coding, the per-request
-    headers kept out of the dynamic table, and h2's checks of our own outgoing headers
-    skipped (~15% of the channel's CPU): every value is ours, a hex token (intake checks
-    it), a UUID, numbers, the configured topic (`check_config`), the JWT, and the
-    collapse key, which `_send` checks."""
-
-    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.conn = H2Connection(config=H2Configuration(client_side=True, validate_outbound_headers=False))
-        self.conn.encoder = PlainEncoder(unindexed=(":path", "apns-id", "apns-expiration"))
+def apns_id_for(delivery_id: str) -> bytes:
+    """`str(uuid.uuid5(_IDS, delivery_id))`, as bytes, in a fifth of the time (uuid5 was
+    ~5% of the channel's CPU): SHA-1 of namespace and name, version 5, RFC 4122 variant."""
+    digest = bytearray(hashlib.sha1(_IDS.bytes + delivery_id.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
 
 
-def _protocol_for(endpoint: str | None, sandbox: bool) -> type:
-    base = APNsDevelopmentClientProtocol if sandbox else APNsProductionClientProtocol
-    where = {}
-    if endpoint:
-        host, _, port = endpoint.rpartition(":")
-        where = {"APNS_SERVER": host, "APNS_PORT": int(port)}
-    return type("GatewayAPNsProtocol", (_Lean, base), where)
+class ProviderToken:
+    """An app's provider token (ES256 JWT): `kid` the key id, `iss` the team, `iat` when
+    it was made; made again after TOKEN_SECONDS."""
+
+    def __init__(self, team_id: str, key_id: str, key_pem: str, now: Callable[[], float] = time.time):
+        self.team_id, self.key_id = team_id, key_id
+        self.key = load_pem_private_key(key_pem.encode(), password=None)
+        self.now = now
+        self.header = b""
+        self.made = -TOKEN_SECONDS
+
+    def current(self) -> bytes:
+        """The `authorization` header's value."""
+        now = self.now()
+        if now - self.made >= TOKEN_SECONDS:
+            token = jwt.encode({"iss": self.team_id, "iat": int(now)}, self.key,  # type: ignore[arg-type]
+                               algorithm="ES256", headers={"kid": self.key_id})
+            self.header, self.made = b"bearer " + token.encode(), now
+        return self.header
 
 
 class ApnsChannel(Channel):
@@ -130,13 +135,21 @@ class ApnsChannel(Channel):
     subscription_group = "push"
     Config = ApnsConfig
     max_payload_bytes = MAX_PAYLOAD_BYTES
+    default_concurrency = 1000  # the streams Apple allows on one connection
 
-    def __init__(self, config: ApnsConfig, clients: dict[str, APNs]):
+    def __init__(self, config: ApnsConfig, pools: dict[str, Http2Pool], tokens: dict[str, ProviderToken]):
         super().__init__(config)
-        self.clients = clients
-        # Apps have their own credentials and streams: each gets its own in-flight limit.
+        self.pools = pools  # app -> its connections
+        self.tokens = tokens
+        # Apps have their own credentials: each gets its own in-flight limit.
         self.limits = {name: asyncio.Semaphore(app.concurrency or config.concurrency)
                        for name, app in config.apps.items()}
+        # The headers every request of an app carries, pseudo-headers first (RFC 9113 8.3).
+        self.fixed = {name: ((b":method", b"POST"), (b":scheme", b"https"), (b":authority", pools[name].authority))
+                      for name in config.apps}
+        self.app_headers = {name: ((b"apns-topic", app.topic.encode()), (b"apns-push-type", app.push_type.encode()),
+                                   (b"apns-priority", b"%d" % (app.priority if app.push_type == "alert" else 5)))
+                            for name, app in config.apps.items()}
         self.default_app = config.default_app or next(iter(config.apps))
         self.timeout = seconds(config.timeout)
 
@@ -163,14 +176,14 @@ class ApnsChannel(Channel):
     @classmethod
     async def create(cls, config: ApnsConfig) -> ApnsChannel:
         context = ssl.create_default_context(cafile=config.ca_file)
-        clients = {}
+        pools, tokens = {}, {}
         for name, app in config.apps.items():
-            client = APNs(key=app.key.resolve(f"channels.apns.apps.{name}.key").reveal(), key_id=app.key_id,
-                          team_id=app.team_id, topic=app.topic, use_sandbox=app.sandbox, ssl_context=context,
-                          max_connections=config.max_connections)
-            client.pool.protocol_class = _protocol_for(config.endpoint, app.sandbox)
-            clients[name] = client
-        return cls(config, clients)
+            host, _, port = (config.endpoint or f"{HOSTS[app.sandbox]}:443").rpartition(":")
+            pools[name] = Http2Pool(host, int(port), ssl=context, max_connections=config.max_connections,
+                                    volatile=(b":path", b"apns-id", b"apns-expiration"))
+            key = app.key.resolve(f"channels.apns.apps.{name}.key").reveal()
+            tokens[name] = ProviderToken(app.team_id, app.key_id, key)
+        return cls(config, pools, tokens)
 
     def payload(self, content: PushContent) -> dict:
         alert = {k: v for k, v in (("title", content.title), ("body", content.body)) if v}
@@ -191,8 +204,7 @@ class ApnsChannel(Channel):
         return message
 
     def payload_size(self, content: PushContent) -> int:
-        # Exactly as aioapns serialises it (default separators): the bytes on the wire.
-        return len(json.dumps(self.payload(content), ensure_ascii=False).encode())
+        return len(_encode(self.payload(content)))  # exactly the bytes `_send` sends
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return await map_bounded(deliveries, self._send, self.config.concurrency)
@@ -201,36 +213,42 @@ class ApnsChannel(Channel):
         device = delivery.to
         assert isinstance(device, Device) and device.token is not None
         app_name = device.app or self.default_app
-        client = self.clients.get(app_name)
-        if client is None:
+        pool = self.pools.get(app_name)
+        if pool is None:
             return PermanentFailure("unknown_app", f"no app {app_name!r} in [channels.apns.apps]")
-        app = self.config.apps[app_name]
         content: PushContent = delivery.content
-        if content.collapse_key and _CONTROL.search(content.collapse_key):
-            # h2 would refuse the header mid-send (and the batch with it): this message alone fails
-            return PermanentFailure("invalid_header", "collapse_key has a control character")
-        ttl = None
+        apns_id = apns_id_for(delivery.id)  # the same apns-id on every retry
+        headers = [*self.fixed[app_name], (b":path", b"/3/device/" + device.token.encode()),
+                   (b"authorization", self.tokens[app_name].current()), *self.app_headers[app_name],
+                   (b"apns-id", apns_id)]
         if delivery.expires_at is not None:
-            ttl = max(0, int(delivery.expires_at.timestamp() - time.time()))
-        request = NotificationRequest(
-            device_token=device.token, message=self.payload(content),
-            notification_id=str(uuid.uuid5(_IDS, delivery.id)),  # the same apns-id on every retry
-            time_to_live=ttl, priority=app.priority if app.push_type == "alert" else 5,
-            collapse_key=(content.collapse_key or None), push_type=PushType(app.push_type))
+            headers.append((b"apns-expiration", b"%d" % max(0, int(delivery.expires_at.timestamp()))))
+        if content.collapse_key:
+            if _CONTROL.search(content.collapse_key):  # no header may carry one: this message alone fails
+                return PermanentFailure("invalid_header", "collapse_key has a control character")
+            headers.append((b"apns-collapse-id", content.collapse_key.encode()))
         try:
-            async with self.limits[app_name], asyncio.timeout(self.timeout):  # no Task per message
-                result = await client.send_notification(request)
+            async with self.limits[app_name]:
+                response = await pool.request(headers, _encode(self.payload(content)), self.timeout)
         except TimeoutError:
             return TransientFailure("timeout")
-        except (MaxAttemptsExceeded, APNsConnectionError, OSError) as exc:
+        except (Http2Error, OSError) as exc:
             return TransientFailure(f"connection_error: {type(exc).__name__}")
-        if result.is_successful:
-            return Sent(result.notification_id)
-        return classify(str(result.status), result.description or "")
+        if response.status == 200:
+            return Sent(apns_id.decode())
+        reason = ""
+        try:
+            reason = str(msgspec.json.decode(response.body).get("reason", ""))
+        except (msgspec.DecodeError, AttributeError):
+            pass
+        return classify(str(response.status), reason)
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
-            client.pool.close()
+        for pool in self.pools.values():
+            await pool.aclose()
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 @hookimpl(trylast=True)

@@ -101,3 +101,63 @@ async def test_in_flight_limit_holds_across_concurrent_batches(start, tmp_path) 
         await running.wait(body["job_id"])
     assert len(Fast.sent) == 200
     assert Fast.peak <= 7
+
+
+async def test_batches_share_the_in_flight_budget_instead_of_taking_turns(start, tmp_path) -> None:
+    """A batch's slow tail leaves room for the next batch: with room for 100, two batches
+    of 50 are in flight at once (one at a time, a provider sits idle at each batch's end)."""
+    Fast.sent, Fast.peak = [], 0
+    config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
+                         delivery={"concurrency_per_channel": {"fast": 100}})
+    running = await start(config, extra_plugins=(Plugin(),))
+    replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(4)))
+    for _, body, _ in replies:
+        await running.wait(body["job_id"])
+    assert len(Fast.sent) == 200
+    assert 50 < Fast.peak <= 100
+
+
+async def test_a_channels_default_concurrency_applies_unless_configured(start, tmp_path) -> None:
+    class Narrow(Fast):
+        default_concurrency = 5
+
+    class NarrowPlugin:
+        @hookimpl
+        def register_channels(self):
+            return [Narrow]
+
+    for per_channel, limit in (({}, 5), ({"fast": 9}, 9)):
+        Fast.sent, Fast.peak = [], 0
+        config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
+                             delivery={"concurrency_per_channel": per_channel})
+        running = await start(config, extra_plugins=(NarrowPlugin(),))
+        replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(2)))
+        for _, body, _ in replies:
+            await running.wait(body["job_id"])
+        assert Fast.peak == limit
+
+
+async def test_the_budget_is_first_come_first_served_and_survives_cancellation() -> None:
+    from gateway.dispatch.retry import InFlight
+
+    budget = InFlight(10)
+    await budget.acquire(6)
+    order: list[str] = []
+
+    async def take(name: str, count: int) -> None:
+        await budget.acquire(count)
+        order.append(name)
+
+    big = asyncio.ensure_future(take("big", 8))
+    await asyncio.sleep(0)
+    small = asyncio.ensure_future(take("small", 2))  # would fit now, but waits behind the big one
+    cancelled = asyncio.ensure_future(take("cancelled", 1))
+    await asyncio.sleep(0)
+    assert order == [] and budget.free == 4
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    budget.release(6)
+    await asyncio.gather(big, small)
+    assert order == ["big", "small"] and budget.free == 0
+    budget.release(10)
+    assert budget.free == 10 and not budget.waiting

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Sequence
 
 import msgspec
@@ -44,7 +45,7 @@ class Retrier:
         self.clock = clock
         self.rng = rng or random.Random()
         self._breakers: dict[str, Breaker] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._budgets: dict[str, InFlight] = {}
 
     def breaker(self, channel: str) -> Breaker:
         found = self._breakers.get(channel)
@@ -111,14 +112,22 @@ class Retrier:
         return self.rng.uniform(ceiling / 10, ceiling)
 
     async def _attempt(self, channel: Channel, batch: list[Delivery]) -> list[Result]:
-        """One attempt, at most `concurrency` deliveries in flight for this provider
-        across every batch (chunks of one batch, and other batches, wait their turn)."""
-        limit = self.config.concurrency_per_channel.get(channel.name, self.config.concurrency)
-        lock = self._locks.setdefault(channel.name, asyncio.Lock())
+        """One attempt, at most `concurrency` deliveries in flight for this provider across
+        every batch: chunks of one batch, and batches of other jobs, share that budget, so a
+        batch's slowest deliveries leave room for the next batch instead of a pause."""
+        limit = self.config.concurrency_per_channel.get(channel.name) or channel.default_concurrency \
+            or self.config.concurrency
+        budget = self._budgets.get(channel.name)
+        if budget is None:
+            budget = self._budgets[channel.name] = InFlight(limit)
+        chunks = [batch[lo:lo + limit] for lo in range(0, len(batch), limit)]
         results: list[Result] = []
-        async with lock:
-            for lo in range(0, len(batch), limit):
-                results += await self._call(channel, batch[lo:lo + limit])
+        for chunk in chunks:
+            await budget.acquire(len(chunk))
+            try:
+                results += await self._call(channel, chunk)
+            finally:
+                budget.release(len(chunk))
         return results
 
     async def _call(self, channel: Channel, batch: list[Delivery]) -> list[Result]:
@@ -131,3 +140,35 @@ class Retrier:
             log.error("channel %s returned %d results for %d deliveries", channel.name, len(results), len(batch))
             return [PermanentFailure("channel_contract_violation")] * len(batch)
         return list(results)
+
+
+class InFlight:
+    """A budget of deliveries in flight, taken and given back a chunk at a time, first come
+    first served (a large chunk is not overtaken by smaller ones forever)."""
+
+    def __init__(self, limit: int):
+        self.free = limit
+        self.waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, count: int) -> None:
+        if count <= self.free and not self.waiting:
+            self.free -= count
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append((count, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(count)  # granted as we were cancelled: give it back
+            else:
+                self.waiting.remove((count, waiter))
+                self.release(0)  # the next in line may fit now
+            raise
+
+    def release(self, count: int) -> None:
+        self.free += count
+        while self.waiting and self.waiting[0][0] <= self.free:
+            count, waiter = self.waiting.popleft()
+            self.free -= count
+            waiter.set_result(None)

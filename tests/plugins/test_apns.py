@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import trustme
 
@@ -166,3 +168,26 @@ async def test_a_collapse_key_with_a_line_break_fails_alone(start, tmp_path, apn
     assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [
         ("failed", "invalid_header"), ("sent", None)]
     assert [n.token for n in apns.received] == ["b2" * 32]
+
+
+def test_the_provider_token_is_made_again_every_30_minutes(apns: ApnsFake) -> None:
+    from plugins.apns import ProviderToken
+
+    start = int(time.time()) - 3000  # PyJWT refuses an iat in the future
+    now = [float(start)]
+    token = ProviderToken(apns.team_id, apns.key_id, apns.key_pem(), now=lambda: now[0])
+    first = token.current()
+    claims = apns.verify({"authorization": first.decode(), "apns-topic": "com.shop.app"})
+    assert isinstance(claims, dict) and claims["iat"] == start and claims["iss"] == apns.team_id
+    now[0] += 29 * 60
+    assert token.current() is first  # inside Apple's window: the same token (no TooManyProviderTokenUpdates)
+    now[0] += 60
+    second = token.current()
+    assert second != first and jwt.decode(second[7:], options={"verify_signature": False})["iat"] == start + 1800
+
+
+def test_apns_ids_are_the_delivery_ids_uuid5() -> None:
+    from plugins.apns import _IDS, apns_id_for
+
+    for delivery_id in ("j1:u1:apns:0", "", "é" * 40):
+        assert apns_id_for(delivery_id) == str(uuid.uuid5(_IDS, delivery_id)).encode()
