@@ -482,6 +482,8 @@ class Http2ClientConnection(Connection):
                 waiter.set_exception(ProtocolError("a stream ended without a response"))
             else:
                 waiter.set_result(Response(int(headers[0][1]), headers, bytes(stream.body)))
+        if self.goaway is not None and not self.streams:
+            self.close()  # drained after the server's GOAWAY
         if self.pool.waiters:
             self.pool.wake()
 
@@ -501,7 +503,7 @@ class Http2ClientConnection(Connection):
                 stream.waiter.set_exception(Refused(REFUSED_STREAM, detail))
         if not self.streams:
             self.close()
-        self.pool.wake()
+        self.pool.forget(self)  # no new streams here: another connection may open
 
     def lost(self, error: Exception) -> None:
         streams, self.streams = self.streams, {}
@@ -576,6 +578,7 @@ class Http2Pool:
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
+        connection: Http2ClientConnection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 transport, connection = await loop.create_connection(
@@ -583,11 +586,14 @@ class Http2Pool:
                     server_hostname=self.host)
                 protocol = transport.get_extra_info("ssl_object").selected_alpn_protocol()
                 if protocol not in (None, "h2"):  # None: the server does not do ALPN
-                    transport.close()
                     raise Http2Error(f"the server chose {protocol!r}, not HTTP/2")
                 self.connections.append(connection)
                 await connection.ready  # the server's SETTINGS: how many streams it takes
         except BaseException as exc:  # the requests waiting for it fail with its error
+            if connection is not None:
+                connection.close()
+                if connection in self.connections:
+                    self.connections.remove(connection)
             waiters, self.waiters = self.waiters, deque()
             for waiter in waiters:
                 if not waiter.done():

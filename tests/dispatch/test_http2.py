@@ -405,3 +405,23 @@ def test_strings_go_as_plain_literals_and_repeats_as_indexes() -> None:
     assert path in first and b"com.shop.app" in first  # no Huffman coding
     second = encoder.encode([(b":method", b"POST"), (b":path", path), (b"apns-topic", b"com.shop.app")])
     assert second == b"\x83" + first[1:1 + 1 + 1 + len(path)] + b"\xbe"  # POST static, topic dynamic 62
+
+
+@pytest.mark.parametrize("alpn", [["http/1.1"], None])
+async def test_a_server_that_does_not_speak_http2_fails_the_request(ca, alpn) -> None:
+    """One choosing HTTP/1.1 through ALPN at once; one silent after TLS, at connect_timeout."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=context)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    pool = Http2Pool("127.0.0.1", server.sockets[0].getsockname()[1], ssl=client, connect_timeout=0.3)
+    if alpn:
+        client.set_alpn_protocols(["h2", "http/1.1"])  # as a client offering both would
+    with pytest.raises(OSError if alpn else TimeoutError):
+        await pool.request(request(), b"", 5)
+    assert not pool.connections
+    await pool.aclose()
+    server.close()
