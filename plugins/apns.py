@@ -38,10 +38,9 @@ from gateway.channel import (
     Result,
     Sent,
     TransientFailure,
-    map_bounded,
 )
 from gateway.config import ConfigError, Duration, SecretRef, seconds
-from gateway.dispatch.http2 import Http2Error, Http2Pool
+from gateway.dispatch.http2 import Http2Pool, Response
 from gateway.hookspecs import hookimpl
 from gateway.intake.model import Device, PushContent
 
@@ -74,7 +73,6 @@ class AppConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sandbox: bool = False
     push_type: Literal["alert", "background"] = "alert"
     priority: Literal[5, 10] = 10
-    concurrency: int | None = None  # requests in flight for this app (default: the channel's)
 
 
 class ApnsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -83,7 +81,6 @@ class ApnsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoint: str | None = None  # "host:port" instead of Apple's (tests, the demo)
     ca_file: str | None = None  # trust this CA (with `endpoint`)
     max_connections: int = 4  # per app; each carries up to the streams the server allows (1,000)
-    concurrency: int = 1000  # requests in flight per app (Apple allows 1,000 streams per connection)
     timeout: Duration = "10s"
 
 
@@ -141,9 +138,6 @@ class ApnsChannel(Channel):
         super().__init__(config)
         self.pools = pools  # app -> its connections
         self.tokens = tokens
-        # Apps have their own credentials: each gets its own in-flight limit.
-        self.limits = {name: asyncio.Semaphore(app.concurrency or config.concurrency)
-                       for name, app in config.apps.items()}
         # The headers every request of an app carries, pseudo-headers first (RFC 9113 8.3).
         self.fixed = {name: ((b":method", b"POST"), (b":scheme", b"https"), (b":authority", pools[name].authority))
                       for name in config.apps}
@@ -207,14 +201,33 @@ class ApnsChannel(Channel):
         return len(_encode(self.payload(content)))  # exactly the bytes `_send` sends
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
-        return await map_bounded(deliveries, self._send, self.config.concurrency)
+        """Each app's requests go to its connections as one `request_all`: no coroutine per
+        message (the core bounds a batch to the deliveries in flight it allows)."""
+        results: list[Result | None] = [None] * len(deliveries)
+        by_app: dict[str, tuple[list[int], list[bytes], list[tuple[list[tuple[bytes, bytes]], bytes]]]] = {}
+        for i, delivery in enumerate(deliveries):
+            request = self._request(delivery)
+            if isinstance(request, tuple):
+                app_name, apns_id, headers, body = request
+                indexes, ids, requests = by_app.setdefault(app_name, ([], [], []))
+                indexes.append(i)
+                ids.append(apns_id)
+                requests.append((headers, body))
+            else:
+                results[i] = request
+        sent = await asyncio.gather(*(self.pools[name].request_all(requests, self.timeout)
+                                      for name, (_, _, requests) in by_app.items()))
+        for (indexes, ids, _), outcomes in zip(by_app.values(), sent, strict=True):
+            for i, apns_id, outcome in zip(indexes, ids, outcomes, strict=True):
+                results[i] = self._result(apns_id, outcome)
+        return results  # type: ignore[return-value]  # every slot was filled
 
-    async def _send(self, delivery: Delivery) -> Result:
+    def _request(self, delivery: Delivery) -> tuple[str, bytes, list[tuple[bytes, bytes]], bytes] | Result:
+        """(app, apns-id, headers, body) for the delivery, or why it cannot be sent."""
         device = delivery.to
         assert isinstance(device, Device) and device.token is not None
         app_name = device.app or self.default_app
-        pool = self.pools.get(app_name)
-        if pool is None:
+        if app_name not in self.pools:
             return PermanentFailure("unknown_app", f"no app {app_name!r} in [channels.apns.apps]")
         content: PushContent = delivery.content
         apns_id = apns_id_for(delivery.id)  # the same apns-id on every retry
@@ -227,21 +240,22 @@ class ApnsChannel(Channel):
             if _CONTROL.search(content.collapse_key):  # no header may carry one: this message alone fails
                 return PermanentFailure("invalid_header", "collapse_key has a control character")
             headers.append((b"apns-collapse-id", content.collapse_key.encode()))
-        try:
-            async with self.limits[app_name]:
-                response = await pool.request(headers, _encode(self.payload(content)), self.timeout)
-        except TimeoutError:
+        return app_name, apns_id, headers, _encode(self.payload(content))
+
+    @staticmethod
+    def _result(apns_id: bytes, outcome: Response | Exception) -> Result:
+        if isinstance(outcome, TimeoutError):
             return TransientFailure("timeout")
-        except (Http2Error, OSError) as exc:
-            return TransientFailure(f"connection_error: {type(exc).__name__}")
-        if response.status == 200:
+        if isinstance(outcome, Exception):  # Http2Error, OSError: the connection, not the message
+            return TransientFailure(f"connection_error: {type(outcome).__name__}")
+        if outcome.status == 200:
             return Sent(apns_id.decode())
         reason = ""
         try:
-            reason = str(msgspec.json.decode(response.body).get("reason", ""))
+            reason = str(msgspec.json.decode(outcome.body).get("reason", ""))
         except (msgspec.DecodeError, AttributeError):
             pass
-        return classify(str(response.status), reason)
+        return classify(str(outcome.status), reason)
 
     async def aclose(self) -> None:
         for pool in self.pools.values():

@@ -85,7 +85,7 @@ class ProtocolError(Http2Error):
 
 # -- The connection -----------------------------------------------------------------------
 class Stream:
-    __slots__ = ("body", "deadline", "headers", "id", "pending", "pending_end", "send_window", "waiter")
+    __slots__ = ("batch", "body", "deadline", "headers", "id", "index", "pending", "pending_end", "send_window")
 
     def __init__(self, stream_id: int, send_window: int):
         self.id = stream_id
@@ -94,7 +94,8 @@ class Stream:
         self.body = bytearray()
         self.pending = b""  # DATA waiting for flow-control window
         self.pending_end = False
-        self.waiter: asyncio.Future[Response] | None = None  # client side
+        self.batch: Batch | None = None  # client side: whose request this is, and which
+        self.index = 0
         self.deadline = 0.0
 
 
@@ -408,7 +409,7 @@ class Connection(asyncio.Protocol):
 
 
 class Http2ClientConnection(Connection):
-    """Requests on one connection, each answered through a Future."""
+    """Requests on one connection; each stream's outcome goes to its batch (`Batch.settle`)."""
 
     def __init__(self, pool: Http2Pool) -> None:
         super().__init__(pool.volatile)
@@ -423,12 +424,11 @@ class Http2ClientConnection(Connection):
         return (not self.closed and self.goaway is None and self.ready.done()
                 and len(self.streams) < self.peer_max_streams and self.next_stream_id < MAX_STREAM_ID)
 
-    def start(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, deadline: float) -> Stream:
+    def start(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, batch: Batch, index: int) -> Stream:
         stream_id = self.next_stream_id
         self.next_stream_id += 2
         stream = self.streams[stream_id] = Stream(stream_id, self.peer_initial_window)
-        stream.waiter = self.loop.create_future()
-        stream.deadline = deadline
+        stream.batch, stream.index, stream.deadline = batch, index, batch.deadline
         self.send_headers(stream_id, headers, end_stream=not body)
         if body:
             self.send_data(stream_id, stream, body)
@@ -442,16 +442,21 @@ class Http2ClientConnection(Connection):
         self.flush()
 
     def cancel(self, stream: Stream) -> None:
-        """The caller gave up (its deadline, or cancelled): free the stream for another."""
+        """Its batch gave up on it: free the stream for another request."""
         if self.streams.get(stream.id) is stream:
             self.reset(stream.id, CANCEL)
             self.flush()
             self.pool.wake()
 
+    def settle(self, stream: Stream, outcome: Response | Exception) -> None:
+        if stream.batch is not None:
+            stream.batch.settle(stream, outcome)
+
     def settings_received(self) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
-        self.pool.wake()
+        # Later: a SETTINGS frame read with this one may lower the stream limit again.
+        self.loop.call_soon(self.pool.wake)
 
     def headers_received(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
@@ -475,46 +480,115 @@ class Http2ClientConnection(Connection):
     def stream_ended(self, stream_id: int, stream: Stream) -> None:
         del self.streams[stream_id]
         self.blocked.pop(stream_id, None)  # the server answered before reading all of the body
-        waiter = stream.waiter
-        if waiter is not None and not waiter.done():
-            headers = stream.headers
-            if headers is None:
-                waiter.set_exception(ProtocolError("a stream ended without a response"))
-            else:
-                waiter.set_result(Response(int(headers[0][1]), headers, bytes(stream.body)))
+        headers = stream.headers
+        if headers is None:
+            self.settle(stream, ProtocolError("a stream ended without a response"))
+        else:
+            self.settle(stream, Response(int(headers[0][1]), headers, bytes(stream.body)))
         if self.goaway is not None and not self.streams:
             self.close()  # drained after the server's GOAWAY
-        if self.pool.waiters:
-            self.pool.wake()
+        self.pool.wake()
 
     def stream_reset(self, stream_id: int, stream: Stream, code: int, detail: str = "") -> None:
-        if stream.waiter is not None and not stream.waiter.done():
-            error = (Refused if code == REFUSED_STREAM else StreamReset)(code, detail)
-            stream.waiter.set_exception(error)
+        self.settle(stream, (Refused if code == REFUSED_STREAM else StreamReset)(code, detail))
         self.pool.wake()
 
     def goaway_received(self, last_stream_id: int, code: int, debug: bytes) -> None:
         # Streams above the last one were not processed: they may go again elsewhere.
         detail = f"GOAWAY (error code {code}){': ' + debug.decode('utf-8', 'replace') if debug else ''}"
+        self.pool.forget(self)  # no new streams here: another connection may open
         for stream_id in [sid for sid in self.streams if sid > last_stream_id]:
             stream = self.streams.pop(stream_id)
             self.blocked.pop(stream_id, None)
-            if stream.waiter is not None and not stream.waiter.done():
-                stream.waiter.set_exception(Refused(REFUSED_STREAM, detail))
+            self.settle(stream, Refused(REFUSED_STREAM, detail))
         if not self.streams:
             self.close()
-        self.pool.forget(self)  # no new streams here: another connection may open
 
     def lost(self, error: Exception) -> None:
         streams, self.streams = self.streams, {}
         self.blocked.clear()
-        for stream in streams.values():
-            if stream.waiter is not None and not stream.waiter.done():
-                stream.waiter.set_exception(error)
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the pool reports it through the connect
         self.pool.forget(self)
+        for stream in streams.values():
+            self.settle(stream, error)
+
+
+class Batch:
+    """Requests sent together and awaited together, with no coroutine per request: each is
+    started when a connection has a free stream, and its stream's end settles it."""
+
+    def __init__(self, pool: Http2Pool, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+                 deadline: float):
+        self.pool = pool
+        self.requests = requests
+        self.deadline = deadline
+        self.outcomes: list[Response | Exception | None] = [None] * len(requests)
+        self.queue = deque(range(len(requests)))
+        self.left = len(requests)
+        self.open: dict[Stream, Http2ClientConnection] = {}
+        self.refusals: dict[int, int] = {}
+        self.done = asyncio.get_running_loop().create_future()
+        if not requests:
+            self.done.set_result(None)
+
+    def pump(self) -> None:
+        """Start what the pool's connections have streams for; wait for the rest."""
+        pool = self.pool
+        if self.queue and pool.loop.time() >= self.deadline:
+            self.fail_queued(TimeoutError("no free stream in time"))
+        while self.queue:
+            connection = pool.connection()
+            if connection is None:
+                if pool.closed:
+                    self.fail_queued(ConnectionClosed("the pool is closed"))
+                elif self not in pool.starved:
+                    pool.starved.append(self)
+                return
+            index = self.queue.popleft()
+            headers, body = self.requests[index]
+            stream = connection.start(headers, body, self, index)
+            self.open[stream] = connection
+            pool.watch(stream)
+
+    def settle(self, stream: Stream, outcome: Response | Exception) -> None:
+        if self.open.pop(stream, None) is None:
+            return  # settled already (a deadline, then the stream's end)
+        self.pool.deadlines.pop(stream, None)
+        index = stream.index
+        if isinstance(outcome, Refused) and self.refusals.get(index, 0) < 2:
+            self.refusals[index] = self.refusals.get(index, 0) + 1
+            self.queue.append(index)  # not processed: again, on whatever connection has room
+            self.pump()
+            return
+        self.outcomes[index] = outcome
+        self.left -= 1
+        if not self.left and not self.done.done():
+            self.done.set_result(None)
+
+    def fail_queued(self, error: Exception) -> None:
+        while self.queue:
+            index = self.queue.popleft()
+            self.outcomes[index] = error
+            self.left -= 1
+        if not self.left and not self.done.done():
+            self.done.set_result(None)
+
+    def expire(self) -> None:
+        """Past the deadline: whatever has not ended fails with TimeoutError."""
+        self.fail_queued(TimeoutError("no free stream in time"))
+        for stream, connection in list(self.open.items()):
+            self.settle(stream, TimeoutError("no response in time"))
+            connection.cancel(stream)
+
+    def abandon(self) -> None:
+        """The caller went away: free its streams."""
+        self.queue.clear()
+        open_streams, self.open = self.open, {}
+        for stream, connection in open_streams.items():
+            self.pool.deadlines.pop(stream, None)
+            connection.cancel(stream)
 
 
 class Http2Pool:
@@ -531,50 +605,55 @@ class Http2Pool:
         self.volatile = frozenset(volatile)
         self.connections: list[Http2ClientConnection] = []
         self.connecting: asyncio.Future[None] | None = None
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.starved: list[Batch] = []  # batches waiting for a free stream
+        self.loop = asyncio.get_running_loop()
         self.deadlines: dict[Stream, Http2ClientConnection] = {}
         self._sweeper: asyncio.TimerHandle | None = None
-        self._closed = False
+        self.closed = False
+
+    async def request_all(self, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+                          timeout: float) -> list[Response | Exception]:
+        """Send every (headers, body) request (pseudo-headers first, names in lower case),
+        as many at once as the server's streams allow, and wait at most `timeout` seconds
+        for them all: the outcome of each is its Response, or the error that ended it
+        (TimeoutError, Http2Error, OSError)."""
+        batch = Batch(self, requests, self.loop.time() + timeout)
+        batch.pump()
+        try:
+            # One timer for the batch: the sweeper cuts streams at the deadline; this ends
+            # requests still waiting for a stream then.
+            async with asyncio.timeout_at(batch.deadline + 2 * SWEEP_SECONDS):
+                await batch.done
+        except TimeoutError:
+            batch.expire()
+        except BaseException:
+            batch.abandon()
+            raise
+        finally:
+            if batch in self.starved:
+                self.starved.remove(batch)
+        return batch.outcomes  # type: ignore[return-value]  # every one settled
 
     async def request(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout: float) -> Response:
-        """Send one request (pseudo-headers first, names in lower case) and wait at most
-        `timeout` seconds for its response."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for _ in range(3):  # a refused request goes again, on another connection
-            connection = await self._connection(deadline)
-            stream = connection.start(headers, body, deadline)
-            self.deadlines[stream] = connection
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
-            try:
-                return await stream.waiter  # type: ignore[misc]
-            except Refused:
-                continue
-            except BaseException:
-                connection.cancel(stream)
-                raise
-            finally:
-                del self.deadlines[stream]
-        raise Refused(REFUSED_STREAM, "refused three times")
+        """One request: its Response, or its error raised."""
+        (outcome,) = await self.request_all([(headers, body)], timeout)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    async def _connection(self, deadline: float) -> Http2ClientConnection:
-        while True:
-            for connection in self.connections:
-                if connection.available():
-                    return connection
-            if self._closed:
-                raise ConnectionClosed("the pool is closed")
-            if self.connecting is None and len(self.connections) < self.max_connections:
-                self.connecting = asyncio.ensure_future(self._connect())  # one Task per connection opened
-            waiter = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            finally:
-                if not waiter.done():
-                    self.waiters.remove(waiter)
+    def connection(self) -> Http2ClientConnection | None:
+        """A connection with a free stream, or None (and another opening, if allowed)."""
+        for connection in self.connections:
+            if connection.available():
+                return connection
+        if self.connecting is None and len(self.connections) < self.max_connections and not self.closed:
+            self.connecting = asyncio.ensure_future(self._connect())  # one Task per connection opened
+        return None
+
+    def watch(self, stream: Stream) -> None:
+        self.deadlines[stream] = stream.batch.open[stream]  # type: ignore[union-attr]
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -594,39 +673,41 @@ class Http2Pool:
                 connection.close()
                 if connection in self.connections:
                     self.connections.remove(connection)
-            waiters, self.waiters = self.waiters, deque()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc if isinstance(exc, Exception) else ConnectionClosed("cancelled"))
-        finally:
             self.connecting = None
-        self.wake(every=True)
+            error = exc if isinstance(exc, Exception) else ConnectionClosed("cancelled")
+            starved, self.starved = self.starved, []
+            for batch in starved:
+                batch.fail_queued(error)
+            return
+        self.connecting = None
+        self.wake()
 
-    def wake(self, every: bool = False) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                if not every:
-                    return
+    def wake(self) -> None:
+        """Streams were freed or a connection opened: the starved batches may go on."""
+        if self.starved:
+            starved, self.starved = self.starved, []
+            for batch in starved:
+                batch.pump()
 
     def forget(self, connection: Http2ClientConnection) -> None:
         if connection in self.connections:
             self.connections.remove(connection)
-        self.wake(every=True)  # they may open another
+        self.wake()  # they may open another
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         self._sweeper = None
         now = loop.time()
         for stream in [s for s in self.deadlines if s.deadline <= now]:
-            if stream.waiter is not None and not stream.waiter.done():
-                stream.waiter.set_exception(TimeoutError("no response in time"))
+            connection = self.deadlines.pop(stream)
+            if stream.batch is not None:
+                stream.batch.settle(stream, TimeoutError("no response in time"))
+            connection.cancel(stream)
         if self.deadlines:
             self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def aclose(self) -> None:
-        self._closed = True
+        self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

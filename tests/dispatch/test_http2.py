@@ -425,3 +425,44 @@ async def test_a_server_that_does_not_speak_http2_fails_the_request(ca, alpn) ->
     assert not pool.connections
     await pool.aclose()
     server.close()
+
+
+async def test_a_batch_waits_for_free_streams_and_reports_each_outcome(serve) -> None:
+    def mixed(server: H2Server, stream_id: int, headers: dict[str, str], body: bytes) -> None:
+        if headers[":path"] == "/reset":
+            server.conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+            return
+        status = "404" if headers[":path"] == "/missing" else "200"
+        server.respond(stream_id, [(":status", status), ("x-path", headers[":path"])], body)
+
+    origin = H2Origin(mixed, {SettingCodes.MAX_CONCURRENT_STREAMS: 3})
+    pool = await serve(origin, max_connections=1)
+    paths = [f"/{i}" for i in range(20)] + ["/missing", "/reset"]
+    outcomes = await pool.request_all([(request(p), p.encode()) for p in paths], 10)
+    assert [o.body for o in outcomes[:20]] == [p.encode() for p in paths[:20]]  # type: ignore[union-attr]
+    assert outcomes[20].status == 404  # type: ignore[union-attr]
+    assert isinstance(outcomes[21], Reset) and outcomes[21].code == ErrorCodes.INTERNAL_ERROR
+    assert origin.most_open <= 3 and len(origin.connections) == 1
+
+
+async def test_a_batch_past_its_deadline_times_out_queued_and_open_requests(serve) -> None:
+    silent = H2Origin(lambda *a: None, {SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    pool = await serve(silent, max_connections=1)
+    outcomes = await pool.request_all([(request(), b"") for _ in range(3)], 0.3)
+    assert all(isinstance(o, TimeoutError) for o in outcomes)
+    await asyncio.sleep(0.05)
+    assert len([e for e in silent.events if isinstance(e, StreamReset)]) == 1  # only one was ever started
+    assert not pool.deadlines and not pool.starved
+
+
+async def test_a_cancelled_batch_frees_its_streams(serve) -> None:
+    silent = H2Origin(lambda *a: None)
+    pool = await serve(silent)
+    task = asyncio.ensure_future(pool.request_all([(request(), b"") for _ in range(4)], 10))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
+    assert [e.error_code for e in silent.events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL] * 4
+    assert not pool.connections[0].streams and not pool.deadlines
