@@ -230,6 +230,8 @@ class Connection(asyncio.Protocol):
             if stream is not None:
                 self.stream_reset(stream_id, stream, _U32.unpack(payload)[0])
         elif kind == GOAWAY:
+            if len(payload) < 8:
+                raise ProtocolError("GOAWAY too short", FRAME_SIZE_ERROR)
             last, code = struct.unpack_from(">LL", payload)
             self.goaway = last & MAX_STREAM_ID
             self.goaway_received(self.goaway, code, payload[8:])

@@ -26,7 +26,7 @@ from h2.events import (
 )
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.dispatch.hpack_codec import HeaderDecoder, HeaderEncoder
@@ -458,7 +458,7 @@ async def test_a_batch_past_its_deadline_times_out_queued_and_open_requests(serv
 async def test_a_cancelled_batch_frees_its_streams(serve) -> None:
     silent = H2Origin(lambda *a: None)
     pool = await serve(silent)
-    task = asyncio.ensure_future(pool.request_all([(request(), b"") for _ in range(4)], 10))
+    task = asyncio.create_task(pool.request_all([(request(), b"") for _ in range(4)], 10))  # noqa: RUF006
     await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -466,3 +466,27 @@ async def test_a_cancelled_batch_frees_its_streams(serve) -> None:
     await asyncio.sleep(0.05)
     assert [e.error_code for e in silent.events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL] * 4
     assert not pool.connections[0].streams and not pool.deadlines
+
+
+frames = st.builds(lambda kind, flags, stream, payload: len(payload).to_bytes(3, "big") + bytes((kind, flags))
+                   + stream.to_bytes(4, "big") + payload,
+                   st.integers(0, 10), st.sampled_from([0, 1, 4, 5, 8, 0x20, 0x2D]), st.sampled_from([0, 1, 2, 3]),
+                   st.binary(max_size=40))
+
+
+@settings(max_examples=400)
+@given(st.lists(frames, max_size=8), st.integers(1, 30))
+@example([b"\x00\x00\x02\x07\x00\x00\x00\x00\x00\x00\x01"], 7)  # a GOAWAY too short to read
+def test_any_frames_end_in_an_answer_or_a_goaway_never_an_exception(sequence, cut) -> None:
+    """Whatever a peer sends, in whatever pieces, the connection answers, refuses the
+    stream, or ends with GOAWAY: a parsing error never escapes into the event loop."""
+    from gateway.dispatch.http2 import PREFACE
+
+    def answer(conn: Http2ServerConnection, stream_id: int, *_: Any) -> None:
+        conn.respond(stream_id, [(b":status", b"200")], b"")
+
+    server, to_client = Http2ServerConnection(answer), _Pipe()
+    server.connection_made(to_client)  # type: ignore[arg-type]
+    wire = PREFACE + b"".join(sequence)
+    for start in range(0, len(wire), cut):
+        server.data_received(wire[start:start + cut])
