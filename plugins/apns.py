@@ -51,6 +51,8 @@ MAX_PAYLOAD_BYTES = 4096
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")  # a bundle id, maybe with .voip and the like
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed in an HTTP/2 header value
 _IDS = uuid.UUID("6f1c5a34-8a0d-4c55-9d0e-5a3a7c2f4b10")  # namespace for apns-id from delivery ids
+_NAMESPACE = _IDS.bytes
+_VARIANT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}  # a hex digit with the top bits 10
 
 # Apple's reasons (PROTOCOLS.md), and what each means for the delivery.
 TOKEN_ERRORS = {  # the token is dead for this app: report it so upstream deletes it
@@ -96,13 +98,10 @@ def classify(status: str, reason: str) -> Result:
 
 
 def apns_id_for(delivery_id: str) -> bytes:
-    """`str(uuid.uuid5(_IDS, delivery_id))`, as bytes, in a fifth of the time (uuid5 was
+    """`str(uuid.uuid5(_IDS, delivery_id))`, as bytes, in a sixth of the time (uuid5 was
     ~5% of the channel's CPU): SHA-1 of namespace and name, version 5, RFC 4122 variant."""
-    digest = bytearray(hashlib.sha1(_IDS.bytes + delivery_id.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
+    h = hashlib.sha1(_NAMESPACE + delivery_id.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}".encode()
 
 
 class ProviderToken:

@@ -331,6 +331,12 @@ class Connection(asyncio.Protocol):
             self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + step]))
 
     def send_data(self, stream_id: int, stream: Stream, data: bytes, end_stream: bool = True) -> None:
+        size = len(data)
+        if 0 < size <= self.peer_max_frame and size <= self.send_window and size <= stream.send_window:
+            self.send_window -= size  # the usual case: one frame, within both windows
+            stream.send_window -= size
+            self.out.append(frame(DATA, END_STREAM if end_stream else 0, stream_id, data))
+            return
         stream.pending, stream.pending_end = data, end_stream
         if not data:
             self.out.append(frame(DATA, END_STREAM if end_stream else 0, stream_id))

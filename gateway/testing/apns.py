@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.testing._http import FakeServer
 from gateway.testing._http2 import Http2ServerConnection
+
+_decode = msgspec.json.Decoder(dict).decode  # a payload is a JSON object (the client checks the size only)
 
 
 @dataclass
@@ -134,7 +137,7 @@ class ApnsFake(FakeServer):
             status, reason = fault.status, fault.reason
         if status == 200:
             self.arrivals.append(time.monotonic())
-            self.received.append(ApnsNotification(token, headers, json.loads(body), verdict))  # type: ignore[arg-type]
+            self.received.append(ApnsNotification(token, headers, _decode(body), verdict))  # type: ignore[arg-type]
             proto.send(stream_id, [(":status", "200"), ("apns-id", apns_id)], None)
             return
         if isinstance(verdict, tuple):
