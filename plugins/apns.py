@@ -28,6 +28,7 @@ from typing import Literal
 
 import jwt
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.channel import (
@@ -104,6 +105,14 @@ def apns_id_for(delivery_id: str) -> bytes:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}".encode()
 
 
+def _is_p256_key(pem: str) -> bool:
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+
+
 class ProviderToken:
     """An app's provider token (ES256 JWT): `kid` the key id, `iss` the team, `iat` when
     it was made; made again after TOKEN_SECONDS."""
@@ -162,6 +171,8 @@ class ApnsChannel(Channel):
                 key = app.key.resolve(f"{path}.apps.{name}.key").reveal()
                 if "PRIVATE KEY" not in key:
                     problems.append(f"{path}.apps.{name}.key: expected the .p8 key in PEM form")
+                elif not _is_p256_key(key):
+                    problems.append(f"{path}.apps.{name}.key: not a readable P-256 private key (ES256 needs one)")
             except ConfigError as exc:
                 problems += exc.problems
         return problems
@@ -197,7 +208,7 @@ class ApnsChannel(Channel):
         return message
 
     def payload_size(self, content: PushContent) -> int:
-        return len(_encode(self.payload(content)))  # exactly the bytes `_send` sends
+        return len(_encode(self.payload(content)))  # exactly the bytes `_request` sends
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         """Each app's requests go to its connections as one `request_all`: no coroutine per

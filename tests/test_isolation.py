@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
+import pytest
+
 from gateway.channel import Channel, Delivery, Result, Sent, TransientFailure, map_bounded
 from gateway.clock import FakeClock
 from gateway.hookspecs import hookimpl
@@ -160,4 +162,14 @@ async def test_the_budget_is_first_come_first_served_and_survives_cancellation()
     await asyncio.gather(big, small)
     assert order == ["big", "small"] and budget.free == 0
     budget.release(10)
+    assert budget.free == 10 and not budget.waiting
+
+    # Cancelled while waiting, then released past before its task runs again: nothing is lost.
+    await budget.acquire(10)
+    late = asyncio.ensure_future(take("late", 5))
+    await asyncio.sleep(0)
+    late.cancel()
+    budget.release(10)  # pops the cancelled waiter in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await late
     assert budget.free == 10 and not budget.waiting

@@ -537,7 +537,7 @@ class Batch:
         self.left = len(requests)
         self.open: dict[Stream, Http2ClientConnection] = {}
         self.refusals: dict[int, int] = {}
-        self.done = asyncio.get_running_loop().create_future()
+        self.done = pool.loop.create_future()
         if not requests:
             self.done.set_result(None)
 
@@ -721,6 +721,9 @@ class Http2Pool:
             self._sweeper = None
         if self.connecting is not None:
             self.connecting.cancel()
+        starved, self.starved = self.starved, []
+        for batch in starved:
+            batch.fail_queued(ConnectionClosed("the pool is closed"))
         for connection in list(self.connections):
             connection.out.append(frame(GOAWAY, 0, 0, struct.pack(">LL", 0, NO_ERROR)))
             connection.flush()

@@ -162,7 +162,8 @@ class InFlight:
             if waiter.done() and not waiter.cancelled():
                 self.release(count)  # granted as we were cancelled: give it back
             else:
-                self.waiting.remove((count, waiter))
+                if (count, waiter) in self.waiting:
+                    self.waiting.remove((count, waiter))
                 self.release(0)  # the next in line may fit now
             raise
 
@@ -170,5 +171,7 @@ class InFlight:
         self.free += count
         while self.waiting and self.waiting[0][0] <= self.free:
             count, waiter = self.waiting.popleft()
+            if waiter.cancelled():
+                continue  # its task is on its way out
             self.free -= count
             waiter.set_result(None)

@@ -12,6 +12,8 @@ from typing import Any
 import jwt
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.clock import FakeClock
 from gateway.testing import ApnsFake, ApnsFault
@@ -139,7 +141,10 @@ def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("TEST_APNS_KEY", "not a pem")
     app = {"team_id": "T", "key_id": "K", "key": {"env": "TEST_APNS_KEY"}, "topic": "a"}
-    config = GatewayConfig(channels={"apns": {"apps": {"a": app, "b": {**app, "topic": "com.shop\r\nx: y"}},
+    monkeypatch.setenv("TEST_RSA_KEY", rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
+    config = GatewayConfig(channels={"apns": {"apps": {"a": app, "b": {**app, "topic": "com.shop\r\nx: y"},
+                                                       "c2": {**app, "key": {"env": "TEST_RSA_KEY"}}},
                                               "default_app": "c"}})
     with pytest.raises(ConfigError) as err:
         configure_channels(config, channel_classes(plugin_manager(config)))
@@ -147,6 +152,8 @@ def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
     assert ("channels.apns.apps.b.topic: expected a bundle id (letters, digits, '.', '-', '_')"
             in err.value.problems)  # it goes into a header as it is
     assert "channels.apns.apps.a.key: expected the .p8 key in PEM form" in err.value.problems
+    assert ("channels.apns.apps.c2.key: not a readable P-256 private key (ES256 needs one)"
+            in err.value.problems)
 
 
 async def test_a_dropped_connection_is_retried(start, tmp_path, apns, ca, key_env) -> None:
