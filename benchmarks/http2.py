@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gateway.dispatch.http2 import Http2ClientConnection, Http2Pool, Response, Stream  # noqa: E402
-from gateway.testing._http2 import Http2ServerConnection  # noqa: E402
+from gateway.testing._http2 import Http2ServerConnection, MemoryTransport  # noqa: E402
 
 AUTHORIZATION = "bearer " + "e" * 240  # an ES256 provider token is about this long
 PAYLOAD = json.dumps({"aps": {"alert": {"title": "Hi", "body": "x" * 60}}}).encode()
@@ -38,31 +38,8 @@ def _headers(n: int, apns_id: str) -> list[tuple[str, str]]:
             ("apns-expiration", str(1_800_000_000 + n))]
 
 
-class _Pipe:
-    """A transport that keeps what is written, for the other side to read."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        return data
-
-
 class _Answers:
     """Where the client's streams settle (in the plugin: a `Batch` of its requests)."""
-
-    deadline = float("inf")
 
     def __init__(self) -> None:
         self.status: dict[int, int] = {}
@@ -73,13 +50,13 @@ class _Answers:
 
 async def ours(requests: int) -> dict[str, float]:
     pool = Http2Pool("api.push.apple.com", volatile=(b":path", b"apns-id", b"apns-expiration"))
-    client, to_server = Http2ClientConnection(pool), _Pipe()
+    client, to_server = Http2ClientConnection(pool), MemoryTransport()
 
     def answer(connection: Http2ServerConnection, stream_id: int, headers: list[tuple[bytes, bytes]],
                body: bytes) -> None:
         connection.respond(stream_id, [(b":status", b"200"), (b"apns-id", dict(headers)[b"apns-id"])], None)
 
-    server, to_client = Http2ServerConnection(answer, volatile=(b"apns-id",)), _Pipe()
+    server, to_client = Http2ServerConnection(answer, volatile=(b"apns-id",)), MemoryTransport()
     client.connection_made(to_server)  # type: ignore[arg-type]
     server.connection_made(to_client)  # type: ignore[arg-type]
     server.data_received(to_server.take())

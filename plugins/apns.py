@@ -214,22 +214,22 @@ class ApnsChannel(Channel):
         """Each app's requests go to its connections as one `request_all`: no coroutine per
         message (the core bounds a batch to the deliveries in flight it allows)."""
         results: list[Result | None] = [None] * len(deliveries)
-        by_app: dict[str, tuple[list[int], list[bytes], list[tuple[list[tuple[bytes, bytes]], bytes]]]] = {}
+        apns_ids: list[bytes] = [b""] * len(deliveries)
+        by_app: dict[str, tuple[list[int], list[tuple[list[tuple[bytes, bytes]], bytes]]]] = {}
         for i, delivery in enumerate(deliveries):
             request = self._request(delivery)
             if isinstance(request, tuple):
-                app_name, apns_id, headers, body = request
-                indexes, ids, requests = by_app.setdefault(app_name, ([], [], []))
+                app_name, apns_ids[i], headers, body = request
+                indexes, requests = by_app.setdefault(app_name, ([], []))
                 indexes.append(i)
-                ids.append(apns_id)
                 requests.append((headers, body))
             else:
                 results[i] = request
         sent = await asyncio.gather(*(self.pools[name].request_all(requests, self.timeout)
-                                      for name, (_, _, requests) in by_app.items()))
-        for (indexes, ids, _), outcomes in zip(by_app.values(), sent, strict=True):
-            for i, apns_id, outcome in zip(indexes, ids, outcomes, strict=True):
-                results[i] = self._result(apns_id, outcome)
+                                      for name, (_, requests) in by_app.items()))
+        for (indexes, _), outcomes in zip(by_app.values(), sent, strict=True):
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                results[i] = self._result(apns_ids[i], outcome)
         return results  # type: ignore[return-value]  # every slot was filled
 
     def _request(self, delivery: Delivery) -> tuple[str, bytes, list[tuple[bytes, bytes]], bytes] | Result:

@@ -93,14 +93,19 @@ async def test_a_timing_out_provider_does_not_slow_another(start, tmp_path) -> N
     assert [d["outcome"] for d in done["decisions"] if d["channel"] == "slow"] == ["sent"] * 40
 
 
-async def test_in_flight_limit_holds_across_concurrent_batches(start, tmp_path) -> None:
+async def run_fast_jobs(start, tmp_path, per_channel: dict[str, int], jobs: int, plugin: object) -> None:
+    """`jobs` jobs of 50 recipients on "fast", in batches of 50 on 4 workers."""
     Fast.sent, Fast.peak = [], 0
     config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
-                         delivery={"concurrency_per_channel": {"fast": 7}})
-    running = await start(config, extra_plugins=(Plugin(),))
-    replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(4)))
+                         delivery={"concurrency_per_channel": per_channel})
+    running = await start(config, extra_plugins=(plugin,))
+    replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(jobs)))
     for _, body, _ in replies:
         await running.wait(body["job_id"])
+
+
+async def test_in_flight_limit_holds_across_concurrent_batches(start, tmp_path) -> None:
+    await run_fast_jobs(start, tmp_path, {"fast": 7}, 4, Plugin())
     assert len(Fast.sent) == 200
     assert Fast.peak <= 7
 
@@ -108,13 +113,7 @@ async def test_in_flight_limit_holds_across_concurrent_batches(start, tmp_path) 
 async def test_batches_share_the_in_flight_budget_instead_of_taking_turns(start, tmp_path) -> None:
     """A batch's slow tail leaves room for the next batch: with room for 100, two batches
     of 50 are in flight at once (one at a time, a provider sits idle at each batch's end)."""
-    Fast.sent, Fast.peak = [], 0
-    config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
-                         delivery={"concurrency_per_channel": {"fast": 100}})
-    running = await start(config, extra_plugins=(Plugin(),))
-    replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(4)))
-    for _, body, _ in replies:
-        await running.wait(body["job_id"])
+    await run_fast_jobs(start, tmp_path, {"fast": 100}, 4, Plugin())
     assert len(Fast.sent) == 200
     assert 50 < Fast.peak <= 100
 
@@ -129,13 +128,7 @@ async def test_a_channels_default_concurrency_applies_unless_configured(start, t
             return [Narrow]
 
     for per_channel, limit in (({}, 5), ({"fast": 9}, 9)):
-        Fast.sent, Fast.peak = [], 0
-        config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
-                             delivery={"concurrency_per_channel": per_channel})
-        running = await start(config, extra_plugins=(NarrowPlugin(),))
-        replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(2)))
-        for _, body, _ in replies:
-            await running.wait(body["job_id"])
+        await run_fast_jobs(start, tmp_path, per_channel, 2, NarrowPlugin())
         assert Fast.peak == limit
 
 

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
+from gateway.dispatch.deadlines import SWEEP_SECONDS, Deadlines
 from gateway.dispatch.hpack_codec import MAX_HEADER_LIST, CompressionError, HeaderDecoder, HeaderEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -42,7 +43,6 @@ MAX_STREAM_ID = 2**31 - 1
 MAX_FRAME = 16384  # the largest frame we accept (the default; we never raise it)
 MAX_BODY_BYTES = 1024 * 1024  # per stream, in either direction: also our stream window
 CONNECTION_WINDOW = 16 * 1024 * 1024  # what the peer may send us before we replenish
-SWEEP_SECONDS = 0.1  # how late a request's deadline may be noticed
 
 _FRAME = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -85,7 +85,7 @@ class ProtocolError(Http2Error):
 
 # -- The connection -----------------------------------------------------------------------
 class Stream:
-    __slots__ = ("batch", "body", "deadline", "headers", "id", "index", "pending", "pending_end", "send_window")
+    __slots__ = ("batch", "body", "headers", "id", "index", "pending", "pending_end", "send_window")
 
     def __init__(self, stream_id: int, send_window: int):
         self.id = stream_id
@@ -96,7 +96,6 @@ class Stream:
         self.pending_end = False
         self.batch: Batch | None = None  # client side: whose request this is, and which
         self.index = 0
-        self.deadline = 0.0
 
 
 class Response:
@@ -436,7 +435,7 @@ class Http2ClientConnection(Connection):
         stream_id = self.next_stream_id
         self.next_stream_id += 2
         stream = self.streams[stream_id] = Stream(stream_id, self.peer_initial_window)
-        stream.batch, stream.index, stream.deadline = batch, index, batch.deadline
+        stream.batch, stream.index = batch, index
         self.send_headers(stream_id, headers, end_stream=not body)
         if body:
             self.send_data(stream_id, stream, body)
@@ -558,12 +557,12 @@ class Batch:
             headers, body = self.requests[index]
             stream = connection.start(headers, body, self, index)
             self.open[stream] = connection
-            pool.watch(stream)
+            pool.deadlines.watch(stream, self.deadline)
 
     def settle(self, stream: Stream, outcome: Response | Exception) -> None:
         if self.open.pop(stream, None) is None:
             return  # settled already (a deadline, then the stream's end)
-        self.pool.deadlines.pop(stream, None)
+        self.pool.deadlines.forget(stream)
         index = stream.index
         if isinstance(outcome, Refused) and self.refusals.get(index, 0) < 2:
             self.refusals[index] = self.refusals.get(index, 0) + 1
@@ -595,7 +594,7 @@ class Batch:
         self.queue.clear()
         open_streams, self.open = self.open, {}
         for stream, connection in open_streams.items():
-            self.pool.deadlines.pop(stream, None)
+            self.pool.deadlines.forget(stream)
             connection.cancel(stream)
 
 
@@ -615,8 +614,7 @@ class Http2Pool:
         self.connecting: asyncio.Future[None] | None = None
         self.starved: list[Batch] = []  # batches waiting for a free stream
         self.loop = asyncio.get_running_loop()
-        self.deadlines: dict[Stream, Http2ClientConnection] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
+        self.deadlines: Deadlines[Stream] = Deadlines(self._expired)
         self.closed = False
 
     async def request_all(self, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
@@ -658,11 +656,6 @@ class Http2Pool:
             self.connecting = asyncio.ensure_future(self._connect())  # one Task per connection opened
         return None
 
-    def watch(self, stream: Stream) -> None:
-        self.deadlines[stream] = stream.batch.open[stream]  # type: ignore[union-attr]
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
-
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         connection: Http2ClientConnection | None = None
@@ -702,23 +695,17 @@ class Http2Pool:
             self.connections.remove(connection)
         self.wake()  # they may open another
 
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._sweeper = None
-        now = loop.time()
-        for stream in [s for s in self.deadlines if s.deadline <= now]:
-            connection = self.deadlines.pop(stream)
-            if stream.batch is not None:
-                stream.batch.settle(stream, TimeoutError("no response in time"))
+    @staticmethod
+    def _expired(stream: Stream) -> None:
+        batch = stream.batch
+        connection = batch.open.get(stream) if batch else None
+        if connection is not None:
+            batch.settle(stream, TimeoutError("no response in time"))  # type: ignore[union-attr]
             connection.cancel(stream)
-        if self.deadlines:
-            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def aclose(self) -> None:
         self.closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self.deadlines.close()
         if self.connecting is not None:
             self.connecting.cancel()
         starved, self.starved = self.starved, []

@@ -130,3 +130,26 @@ class Http2ServerConnection(Connection):
 
     def data_sent(self, stream_id: int, stream: Stream) -> None:
         self.streams.pop(stream_id, None)
+
+
+class MemoryTransport:
+    """A transport that keeps what is written, for the other side to `take`: two
+    connections joined in memory, no sockets (tests, `benchmarks/http2.py`)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data

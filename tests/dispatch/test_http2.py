@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from gateway.dispatch.hpack_codec import HeaderDecoder, HeaderEncoder
 from gateway.dispatch.http2 import ConnectionClosed, Http2Pool
 from gateway.dispatch.http2 import StreamReset as Reset
-from gateway.testing._http2 import Http2ServerConnection
+from gateway.testing._http2 import Http2ServerConnection, MemoryTransport
 
 
 # -- an h2 server, to test the client against --------------------------------------------
@@ -276,26 +276,6 @@ async def test_a_refused_connection_fails_fast() -> None:
 
 
 # -- our server under an h2 client (in memory: the bytes each side writes) ----------------
-class _Pipe:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def take(self) -> bytes:
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        return data
-
-
 def test_our_server_under_an_h2_client() -> None:
     seen: list[tuple[dict[bytes, bytes], int]] = []
 
@@ -303,7 +283,7 @@ def test_our_server_under_an_h2_client() -> None:
         seen.append((dict(headers), len(body)))
         conn.respond(stream_id, [(b":status", b"200"), (b"x-length", b"%d" % len(body))], b"ok" * 5000)
 
-    server, to_client = Http2ServerConnection(answer), _Pipe()
+    server, to_client = Http2ServerConnection(answer), MemoryTransport()
     server.connection_made(to_client)  # type: ignore[arg-type]
     client = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
     client.initiate_connection()
@@ -339,7 +319,7 @@ def test_our_server_under_an_h2_client() -> None:
 
 
 def test_our_server_refuses_malformed_requests() -> None:
-    server, to_client = Http2ServerConnection(lambda *a: pytest.fail("answered a malformed request")), _Pipe()
+    server, to_client = Http2ServerConnection(lambda *a: pytest.fail("answered a malformed request")), MemoryTransport()
     server.connection_made(to_client)  # type: ignore[arg-type]
     client = H2Connection(H2Configuration(client_side=True, validate_outbound_headers=False,
                                           normalize_outbound_headers=False))
@@ -360,7 +340,7 @@ def test_our_server_refuses_malformed_requests() -> None:
 
 
 def test_a_bad_preface_ends_the_connection() -> None:
-    server, to_client = Http2ServerConnection(lambda *a: None), _Pipe()
+    server, to_client = Http2ServerConnection(lambda *a: None), MemoryTransport()
     server.connection_made(to_client)  # type: ignore[arg-type]
     server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert to_client.closed
@@ -485,7 +465,7 @@ def test_any_frames_end_in_an_answer_or_a_goaway_never_an_exception(sequence, cu
     def answer(conn: Http2ServerConnection, stream_id: int, *_: Any) -> None:
         conn.respond(stream_id, [(b":status", b"200")], b"")
 
-    server, to_client = Http2ServerConnection(answer), _Pipe()
+    server, to_client = Http2ServerConnection(answer), MemoryTransport()
     server.connection_made(to_client)  # type: ignore[arg-type]
     wire = PREFACE + b"".join(sequence)
     for start in range(0, len(wire), cut):
