@@ -48,8 +48,14 @@ class Receivers:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.testing.webhook", "--unsigned", "--smtp",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "gateway.testing.webhook",
+            "--unsigned",
+            "--smtp",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         assert self.proc.stdout is not None
         while not (self.url and self.smtp_port):
             line = (await self.proc.stdout.readline()).decode()
@@ -87,9 +93,14 @@ async def apprise_webhook(receivers: Receivers, n: int, concurrent: bool) -> flo
     started = time.monotonic()
     if concurrent:
         for lo in range(0, n, 100):
-            await asyncio.gather(*(notifier.async_notify(title="Order", body=TEXT.format(name=f"User{i}"))
-                                   for i in range(lo, min(n, lo + 100))))
+            await asyncio.gather(
+                *(
+                    notifier.async_notify(title="Order", body=TEXT.format(name=f"User{i}"))
+                    for i in range(lo, min(n, lo + 100))
+                )
+            )
     else:
+
         def sequential() -> None:
             for i in range(n):
                 notifier.notify(title="Order", body=TEXT.format(name=f"User{i}"))
@@ -109,8 +120,10 @@ async def apprise_email(receivers: Receivers, n: int) -> float:
     def sequential() -> None:
         for i in range(n):
             notifier = apprise.Apprise()  # one address per recipient: one URL each
-            notifier.add(f"mailto://127.0.0.1:{receivers.smtp_port}?from=bench@shop.example&to=user{i}@example.com"
-                         f"&smtp=127.0.0.1&mode=insecure")
+            notifier.add(
+                f"mailto://127.0.0.1:{receivers.smtp_port}?from=bench@shop.example&to=user{i}@example.com"
+                f"&smtp=127.0.0.1&mode=insecure"
+            )
             notifier.notify(title="Order", body=TEXT.format(name=f"User{i}"))
 
     await asyncio.to_thread(sequential)  # as above: the loop keeps reading the receivers
@@ -126,10 +139,19 @@ def _job(n: int, offset: int, channel: str) -> bytes:
         else:
             r["devices"] = [{"channel": "speaker", "target": "hub", "device_id": f"d{i}"}]
         recipients.append(r)
-    content = {"speaker": {"speech": "Hi {{ attributes.name }}, your order is ready."},
-               "email": {"subject": "Order", "text": "Hi {{ attributes.name }}, your order is ready."}}
-    return json.dumps({"campaign": "peer", "category": "transactional", "channels": [channel],
-                       "variants": [{"name": "d", "content": content}], "recipients": recipients}).encode()
+    content = {
+        "speaker": {"speech": "Hi {{ attributes.name }}, your order is ready."},
+        "email": {"subject": "Order", "text": "Hi {{ attributes.name }}, your order is ready."},
+    }
+    return json.dumps(
+        {
+            "campaign": "peer",
+            "category": "transactional",
+            "channels": [channel],
+            "variants": [{"name": "d", "content": content}],
+            "recipients": recipients,
+        }
+    ).encode()
 
 
 async def gateway(receivers: Receivers, n: int, channel: str, tmp: str) -> float:
@@ -137,8 +159,12 @@ async def gateway(receivers: Receivers, n: int, channel: str, tmp: str) -> float
     api_key, secret = secrets.token_urlsafe(16), new_secret()
     env = dict(os.environ, PEER_API_KEYS=api_key, PEER_SECRET=secret)
     store = f'url = "sqlite:{tmp}/peer-{channel}.db"'
-    process, url = await start_gateway(Path(tmp) / f"peer-{channel}.toml", store=store, api_keys_env="PEER_API_KEYS",
-                                       env=env, channels=f"""
+    process, url = await start_gateway(
+        Path(tmp) / f"peer-{channel}.toml",
+        store=store,
+        api_keys_env="PEER_API_KEYS",
+        env=env,
+        channels=f"""
 [channels.speaker.targets.hub]
 url = "{receivers.url}/hook"
 secret = {{ env = "PEER_SECRET" }}
@@ -147,7 +173,8 @@ host = "127.0.0.1"
 port = {receivers.smtp_port}
 security = "none"
 from_address = "bench@shop.example"
-pool_size = 16""")
+pool_size = 16""",
+    )
     jobs = [_job(min(1000, n - offset), offset, channel) for offset in range(0, n, 1000)]
     base = receivers.webhooks if channel == "speaker" else receivers.mails
     try:

@@ -55,16 +55,28 @@ def _device(kind: str, info: dict[str, Any], i: int) -> dict[str, Any]:
 def _job(kinds: list[str], fakes: dict[str, FakeProcess], n: int, offset: int) -> bytes:
     recipients = []
     for i in range(offset, offset + n):
-        recipient: dict[str, Any] = {"user_id": f"u{i}", "attributes": {"first_name": f"User{i}"},
-                                     "devices": [_device(k, fakes[k].info, i) for k in kinds if k != "email"]}
+        recipient: dict[str, Any] = {
+            "user_id": f"u{i}",
+            "attributes": {"first_name": f"User{i}"},
+            "devices": [_device(k, fakes[k].info, i) for k in kinds if k != "email"],
+        }
         if "email" in kinds:
             recipient["email"] = f"user{i}@example.com"
         recipients.append(recipient)
-    content = {"push": {"title": "Hi {{ attributes.first_name }}", "body": "Your order is ready"},
-               "email": {"subject": "Hi {{ attributes.first_name }}", "text": "Your order is ready."},
-               "speaker": {"speech": "Your order is ready, {{ attributes.first_name }}."}}
-    return json.dumps({"campaign": "bench", "category": "transactional", "channels": kinds,
-                       "variants": [{"name": "d", "content": content}], "recipients": recipients}).encode()
+    content = {
+        "push": {"title": "Hi {{ attributes.first_name }}", "body": "Your order is ready"},
+        "email": {"subject": "Hi {{ attributes.first_name }}", "text": "Your order is ready."},
+        "speaker": {"speech": "Your order is ready, {{ attributes.first_name }}."},
+    }
+    return json.dumps(
+        {
+            "campaign": "bench",
+            "category": "transactional",
+            "channels": kinds,
+            "variants": [{"name": "d", "content": content}],
+            "recipients": recipients,
+        }
+    ).encode()
 
 
 def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int) -> GatewayConfig:
@@ -75,34 +87,56 @@ def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int) -> Ga
         info = fake.info
         if kind == "speaker":
             os.environ["BENCH_SPEAKER_SECRET"] = info["secret"]
-            channels["speaker"] = {"targets": {"hub": {"url": f"{info['url']}/hook",
-                                                       "secret": {"env": "BENCH_SPEAKER_SECRET"}}}}
+            channels["speaker"] = {
+                "targets": {"hub": {"url": f"{info['url']}/hook", "secret": {"env": "BENCH_SPEAKER_SECRET"}}}
+            }
         elif kind == "email":
-            channels["email"] = {"host": "127.0.0.1", "port": info["port"], "security": "none",
-                                 "from_address": "bench@shop.example", "pool_size": 16}
+            channels["email"] = {
+                "host": "127.0.0.1",
+                "port": info["port"],
+                "security": "none",
+                "from_address": "bench@shop.example",
+                "pool_size": 16,
+            }
         elif kind == "fcm":
             Path(f"{tmp}/sa.json").write_text(json.dumps(info["service_account"]))
             channels["fcm"] = {"service_account": {"file": f"{tmp}/sa.json"}, "endpoint": info["url"]}
         elif kind == "apns":
             os.environ["BENCH_APNS_KEY"] = info["key_pem"]
-            channels["apns"] = {"apps": {"shop": {"team_id": info["team_id"], "key_id": info["key_id"],
-                                                  "key": {"env": "BENCH_APNS_KEY"}, "topic": info["topic"]}},
-                                "endpoint": f"127.0.0.1:{info['port']}", "ca_file": info["ca_file"]}
+            channels["apns"] = {
+                "apps": {
+                    "shop": {
+                        "team_id": info["team_id"],
+                        "key_id": info["key_id"],
+                        "key": {"env": "BENCH_APNS_KEY"},
+                        "topic": info["topic"],
+                    }
+                },
+                "endpoint": f"127.0.0.1:{info['port']}",
+                "ca_file": info["ca_file"],
+            }
         elif kind == "webpush":
             from py_vapid import Vapid02
 
             vapid = Vapid02()
             vapid.generate_keys()
             os.environ["BENCH_VAPID"] = vapid.private_pem().decode()
-            channels["webpush"] = {"vapid_private_key": {"env": "BENCH_VAPID"}, "subject": "mailto:ops@shop.example",
-                                   "encrypt_workers": encrypt_workers, "allowed_hosts": ["127.0.0.1"],
-                                   "ca_file": info["ca_file"]}
-    return msgspec.convert({
-        "server": {"port": 0, "api_keys_env": "BENCH_API_KEYS"},
-        "store": {"url": f"sqlite:{tmp}/bench-{time.time_ns()}.db", "synchronous": "full"},
-        "quiet_hours": {"enabled": False},
-        "channels": channels,
-    }, GatewayConfig)
+            channels["webpush"] = {
+                "vapid_private_key": {"env": "BENCH_VAPID"},
+                "subject": "mailto:ops@shop.example",
+                "encrypt_workers": encrypt_workers,
+                "allowed_hosts": ["127.0.0.1"],
+                "ca_file": info["ca_file"],
+            }
+    return msgspec.convert(
+        {
+            "server": {"port": 0, "api_keys_env": "BENCH_API_KEYS"},
+            "store": {"url": f"sqlite:{tmp}/bench-{time.time_ns()}.db", "synchronous": "full"},
+            "quiet_hours": {"enabled": False},
+            "channels": channels,
+        },
+        GatewayConfig,
+    )
 
 
 def _percentile_ms(values: list[float], share: float) -> float:
@@ -113,8 +147,12 @@ async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int =
     """`total` recipients, each reached on every channel in `kinds`."""
     os.environ["BENCH_API_KEYS"] = API_KEY
     async with contextlib.AsyncExitStack() as stack:
-        fakes = {kind: await stack.enter_async_context(
-            FakeProcess(kind, tmp, subscriptions=total if kind == "webpush" else 0)) for kind in kinds}
+        fakes = {
+            kind: await stack.enter_async_context(
+                FakeProcess(kind, tmp, subscriptions=total if kind == "webpush" else 0)
+            )
+            for kind in kinds
+        }
         server = await start_server(_config(tmp, fakes, encrypt_workers))
         jobs = [_job(kinds, fakes, min(PER_JOB, total - offset), offset) for offset in range(0, total, PER_JOB)]
         posted_at: list[float] = []
@@ -136,7 +174,9 @@ async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int =
         records = {kind: await fake.records() for kind, fake in fakes.items()}
     messages = total * len(kinds)
     result: dict[str, Any] = {
-        "channel": kinds[0] if len(kinds) == 1 else "mixed", "messages": messages, "seconds": round(elapsed, 3),
+        "channel": kinds[0] if len(kinds) == 1 else "mixed",
+        "messages": messages,
+        "seconds": round(elapsed, 3),
         "messages_per_s": round(messages / elapsed),
         "gateway_cpu_us_per_message": round(gateway_cpu / messages * 1e6, 1),
         "fake_cpu_us_per_message": round(sum(fake_cpu.values()) / messages * 1e6, 1),
@@ -150,7 +190,9 @@ async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int =
             result["per_channel"][kind] = {
                 "delivered_per_s": round(len(pairs) / (max(at for _, at in pairs) - started)),
                 "fake_cpu_us_per_message": round(fake_cpu[kind] / total * 1e6, 1),
-                "latency_ms_p50": _percentile_ms(latencies, 0.5), "latency_ms_p99": _percentile_ms(latencies, 0.99)}
+                "latency_ms_p50": _percentile_ms(latencies, 0.5),
+                "latency_ms_p99": _percentile_ms(latencies, 0.99),
+            }
     if "webpush" in kinds:
         result["encrypt_workers"] = encrypt_workers
     return result

@@ -47,8 +47,19 @@ def _redis_stats(url: str) -> dict[str, int]:
 
 
 def _figures(result: dict[str, Any], before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, Any]:
-    out = {k: result[k] for k in ("store", "gateways", "recipients", "delivered", "accepted_recipients_per_s",
-                                  "delivered_per_s", "end_to_end_seconds", "gateway_peak_rss_mb")}
+    out = {
+        k: result[k]
+        for k in (
+            "store",
+            "gateways",
+            "recipients",
+            "delivered",
+            "accepted_recipients_per_s",
+            "delivered_per_s",
+            "end_to_end_seconds",
+            "gateway_peak_rss_mb",
+        )
+    }
     if before is not None and after is not None and result["delivered"]:
         out["redis_round_trips_per_message"] = round((after["reads"] - before["reads"]) / result["delivered"], 3)
         out["redis_commands_per_message"] = round((after["commands"] - before["commands"]) / result["delivered"], 2)

@@ -33,6 +33,7 @@ KINDS = ("speaker", "email", "fcm", "apns", "webpush")
 
 # -- the child --------------------------------------------------------------------------
 
+
 def _tls(directory: str) -> tuple[ssl.SSLContext, str]:
     import trustme
 
@@ -65,8 +66,18 @@ async def _start(kind: str, directory: str, subscriptions: int) -> tuple[Any, di
     if kind == "apns":
         apns = testing.ApnsFake(context)
         await apns.start()
-        return apns, {"port": apns.port, "key_pem": apns.key_pem(), "team_id": apns.team_id,
-                      "key_id": apns.key_id, "topic": apns.topics[0], "ca_file": ca_file}, lambda r: int(r.token, 16)
+        return (
+            apns,
+            {
+                "port": apns.port,
+                "key_pem": apns.key_pem(),
+                "team_id": apns.team_id,
+                "key_id": apns.key_id,
+                "topic": apns.topics[0],
+                "ca_file": ca_file,
+            },
+            lambda r: int(r.token, 16),
+        )
     if kind == "webpush":
         push = testing.WebPushFake(tls_context=context)
         await push.start()
@@ -122,6 +133,7 @@ def main() -> None:
 
 # -- the parent -------------------------------------------------------------------------
 
+
 class FakeProcess:
     """`async with FakeProcess("apns", tmp) as fake:` then `fake.info`, `fake.count`,
     `fake.at`, `await fake.records()`, `fake.pid`."""
@@ -135,8 +147,17 @@ class FakeProcess:
 
     async def __aenter__(self) -> FakeProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, self.kind, "--dir", self.directory, "--subscriptions", str(self.subscriptions),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 28)
+            sys.executable,
+            __file__,
+            self.kind,
+            "--dir",
+            self.directory,
+            "--subscriptions",
+            str(self.subscriptions),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 28,
+        )
         self.pid = self.proc.pid
         assert self.proc.stdout is not None
         line = (await self.proc.stdout.readline()).decode()

@@ -32,10 +32,18 @@ PAYLOAD = json.dumps({"aps": {"alert": {"title": "Hi", "body": "x" * 60}}}).enco
 
 
 def _headers(n: int, apns_id: str) -> list[tuple[str, str]]:
-    return [(":method", "POST"), (":scheme", "https"), (":authority", "api.push.apple.com"),
-            (":path", f"/3/device/{n:064x}"), ("authorization", AUTHORIZATION), ("apns-topic", "com.shop.app"),
-            ("apns-push-type", "alert"), ("apns-priority", "10"), ("apns-id", apns_id),
-            ("apns-expiration", str(1_800_000_000 + n))]
+    return [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "api.push.apple.com"),
+        (":path", f"/3/device/{n:064x}"),
+        ("authorization", AUTHORIZATION),
+        ("apns-topic", "com.shop.app"),
+        ("apns-push-type", "alert"),
+        ("apns-priority", "10"),
+        ("apns-id", apns_id),
+        ("apns-expiration", str(1_800_000_000 + n)),
+    ]
 
 
 class _Answers:
@@ -52,8 +60,9 @@ async def ours(requests: int) -> dict[str, float]:
     pool = Http2Pool("api.push.apple.com", volatile=(b":path", b"apns-id", b"apns-expiration"))
     client, to_server = Http2ClientConnection(pool), MemoryTransport()
 
-    def answer(connection: Http2ServerConnection, stream_id: int, headers: list[tuple[bytes, bytes]],
-               body: bytes) -> None:
+    def answer(
+        connection: Http2ServerConnection, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         connection.respond(stream_id, [(b":status", b"200"), (b"apns-id", dict(headers)[b"apns-id"])], None)
 
     server, to_client = Http2ServerConnection(answer, volatile=(b"apns-id",)), MemoryTransport()
@@ -78,8 +87,10 @@ async def ours(requests: int) -> dict[str, float]:
         client_s += time.process_time() - done + middle - started
         server_s += done - middle
         assert answers.status[n] == 200
-    return {"client_us_per_request": round(client_s / requests * 1e6, 1),
-            "server_us_per_request": round(server_s / requests * 1e6, 1)}
+    return {
+        "client_us_per_request": round(client_s / requests * 1e6, 1),
+        "server_us_per_request": round(server_s / requests * 1e6, 1),
+    }
 
 
 def reference(requests: int) -> dict[str, float]:
@@ -99,8 +110,9 @@ def reference(requests: int) -> dict[str, float]:
 
     client = H2Connection(config=H2Configuration(client_side=True, validate_outbound_headers=False))
     client.encoder = PlainEncoder((":path", "apns-id", "apns-expiration"))
-    server = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8",
-                                                 validate_outbound_headers=False))
+    server = H2Connection(
+        config=H2Configuration(client_side=False, header_encoding="utf-8", validate_outbound_headers=False)
+    )
     server.encoder = PlainEncoder(("apns-id",))
     client.initiate_connection()
     server.initiate_connection()
@@ -120,8 +132,9 @@ def reference(requests: int) -> dict[str, float]:
             if isinstance(event, RequestReceived):
                 received = dict(event.headers)
             elif isinstance(event, StreamEnded):
-                server.send_headers(event.stream_id, [(":status", "200"), ("apns-id", received["apns-id"])],
-                                    end_stream=True)
+                server.send_headers(
+                    event.stream_id, [(":status", "200"), ("apns-id", received["apns-id"])], end_stream=True
+                )
         reply = server.data_to_send()
         if n % 64 == 0:  # the window the fake acknowledges as it reads
             server.acknowledge_received_data(len(PAYLOAD) * 64, stream_id)
@@ -129,8 +142,10 @@ def reference(requests: int) -> dict[str, float]:
         client.receive_data(reply)
         client_s += time.process_time() - done + middle - started
         server_s += done - middle
-    return {"client_us_per_request": round(client_s / requests * 1e6, 1),
-            "server_us_per_request": round(server_s / requests * 1e6, 1)}
+    return {
+        "client_us_per_request": round(client_s / requests * 1e6, 1),
+        "server_us_per_request": round(server_s / requests * 1e6, 1),
+    }
 
 
 def run(requests: int = 20_000) -> dict[str, object]:

@@ -64,9 +64,12 @@ async def run(n: int, batch: int = 500) -> dict[str, Any]:
     started = time.process_time()
     json.loads(body)
     loads = time.process_time() - started
-    config = GatewayConfig(caps=[{"name": "daily", "channels": ["any"], "limit": 3, "window": "24h"},
-                                 {"name": "promo-week", "tags": ["promo"], "limit": 2, "calendar": "week",
-                                  "action": "defer"}])
+    config = GatewayConfig(
+        caps=[
+            {"name": "daily", "channels": ["any"], "limit": 3, "window": "24h"},
+            {"name": "promo-week", "tags": ["promo"], "limit": 2, "calendar": "week", "action": "defer"},
+        ]
+    )
     pm = plugin_manager(config)
     channels = {name: null_channel(cls) for name, cls in channel_classes(pm).items()}
     clock = FakeClock(stages.NOW)
@@ -74,8 +77,16 @@ async def run(n: int, batch: int = 500) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(f"{tmp}/bench.db", "full")
         await store.open()
-        pipeline = Pipeline(store, channels, Retrier(config.delivery, pm, metrics, clock), pm, metrics, clock,
-                            batch, load_policy(config))
+        pipeline = Pipeline(
+            store,
+            channels,
+            Retrier(config.delivery, pm, metrics, clock),
+            pm,
+            metrics,
+            clock,
+            batch,
+            load_policy(config),
+        )
         running = RunningJob("bench", job, compile_job(job, 20_000), 0, 0.0)
         per_batch: list[float] = []
         outcomes: dict[str, int] = {}
@@ -92,7 +103,9 @@ async def run(n: int, batch: int = 500) -> dict[str, Any]:
     messages = n * len(job.channels)
     per_batch_us = sorted(x * 1e6 for x in per_batch)
     return {
-        "recipients": n, "messages": messages, "outcomes": outcomes,
+        "recipients": n,
+        "messages": messages,
+        "outcomes": outcomes,
         "pipeline_us_per_message": round(total / messages * 1e6, 2),
         "pipeline_batch_p50_us": round(statistics.median(per_batch_us), 2),
         "pipeline_batch_p99_us": round(per_batch_us[int(len(per_batch_us) * 0.99) - 1], 2),

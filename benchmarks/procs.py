@@ -29,8 +29,9 @@ def rss_kib(pid: int) -> int:
 
 async def spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.subprocess.Process, str]:
     """Start a process and wait for its line starting with `ready`; (process, that line's last word)."""
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT, env=env)
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
     assert proc.stdout is not None
     while True:
         line = (await proc.stdout.readline()).decode()
@@ -40,8 +41,9 @@ async def spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.su
             return proc, line.split()[-1]
 
 
-async def start_gateway(path: Path, *, store: str, channels: str, api_keys_env: str,
-                        env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+async def start_gateway(
+    path: Path, *, store: str, channels: str, api_keys_env: str, env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, str]:
     """`gateway serve` in a process of its own, on a free port, quiet hours off; `store` and
     `channels` are TOML (the [store] section's lines, whole [channels...] sections)."""
     path.write_text(f"""
@@ -54,5 +56,6 @@ api_keys_env = "{api_keys_env}"
 enabled = false
 {channels}
 """)
-    return await spawn(sys.executable, "-m", "gateway", "--config", str(path), "serve", env=env,
-                       ready="gateway listening on")
+    return await spawn(
+        sys.executable, "-m", "gateway", "--config", str(path), "serve", env=env, ready="gateway listening on"
+    )

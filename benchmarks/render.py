@@ -25,15 +25,36 @@ from gateway.personalize.templates import ENV, HTML_ENV, _compile  # noqa: E402
 from gateway.testing.templates import CORPUS, example_templates  # noqa: E402
 
 SCOPE: dict[str, Any] = {
-    "user_id": "u-1001", "campaign": "cart-reminder-2026-11", "channel": "apns",
-    "attributes": {"first_name": "Ana", "nickname": " ana ", "language": "fr", "loyalty_member": True,
-                   "favorite_brand": "Veja", "tier": "gold", "points": 1200, "tags": ["vip", "new"]},
-    "events": {"cart_abandoned": {"count": 1, "last_at": datetime(2026, 11, 27, 18, 4, tzinfo=UTC),
-                                  "properties": {"value": 240.0, "currency": "EUR", "items": ["shoes", "socks"]}}},
-    "properties": {"order_id": "A-77120", "eta": "2026-12-01", "carrier": "UPS", "tracking": "1Z999AA10123456784",
-                   "headline": "Your weekly picks are here with new arrivals from your favourite brands",
-                   "message": "Your cart is waiting", "items": ["shoes", "socks", "bag"],
-                   "nested": {"size": "42", "colour": "blue"}},
+    "user_id": "u-1001",
+    "campaign": "cart-reminder-2026-11",
+    "channel": "apns",
+    "attributes": {
+        "first_name": "Ana",
+        "nickname": " ana ",
+        "language": "fr",
+        "loyalty_member": True,
+        "favorite_brand": "Veja",
+        "tier": "gold",
+        "points": 1200,
+        "tags": ["vip", "new"],
+    },
+    "events": {
+        "cart_abandoned": {
+            "count": 1,
+            "last_at": datetime(2026, 11, 27, 18, 4, tzinfo=UTC),
+            "properties": {"value": 240.0, "currency": "EUR", "items": ["shoes", "socks"]},
+        }
+    },
+    "properties": {
+        "order_id": "A-77120",
+        "eta": "2026-12-01",
+        "carrier": "UPS",
+        "tracking": "1Z999AA10123456784",
+        "headline": "Your weekly picks are here with new arrivals from your favourite brands",
+        "message": "Your cart is waiting",
+        "items": ["shoes", "socks", "bag"],
+        "nested": {"size": "42", "colour": "blue"},
+    },
 }
 
 
@@ -64,8 +85,15 @@ def run() -> dict[str, Any]:
         liquid_us = per_call(lambda s, t=template: t.render(**s), SCOPE) * 1e6
         compiled_us = per_call(field.render, SCOPE) * 1e6
         assert field.render(dict(SCOPE)) == template.render(**SCOPE), name
-        rows.append({"template": name, "compiled": field.fast is not None, "gateway_us": round(compiled_us, 3),
-                     "python_liquid_us": round(liquid_us, 3), "ratio": round(liquid_us / compiled_us, 1)})
+        rows.append(
+            {
+                "template": name,
+                "compiled": field.fast is not None,
+                "gateway_us": round(compiled_us, 3),
+                "python_liquid_us": round(liquid_us, 3),
+                "ratio": round(liquid_us / compiled_us, 1),
+            }
+        )
     compiled_rows = [r for r in rows if r["compiled"]]
     gateway_mean = statistics.fmean(r["gateway_us"] for r in rows)
     liquid_mean = statistics.fmean(r["python_liquid_us"] for r in rows)
@@ -93,8 +121,10 @@ def main() -> None:
     width = max(len(r["template"]) for r in result["rows"])
     print(f"{'template'.ljust(width)}  compiled  gateway us  python-liquid us  ratio")
     for r in result["rows"]:
-        print(f"{r['template'].ljust(width)}  {'yes' if r['compiled'] else 'no ':8}  {r['gateway_us']:10.2f}  "
-              f"{r['python_liquid_us']:16.2f}  {r['ratio']:5.1f}x")
+        print(
+            f"{r['template'].ljust(width)}  {'yes' if r['compiled'] else 'no ':8}  {r['gateway_us']:10.2f}  "
+            f"{r['python_liquid_us']:16.2f}  {r['ratio']:5.1f}x"
+        )
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
 
 

@@ -53,26 +53,34 @@ def main() -> None:
     quick = args.quick
     result: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=HERE).stdout.strip() or "uncommitted",
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
+        or "uncommitted",
         "mode": "quick" if quick else "full",
         "command": "make bench" + (" ARGS=--quick" if quick else ""),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "processor": platform.machine()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+        },
     }
     result["stages_us"] = _section("stages", stages.run(2_000 if quick else 10_000))
     result["render_us_per_field"] = _section("render", render.run())
     result["pipeline"] = _section("pipeline", asyncio.run(pipeline.run(5_000 if quick else 100_000)))
-    result["webhook_end_to_end"] = _section("webhook end to end", runner(webhook_e2e.run(10_000 if quick else 50_000,
-                                                                                       1000)))
+    result["webhook_end_to_end"] = _section(
+        "webhook end to end", runner(webhook_e2e.run(10_000 if quick else 50_000, 1000))
+    )
     result["channels"] = _section("channels", runner(channels.run(1_000 if quick else 10_000, None)))
     result["http2"] = _section("HTTP/2 per APNs request, ours and h2", http2.run(5_000 if quick else 20_000))
     result["distributed"] = _section("distributed", runner(distributed.run(5_000 if quick else 20_000)))
     try:
         import apprise  # noqa: F401
 
-        result["peer_apprise"] = _section("apprise", asyncio.run(apprise_peer.run(300 if quick else 5_000,
-                                                                                  300 if quick else 2_000)))
+        result["peer_apprise"] = _section(
+            "apprise", asyncio.run(apprise_peer.run(300 if quick else 5_000, 300 if quick else 2_000))
+        )
     except ImportError:
         print("apprise not installed (pip install -e '.[bench]'): peer comparison skipped")
     if not quick:  # the scale run: memory must stay flat while a million recipients go through. It
@@ -103,62 +111,93 @@ def refresh_readme(result: dict[str, Any], source: str) -> None:
 
 def latest_table(r: dict[str, Any], source: str) -> str:
     m = r["machine"]
-    rows = [f"`{r['command']}` on {r['date']} at {r['commit']} ({m['cpus']} cores, Python {m['python']}); "
-            f"every figure is in `results/{source}`.", "", "| Figure | Value |", "|---|---|"]
+    rows = [
+        f"`{r['command']}` on {r['date']} at {r['commit']} ({m['cpus']} cores, Python {m['python']}); "
+        f"every figure is in `results/{source}`.",
+        "",
+        "| Figure | Value |",
+        "|---|---|",
+    ]
 
     def row(name: str, value: Any) -> None:
         rows.append(f"| {name} | {value} |")
 
     p, st, rd = r.get("pipeline", {}), r.get("stages_us", {}), r.get("render_us_per_field", {})
     if p:
-        row(f"hot path, us per message ({p['recipients']:,} recipients, all stages, mean / batch p99)",
-            f"{p['hot_path_total_us_per_message']} / {p['pipeline_batch_p99_us']}")
-        row("decode us per message / `json.loads` of the same body", f"{p['decode_us_per_message']} / "
-            f"{p['json_loads_us_per_message']}")
+        row(
+            f"hot path, us per message ({p['recipients']:,} recipients, all stages, mean / batch p99)",
+            f"{p['hot_path_total_us_per_message']} / {p['pipeline_batch_p99_us']}",
+        )
+        row(
+            "decode us per message / `json.loads` of the same body",
+            f"{p['decode_us_per_message']} / {p['json_loads_us_per_message']}",
+        )
     if st:
-        row("personalize us per recipient (5 channels) / python-liquid", f"{st['personalize_us']} / "
-            f"{st['python_liquid_render_us']} ({st['personalize_vs_python_liquid']}x)")
+        row(
+            "personalize us per recipient (5 channels) / python-liquid",
+            f"{st['personalize_us']} / {st['python_liquid_render_us']} ({st['personalize_vs_python_liquid']}x)",
+        )
     if rd:
-        row("render us per field, 46 templates / python-liquid", f"{rd['mean_us_per_field']} / "
-            f"{rd['python_liquid_mean_us_per_field']} ({rd['ratio_of_means']}x)")
-        row("render us per field, the shared examples / python-liquid", f"{rd['examples_mean_us_per_field']} / "
-            f"{rd['examples_python_liquid_mean_us']}")
+        row(
+            "render us per field, 46 templates / python-liquid",
+            f"{rd['mean_us_per_field']} / {rd['python_liquid_mean_us_per_field']} ({rd['ratio_of_means']}x)",
+        )
+        row(
+            "render us per field, the shared examples / python-liquid",
+            f"{rd['examples_mean_us_per_field']} / {rd['examples_python_liquid_mean_us']}",
+        )
     e = r.get("webhook_end_to_end", {})
     if e:
-        row(f"webhook end to end, 3 processes, {e['recipients']:,} recipients: accepted/s, delivered/s, peak RSS",
-            f"{e['accepted_recipients_per_s']:,}, {e['delivered_per_s']:,}, {e['gateway_peak_rss_mb']} MB")
+        row(
+            f"webhook end to end, 3 processes, {e['recipients']:,} recipients: accepted/s, delivered/s, peak RSS",
+            f"{e['accepted_recipients_per_s']:,}, {e['delivered_per_s']:,}, {e['gateway_peak_rss_mb']} MB",
+        )
     sc = r.get("scale", {})
     if sc:
         by = sc["gateway_rss_mb_by_progress"]
-        row(f"scale: {sc['recipients']:,} recipients in jobs of 1,000: delivered/s, drained in, peak RSS, "
+        row(
+            f"scale: {sc['recipients']:,} recipients in jobs of 1,000: delivered/s, drained in, peak RSS, "
             "RSS at 10% / 50% / 100%",
             f"{sc['delivered_per_s']:,}, {sc['end_to_end_seconds']} s, {sc['gateway_peak_rss_mb']} MB, "
-            f"{by.get('10%')} / {by.get('50%')} / {by.get('100%')} MB")
+            f"{by.get('10%')} / {by.get('50%')} / {by.get('100%')} MB",
+        )
     for c in r.get("channels", []):
         label = c["channel"] + (f" (encrypt_workers={c['encrypt_workers']})" if "encrypt_workers" in c else "")
         if c["channel"] == "mixed":
             label = f"all five channels at once, {c['messages']:,} messages"
-        row(f"{label}: msg/s, CPU us per message gateway / fake, latency p50 / p99 ms",
+        row(
+            f"{label}: msg/s, CPU us per message gateway / fake, latency p50 / p99 ms",
             f"{c['messages_per_s']:,}, {c['gateway_cpu_us_per_message']} / {c['fake_cpu_us_per_message']}, "
-            f"{c.get('latency_ms_p50', '-')} / {c.get('latency_ms_p99', '-')}")
+            f"{c.get('latency_ms_p50', '-')} / {c.get('latency_ms_p99', '-')}",
+        )
     h2 = r.get("http2", {})
     if h2:
         ours, ref = h2["ours"], h2.get("h2")
-        row("HTTP/2 alone per APNs request, CPU us, client / server: ours"
+        row(
+            "HTTP/2 alone per APNs request, CPU us, client / server: ours"
             + (" (h2, the reference; ratio)" if ref else ""),
             f"{ours['client_us_per_request']} / {ours['server_us_per_request']}"
-            + (f" ({ref['client_us_per_request']} / {ref['server_us_per_request']}; "
-               f"{h2['ratio_client']}x / {h2['ratio_server']}x)" if ref else ""))
+            + (
+                f" ({ref['client_us_per_request']} / {ref['server_us_per_request']}; "
+                f"{h2['ratio_client']}x / {h2['ratio_server']}x)"
+                if ref
+                else ""
+            ),
+        )
     for d in r.get("distributed", {}).get("rows", []):
         trips = d.get("redis_round_trips_per_message")
-        row(f"{d['store']} store, {d['gateways']} process(es): delivered/s"
+        row(
+            f"{d['store']} store, {d['gateways']} process(es): delivered/s"
             + (", Redis round trips per message" if trips is not None else ""),
-            f"{d['delivered_per_s']:,}" + (f", {trips}" if trips is not None else ""))
+            f"{d['delivered_per_s']:,}" + (f", {trips}" if trips is not None else ""),
+        )
     a = r.get("peer_apprise", {})
     for kind in ("webhook", "email"):
         if kind in a:
-            row(f"vs Apprise, {kind}: gateway msg/s, ratio to Apprise's best",
-                f"{a[kind]['gateway_per_s']:,}, {a[kind]['ratio_vs_best_apprise']}x")
+            row(
+                f"vs Apprise, {kind}: gateway msg/s, ratio to Apprise's best",
+                f"{a[kind]['gateway_per_s']:,}, {a[kind]['ratio_vs_best_apprise']}x",
+            )
     return "\n".join(rows)
 
 

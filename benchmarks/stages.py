@@ -62,9 +62,14 @@ async def _reserve_all(job: Any, n: int) -> float:
     from gateway.policy.engine import load_policy
     from gateway.store.sqlite import SQLiteStore
 
-    policy = load_policy(GatewayConfig(caps=[
-        {"name": "daily", "channels": ["any"], "limit": 3, "window": "24h"},
-        {"name": "promo-week", "tags": ["promo"], "limit": 2, "calendar": "week", "action": "defer"}]))
+    policy = load_policy(
+        GatewayConfig(
+            caps=[
+                {"name": "daily", "channels": ["any"], "limit": 3, "window": "24h"},
+                {"name": "promo-week", "tags": ["promo"], "limit": 2, "calendar": "week", "action": "defer"},
+            ]
+        )
+    )
     channels = _channels()
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(f"{tmp}/bench.db", "full")
@@ -73,7 +78,7 @@ async def _reserve_all(job: Any, n: int) -> float:
         started = time.process_time()
         for lo in range(0, n, 500):
             requests = []
-            for r in job.recipients[lo:lo + 500]:
+            for r in job.recipients[lo : lo + 500]:
                 for name in job.channels:
                     screening = policy.check(job, r, channels.get(name), name, now)
                     if isinstance(screening, Screening):

@@ -49,21 +49,32 @@ async def run(total: int, per_job: int, gateways: int = 1, redis_url: str | None
     process); jobs are posted to them in turn."""
     secret, api_key = new_secret(), secrets.token_urlsafe(16)
     env = dict(os.environ, WEBHOOK_SECRET=secret, GATEWAY_DEMO_SPEAKER_SECRET=secret, GATEWAY_DEMO_API_KEY=api_key)
-    receiver, receiver_url = await spawn(sys.executable, "-m", "gateway.testing.webhook", env=env,
-                                          ready="webhook receiver on")
+    receiver, receiver_url = await spawn(
+        sys.executable, "-m", "gateway.testing.webhook", env=env, ready="webhook receiver on"
+    )
     state: dict[str, float] = {"received": 0, "duplicates": 0, "rejected": 0, "at": 0.0}
     follower = asyncio.create_task(_follow(receiver, state))
     prefix = f"bench{secrets.token_hex(4)}:"
     with tempfile.TemporaryDirectory() as tmp:
         processes = []
         for n in range(gateways):
-            store = (f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "bench-{n}"' if redis_url
-                     else f'url = "sqlite:{tmp}/bench.db"\nsynchronous = "full"')
-            processes.append(await start_gateway(Path(tmp) / f"bench-{n}.toml", store=store, env=env,
-                                                 api_keys_env="GATEWAY_DEMO_API_KEY", channels=f"""
+            store = (
+                f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "bench-{n}"'
+                if redis_url
+                else f'url = "sqlite:{tmp}/bench.db"\nsynchronous = "full"'
+            )
+            processes.append(
+                await start_gateway(
+                    Path(tmp) / f"bench-{n}.toml",
+                    store=store,
+                    env=env,
+                    api_keys_env="GATEWAY_DEMO_API_KEY",
+                    channels=f"""
 [channels.speaker.targets.home-hub]
 url = "{receiver_url}/hooks/home-hub"
-secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}"""))
+secret = {{ env = "GATEWAY_DEMO_SPEAKER_SECRET" }}""",
+                )
+            )
         url = processes[0][1]
         rss: list[tuple[int, int]] = []  # (deliveries so far, gateway RSS in KiB, the largest process)
 
@@ -157,8 +168,9 @@ def main() -> None:
     except ImportError:
         result = asyncio.run(run(args.recipients, args.per_job))
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                      cwd=REPO).stdout.strip()
+    result["commit"] = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

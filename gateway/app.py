@@ -24,8 +24,15 @@ log = logging.getLogger(__name__)
 class Gateway:
     """The running gateway: store, plugins, channels, pipeline and workers."""
 
-    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None, extra_plugins: tuple[Any, ...] = (),
-                 store: Store | None = None, run_background: bool = True):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Clock | None = None,
+        extra_plugins: tuple[Any, ...] = (),
+        store: Store | None = None,
+        run_background: bool = True,
+    ):
         self.config = config
         self.clock = clock or Clock()
         self.pm = plugin_manager(config, extra_plugins)
@@ -52,17 +59,27 @@ class Gateway:
         for name, (cls, channel_config) in self.channel_specs.items():
             self.channels[name] = await cls.create(channel_config)
         retrier = Retrier(self.config.delivery, self.pm, self.metrics, self.clock)
-        self.pipeline = Pipeline(self.store, self.channels, retrier, self.pm, self.metrics, self.clock,
-                                 self.config.pipeline.batch_size, self.policy)
+        self.pipeline = Pipeline(
+            self.store,
+            self.channels,
+            retrier,
+            self.pm,
+            self.metrics,
+            self.clock,
+            self.config.pipeline.batch_size,
+            self.policy,
+        )
         self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers, self.clock)
         self.scheduler = Scheduler(self.store, self.pipeline, self.config.schedule, self.clock)
         # Alive before resuming: no other process may take over the jobs resumed here.
         await self.store.heartbeat(3 * seconds(self.config.store.heartbeat))
         await self._resume()
         if self.run_background:
-            self._tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping"),
-                           asyncio.create_task(self.scheduler.loop(), name="scheduler"),
-                           asyncio.create_task(self._take_over_orphans(), name="takeover")]
+            self._tasks = [
+                asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                asyncio.create_task(self.scheduler.loop(), name="scheduler"),
+                asyncio.create_task(self._take_over_orphans(), name="takeover"),
+            ]
         if self.store.shared_queue:  # intake itself: runs whatever the clock
             self._tasks.append(asyncio.create_task(self._take_jobs(), name="take-jobs"))
         self.accepting = True

@@ -129,9 +129,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-async def map_bounded(
-    items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit: int
-) -> list[R]:
+async def map_bounded(items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit: int) -> list[R]:
     """`[await fn(x) for x in items]` with at most `limit` in flight.
 
     A fixed set of `limit` workers pulls from a shared cursor, so a batch of 10,000

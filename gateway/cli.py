@@ -58,8 +58,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         configured = configure_channels(config, channel_classes(plugin_manager(config)))
     except ConfigError as exc:
         raise ConfigError(exc.problems, str(path or "built-in defaults")) from None
-    print(f"{path or 'built-in defaults'}: OK ({len(configured)} channel(s) configured: "
-          f"{', '.join(sorted(configured)) or 'none'})")
+    print(
+        f"{path or 'built-in defaults'}: OK ({len(configured)} channel(s) configured: "
+        f"{', '.join(sorted(configured)) or 'none'})"
+    )
     return 0
 
 
@@ -141,8 +143,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Notification delivery gateway")
-    p.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else ./config/gateway.toml "
-                                    "if present, else built-in defaults)")
+    p.add_argument(
+        "--config",
+        help="TOML config file (default: $GATEWAY_CONFIG, else ./config/gateway.toml "
+        "if present, else built-in defaults)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the HTTP API and the delivery workers")
@@ -160,16 +165,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--now", help="evaluate at this instant (RFC 3339, e.g. 2026-11-28T12:00:00Z)")
     s.set_defaults(fn=cmd_preview)
     s = sub.add_parser("demo", help="run the gateway against local receivers with the example jobs")
-    s.add_argument("--recipients", type=int, default=5000,
-                   help="size of the synthetic throughput job (default 5000; 0 to skip)")
+    s.add_argument(
+        "--recipients", type=int, default=5000, help="size of the synthetic throughput job (default 5000; 0 to skip)"
+    )
     s.set_defaults(fn=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.fn(args)
     except ConfigError as exc:

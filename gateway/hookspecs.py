@@ -33,9 +33,7 @@ def register_channels() -> Sequence[type[Channel]]:
 
 
 @hookspec
-def delivery_results(
-    job_id: str, channel: str, deliveries: Sequence[Delivery], results: Sequence[Result]
-) -> None:
+def delivery_results(job_id: str, channel: str, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
     """Observe one batch of delivery attempts on one channel.
 
     `results[i]` is the outcome of `deliveries[i]` for this attempt (transient failures

@@ -79,18 +79,30 @@ class Metrics:
         self.jobs_accepted = Counter("gateway_jobs_accepted_total", "Send jobs accepted (202).")
         self.recipients_accepted = Counter("gateway_recipients_accepted_total", "Recipients in accepted jobs.")
         self.jobs_rejected = Counter("gateway_jobs_rejected_total", "Send jobs refused, by HTTP status.", ("status",))
-        self.decisions = Counter("gateway_decisions_total", "Decisions recorded, by channel and outcome.",
-                                 ("channel", "outcome"))
-        self.provider_errors = Counter("gateway_provider_errors_total",
-                                       "Failed delivery attempts, by channel and reason.", ("channel", "reason"))
+        self.decisions = Counter(
+            "gateway_decisions_total", "Decisions recorded, by channel and outcome.", ("channel", "outcome")
+        )
+        self.provider_errors = Counter(
+            "gateway_provider_errors_total", "Failed delivery attempts, by channel and reason.", ("channel", "reason")
+        )
         self.queue_depth = Gauge("gateway_queue_depth", "Recipients accepted and not yet decided.", queue_depth)
-        self.delivery_latency = Histogram("gateway_delivery_latency_seconds",
-                                          "From job acceptance to the provider's answer, per sent delivery.",
-                                          ("channel",), LATENCY_BUCKETS)
+        self.delivery_latency = Histogram(
+            "gateway_delivery_latency_seconds",
+            "From job acceptance to the provider's answer, per sent delivery.",
+            ("channel",),
+            LATENCY_BUCKETS,
+        )
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.jobs_accepted, self.recipients_accepted, self.jobs_rejected, self.decisions,
-                       self.provider_errors, self.queue_depth, self.delivery_latency):
+        for metric in (
+            self.jobs_accepted,
+            self.recipients_accepted,
+            self.jobs_rejected,
+            self.decisions,
+            self.provider_errors,
+            self.queue_depth,
+            self.delivery_latency,
+        ):
             lines += metric.render()
         return "\n".join(lines) + "\n"

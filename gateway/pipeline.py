@@ -55,8 +55,17 @@ class BatchOutcome:
 
 
 class Pipeline:
-    def __init__(self, store: Store, channels: dict[str, Channel], retrier: Retrier, pm: pluggy.PluginManager,
-                 metrics: Metrics, clock: Clock, batch_size: int, policy: Policy):
+    def __init__(
+        self,
+        store: Store,
+        channels: dict[str, Channel],
+        retrier: Retrier,
+        pm: pluggy.PluginManager,
+        metrics: Metrics,
+        clock: Clock,
+        batch_size: int,
+        policy: Policy,
+    ):
         self.store = store
         self.channels = channels
         self.retrier = retrier
@@ -68,8 +77,9 @@ class Pipeline:
 
     def personalizer(self, running: RunningJob) -> Personalizer:
         if running.personalizer is None:
-            running.personalizer = Personalizer(running.job, running.variants,
-                                                {name: c.content_kind for name, c in self.channels.items()})
+            running.personalizer = Personalizer(
+                running.job, running.variants, {name: c.content_kind for name, c in self.channels.items()}
+            )
         return running.personalizer
 
     async def run(self, running: RunningJob, stopping: asyncio.Event | None = None) -> bool:
@@ -91,8 +101,7 @@ class Pipeline:
     async def release(self, running: RunningJob, items: Sequence[DeferredItem]) -> BatchOutcome:
         """Deferred messages coming due: policy again (a cap may have filled, quiet hours
         may still hold), then send."""
-        outcome = await self.process_batch(running, [(item.recipient, item.channel) for item in items],
-                                           released=True)
+        outcome = await self.process_batch(running, [(item.recipient, item.channel) for item in items], released=True)
         self._observe(running.id, outcome.decisions)
         return outcome
 
@@ -101,8 +110,9 @@ class Pipeline:
             self.metrics.decisions.inc(decision.channel, decision.outcome)
         self.pm.hook.decisions_recorded(job_id=job_id, decisions=decisions)
 
-    async def process_batch(self, running: RunningJob, targets: Sequence[tuple[int, str | None]],
-                            released: bool = False) -> BatchOutcome:
+    async def process_batch(
+        self, running: RunningJob, targets: Sequence[tuple[int, str | None]], released: bool = False
+    ) -> BatchOutcome:
         """`targets`: (recipient, None) for all the job's channels, or (recipient,
         channel) for one (a released deferred message)."""
         job = running.job
@@ -116,17 +126,25 @@ class Pipeline:
                 channels = wanted.setdefault(i, [])
                 assert channels is not None
                 channels.append(only)
-        plans = {i: plan_recipient(job, personalizer, self.channels, self.policy, job.recipients[i], now,
-                                   only=only, released=released)
-                 for i, only in wanted.items()}
+        plans = {
+            i: plan_recipient(
+                job, personalizer, self.channels, self.policy, job.recipients[i], now, only=only, released=released
+            )
+            for i, only in wanted.items()
+        }
         decided: dict[tuple[int, str], Decision] = {}
         for i, plan in plans.items():
             for channel, step in plan.channels.items():
                 if isinstance(step, Verdict):
                     decided[(i, channel)] = self._decision(running, i, channel, step, plan.variant)
         if job.routing == "all" or released:
-            await self._send(running, plans, [(i, c) for i, p in plans.items()
-                                              for c, s in p.channels.items() if isinstance(s, Ready)], decided, now)
+            await self._send(
+                running,
+                plans,
+                [(i, c) for i, p in plans.items() for c, s in p.channels.items() if isinstance(s, Ready)],
+                decided,
+                now,
+            )
         else:  # "first": channel by channel, for recipients not yet reached or waiting
             pending = set(plans)
             for position, channel in enumerate(job.channels):
@@ -137,9 +155,10 @@ class Pipeline:
                     if outcome in ("sent", "deferred"):
                         pending.discard(i)
                         detail = None if outcome == "sent" else f"waiting for {channel}"
-                        for later in job.channels[position + 1:]:
+                        for later in job.channels[position + 1 :]:
                             decided[(i, later)] = self._decision(
-                                running, i, later, Verdict("suppressed", d.NOT_NEEDED, detail), plans[i].variant)
+                                running, i, later, Verdict("suppressed", d.NOT_NEEDED, detail), plans[i].variant
+                            )
                 if not pending:
                     break
         result = BatchOutcome()
@@ -151,17 +170,33 @@ class Pipeline:
                     result.deferred.append(DeferredItem(running.id, i, channel, decision.until, decision.reason or ""))
         return result
 
-    async def _send(self, running: RunningJob, plans: dict[int, RecipientPlan], targets: list[tuple[int, str]],
-                    decided: dict[tuple[int, str], Decision], now: float) -> None:
+    async def _send(
+        self,
+        running: RunningJob,
+        plans: dict[int, RecipientPlan],
+        targets: list[tuple[int, str]],
+        decided: dict[tuple[int, str], Decision],
+        now: float,
+    ) -> None:
         """Reserve caps for `targets`, deliver what was granted, decide all of them."""
         job = running.job
         open_now = {name for _, name in targets if not self.retrier.breaker(name).allows(now)}
         for i, name in [t for t in targets if t[1] in open_now]:
             step = plans[i].channels[name]
             until = self.retrier.breaker(name).retry_at()
-            decided[(i, name)] = self._decision(running, i, name, Verdict(
-                "deferred", PROVIDER_UNAVAILABLE, f"{name} is failing: circuit open", until,
-                step.flags if isinstance(step, Ready) else None), plans[i].variant)
+            decided[(i, name)] = self._decision(
+                running,
+                i,
+                name,
+                Verdict(
+                    "deferred",
+                    PROVIDER_UNAVAILABLE,
+                    f"{name} is failing: circuit open",
+                    until,
+                    step.flags if isinstance(step, Ready) else None,
+                ),
+                plans[i].variant,
+            )
         targets = [t for t in targets if t[1] not in open_now]
         if not targets:
             return
@@ -193,15 +228,27 @@ class Pipeline:
             queue = outgoing.setdefault(name, [])
             user_id = job.recipients[i].user_id
             for k, to in enumerate(step.destinations):
-                queue.append(Delivery(
-                    id=f"{running.id}.{i}.{name}.{k}", job_id=running.id, campaign=job.campaign,
-                    category=job.category, recipient=i, user_id=user_id, channel=name,
-                    to=to, content=step.content, tags=job.tags, expires_at=job.expires_at))
+                queue.append(
+                    Delivery(
+                        id=f"{running.id}.{i}.{name}.{k}",
+                        job_id=running.id,
+                        campaign=job.campaign,
+                        category=job.category,
+                        recipient=i,
+                        user_id=user_id,
+                        channel=name,
+                        to=to,
+                        content=step.content,
+                        tags=job.tags,
+                        expires_at=job.expires_at,
+                    )
+                )
         if not outgoing:
             return
         names = list(outgoing)
         all_results = await asyncio.gather(
-            *(self.retrier.send(running.id, self.channels[n], outgoing[n]) for n in names))
+            *(self.retrier.send(running.id, self.channels[n], outgoing[n]) for n in names)
+        )
         refunds: list[str] = []
         for name, results in zip(names, all_results, strict=True):
             self._aggregate(running, plans, name, outgoing[name], results, decided)
@@ -212,9 +259,15 @@ class Pipeline:
         if refunds:
             await self.store.refund_caps(refunds)
 
-    def _aggregate(self, running: RunningJob, plans: dict[int, RecipientPlan], channel: str,
-                   deliveries: list[Delivery], results: list[Result | Postponed],
-                   decided: dict[tuple[int, str], Decision]) -> None:
+    def _aggregate(
+        self,
+        running: RunningJob,
+        plans: dict[int, RecipientPlan],
+        channel: str,
+        deliveries: list[Delivery],
+        results: list[Result | Postponed],
+        decided: dict[tuple[int, str], Decision],
+    ) -> None:
         """Devices of one recipient on one channel make one decision: sent if any device
         got it; invalid_token if every device is dead; else failed with the first reason."""
         by_recipient: dict[int, list[tuple[Delivery, Result]]] = {}
@@ -235,22 +288,31 @@ class Pipeline:
             assert isinstance(step, Ready)
             if len(pairs) == 1 and type(pairs[0][1]) is Sent:  # the common case, decided directly
                 decided[(i, channel)] = Decision(
-                    recipient=i, user_id=user_ids[i].user_id, channel=channel, outcome="sent", detail=step.note,
-                    variant=plan.variant, at=at, flags=step.flags)
+                    recipient=i,
+                    user_id=user_ids[i].user_id,
+                    channel=channel,
+                    outcome="sent",
+                    detail=step.note,
+                    variant=plan.variant,
+                    at=at,
+                    flags=step.flags,
+                )
                 sent_count += 1
                 continue
             dead = [dv for dv, r in pairs if isinstance(r, InvalidToken)]
             dead_all += dead
             ok = [r for _, r in pairs if isinstance(r, Sent)]
             if ok:
-                notes = [n for n in (step.note,
-                                     None if len(ok) == len(pairs) else f"{len(ok)} of {len(pairs)} devices") if n]
+                notes = [
+                    n for n in (step.note, None if len(ok) == len(pairs) else f"{len(ok)} of {len(pairs)} devices") if n
+                ]
                 verdict = Verdict("sent", "", "; ".join(notes) or None, flags=step.flags)
                 sent_count += len(ok)
             elif all(isinstance(r, Postponed) for _, r in pairs):
                 until = max(r.until for _, r in pairs if isinstance(r, Postponed))
-                verdict = Verdict("deferred", PROVIDER_UNAVAILABLE, f"{channel} is failing: circuit open", until,
-                                  step.flags)
+                verdict = Verdict(
+                    "deferred", PROVIDER_UNAVAILABLE, f"{channel} is failing: circuit open", until, step.flags
+                )
             elif len(dead) == len(pairs):
                 verdict = Verdict("invalid_token", pairs[0][1].reason, flags=step.flags)  # type: ignore[union-attr]
             else:
@@ -267,11 +329,19 @@ class Pipeline:
         if dead_all:
             self.pm.hook.tokens_invalidated(channel=channel, deliveries=dead_all)
 
-    def _decision(self, running: RunningJob, i: int, channel: str, verdict: Verdict,
-                  variant: str | None) -> Decision:
-        return Decision(recipient=i, user_id=running.job.recipients[i].user_id, channel=channel,
-                        outcome=verdict.outcome, reason=verdict.reason or None, detail=verdict.detail,
-                        variant=variant, until=verdict.until, at=self.clock.now(), flags=verdict.flags)
+    def _decision(self, running: RunningJob, i: int, channel: str, verdict: Verdict, variant: str | None) -> Decision:
+        return Decision(
+            recipient=i,
+            user_id=running.job.recipients[i].user_id,
+            channel=channel,
+            outcome=verdict.outcome,
+            reason=verdict.reason or None,
+            detail=verdict.detail,
+            variant=variant,
+            until=verdict.until,
+            at=self.clock.now(),
+            flags=verdict.flags,
+        )
 
 
 def _token(to: Device | str) -> str:

@@ -40,9 +40,17 @@ class RecipientPlan:
         return self.choice.variant if self.choice else None
 
 
-def plan_recipient(job: Job, personalizer: Personalizer, channels: dict[str, Channel], policy: Policy,
-                   recipient: Recipient, now: float, only: Sequence[str] | None = None,
-                   released: bool = False, always_choose: bool = False) -> RecipientPlan:
+def plan_recipient(
+    job: Job,
+    personalizer: Personalizer,
+    channels: dict[str, Channel],
+    policy: Policy,
+    recipient: Recipient,
+    now: float,
+    only: Sequence[str] | None = None,
+    released: bool = False,
+    always_choose: bool = False,
+) -> RecipientPlan:
     """`only`: plan just these channels (a deferred message coming due, with `released`).
     `always_choose`: render even when no channel can send (preview shows the copy)."""
     steps: dict[str, Ready | Verdict] = {}
@@ -61,14 +69,21 @@ def plan_recipient(job: Job, personalizer: Personalizer, channels: dict[str, Cha
     failure = choice.failure
     for name, channel, screening in passing:
         if failure is not None:
-            steps[name] = Verdict("suppressed", failure.reason, f"{failure.variant}: {failure.path}: {failure.detail}",
-                                  flags=screening.flags)
+            steps[name] = Verdict(
+                "suppressed",
+                failure.reason,
+                f"{failure.variant}: {failure.path}: {failure.detail}",
+                flags=screening.flags,
+            )
             continue
         content = choice.contents.get(name)
         if content is None:
-            steps[name] = Verdict("suppressed", d.NO_CONTENT,
-                                  f"variant {choice.variant} has no {channel.content_kind} content",
-                                  flags=screening.flags)
+            steps[name] = Verdict(
+                "suppressed",
+                d.NO_CONTENT,
+                f"variant {choice.variant} has no {channel.content_kind} content",
+                flags=screening.flags,
+            )
             continue
         note = None
         if channel.max_payload_bytes is not None and isinstance(content, PushContent):

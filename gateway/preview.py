@@ -69,12 +69,12 @@ def preview(accepted: AcceptedJob, channels: dict[str, Channel], policy: Policy,
             rendered = step.content if isinstance(step, Ready) else choice.contents.get(name)
             content = msgspec.to_builtins(rendered) if rendered is not None else None
             if isinstance(step, Ready):
-                rows.append(ChannelPreview(name, WOULD_SEND, None, step.note, None, step.flags,
-                                           len(step.destinations), content))
+                rows.append(
+                    ChannelPreview(name, WOULD_SEND, None, step.note, None, step.flags, len(step.destinations), content)
+                )
             else:
                 until = _iso(step.until) if step.until is not None else None
-                rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, until, step.flags, 0,
-                                           content))
+                rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, until, step.flags, 0, content))
         skipped = [SkippedVariant(s.variant, s.reason, s.path, s.detail) for s in choice.skipped]
         out.append(RecipientPreview(i, recipient.user_id, choice.variant, skipped, rows))
     return Preview(job.campaign, _iso(now), accepted.warnings, out)
@@ -102,8 +102,16 @@ def table(result: Preview) -> str:
         for c in r.channels:
             until = f"until {c.until}" if c.until else None
             why = " - ".join(x for x in (c.reason, c.detail, until, *(c.flags or ())) if x)
-            rows.append((r.user_id if first else "", (r.variant or "(none)") if first else "", c.channel,
-                         c.outcome, why, summary(c.content)))
+            rows.append(
+                (
+                    r.user_id if first else "",
+                    (r.variant or "(none)") if first else "",
+                    c.channel,
+                    c.outcome,
+                    why,
+                    summary(c.content),
+                )
+            )
             first = False
         for s in r.skipped:
             why = "condition false" if s.reason == "condition_false" else f"{s.reason} at {s.path}: {s.detail}"

@@ -113,8 +113,13 @@ class Runner:
             except StoreUnavailable as exc:
                 if self.stopping.is_set():
                     raise
-                log.warning("job %s paused at recipient %d: store unavailable (%s); retrying in %.1fs",
-                            item.id, item.cursor, exc, pause)
+                log.warning(
+                    "job %s paused at recipient %d: store unavailable (%s); retrying in %.1fs",
+                    item.id,
+                    item.cursor,
+                    exc,
+                    pause,
+                )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
 
@@ -129,8 +134,11 @@ class Runner:
             try:
                 await asyncio.wait_for(self.idle.wait(), timeout)
             except TimeoutError:
-                log.warning("shutdown: %d job(s) still delivering after %.0fs; they resume on restart",
-                            len(self.active), timeout)
+                log.warning(
+                    "shutdown: %d job(s) still delivering after %.0fs; they resume on restart",
+                    len(self.active),
+                    timeout,
+                )
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

@@ -30,9 +30,12 @@ def is_loopback(host: str) -> bool:
 def keys_for(config: GatewayConfig, host: str) -> list[Secret]:
     keys = api_keys(config.server)
     if not keys and not is_loopback(host):
-        raise ConfigError([
-            f"server.host: refusing to listen on non-loopback address {host!r} with no API keys; "
-            f"set {config.server.api_keys_env} (comma-separated) or server.api_keys_file"])
+        raise ConfigError(
+            [
+                f"server.host: refusing to listen on non-loopback address {host!r} with no API keys; "
+                f"set {config.server.api_keys_env} (comma-separated) or server.api_keys_file"
+            ]
+        )
     if not keys:
         log.warning("no API keys configured: the API is open to local callers only (%s)", host)
     return keys
@@ -57,8 +60,9 @@ class RunningServer:
         await self.runner.cleanup()
 
 
-async def start_server(config: GatewayConfig, gateway: Gateway | None = None, host: str | None = None,
-                       port: int | None = None) -> RunningServer:
+async def start_server(
+    config: GatewayConfig, gateway: Gateway | None = None, host: str | None = None, port: int | None = None
+) -> RunningServer:
     host = host or config.server.host
     port = config.server.port if port is None else port
     keys = keys_for(config, host)

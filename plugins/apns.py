@@ -62,7 +62,10 @@ TOKEN_ERRORS = {  # the token is dead for this app: report it so upstream delete
     "DeviceTokenNotForTopic",
 }
 CREDENTIAL_ERRORS = {  # our provider token, not the device: fix the key, never blame tokens
-    "ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken", "TooManyProviderTokenUpdates",
+    "ExpiredProviderToken",
+    "InvalidProviderToken",
+    "MissingProviderToken",
+    "TooManyProviderTokenUpdates",
 }
 TRANSIENT_ERRORS = {"TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown", "IdleTimeout"}
 # Everything else (Forbidden, ExpiredToken, PayloadTooLarge, BadTopic, TopicDisallowed, ...) is permanent.
@@ -128,8 +131,12 @@ class ProviderToken:
         """The `authorization` header's value."""
         now = self.now()
         if now - self.made >= TOKEN_SECONDS:
-            token = jwt.encode({"iss": self.team_id, "iat": int(now)}, self.key,  # type: ignore[arg-type]
-                               algorithm="ES256", headers={"kid": self.key_id})
+            token = jwt.encode(
+                {"iss": self.team_id, "iat": int(now)},
+                self.key,  # type: ignore[arg-type]
+                algorithm="ES256",
+                headers={"kid": self.key_id},
+            )
             self.header, self.made = b"bearer " + token.encode(), now
         return self.header
 
@@ -147,11 +154,18 @@ class ApnsChannel(Channel):
         self.pools = pools  # app -> its connections
         self.tokens = tokens
         # The headers every request of an app carries, pseudo-headers first (RFC 9113 8.3).
-        self.fixed = {name: ((b":method", b"POST"), (b":scheme", b"https"), (b":authority", pools[name].authority))
-                      for name in config.apps}
-        self.app_headers = {name: ((b"apns-topic", app.topic.encode()), (b"apns-push-type", app.push_type.encode()),
-                                   (b"apns-priority", b"%d" % (app.priority if app.push_type == "alert" else 5)))
-                            for name, app in config.apps.items()}
+        self.fixed = {
+            name: ((b":method", b"POST"), (b":scheme", b"https"), (b":authority", pools[name].authority))
+            for name in config.apps
+        }
+        self.app_headers = {
+            name: (
+                (b"apns-topic", app.topic.encode()),
+                (b"apns-push-type", app.push_type.encode()),
+                (b"apns-priority", b"%d" % (app.priority if app.push_type == "alert" else 5)),
+            )
+            for name, app in config.apps.items()
+        }
         self.default_app = config.default_app or next(iter(config.apps))
         self.timeout = seconds(config.timeout)
 
@@ -183,8 +197,13 @@ class ApnsChannel(Channel):
         pools, tokens = {}, {}
         for name, app in config.apps.items():
             host, _, port = (config.endpoint or f"{HOSTS[app.sandbox]}:443").rpartition(":")
-            pools[name] = Http2Pool(host, int(port), ssl=context, max_connections=config.max_connections,
-                                    volatile=(b":path", b"apns-id", b"apns-expiration"))
+            pools[name] = Http2Pool(
+                host,
+                int(port),
+                ssl=context,
+                max_connections=config.max_connections,
+                volatile=(b":path", b"apns-id", b"apns-expiration"),
+            )
             key = app.key.resolve(f"channels.apns.apps.{name}.key").reveal()
             tokens[name] = ProviderToken(app.team_id, app.key_id, key)
         return cls(config, pools, tokens)
@@ -225,8 +244,9 @@ class ApnsChannel(Channel):
                 requests.append((headers, body))
             else:
                 results[i] = request
-        sent = await asyncio.gather(*(self.pools[name].request_all(requests, self.timeout)
-                                      for name, (_, requests) in by_app.items()))
+        sent = await asyncio.gather(
+            *(self.pools[name].request_all(requests, self.timeout) for name, (_, requests) in by_app.items())
+        )
         for (indexes, _), outcomes in zip(by_app.values(), sent, strict=True):
             for i, outcome in zip(indexes, outcomes, strict=True):
                 results[i] = self._result(apns_ids[i], outcome)
@@ -241,9 +261,13 @@ class ApnsChannel(Channel):
             return PermanentFailure("unknown_app", f"no app {app_name!r} in [channels.apns.apps]")
         content: PushContent = delivery.content
         apns_id = apns_id_for(delivery.id)  # the same apns-id on every retry
-        headers = [*self.fixed[app_name], (b":path", b"/3/device/" + device.token.encode()),
-                   (b"authorization", self.tokens[app_name].current()), *self.app_headers[app_name],
-                   (b"apns-id", apns_id)]
+        headers = [
+            *self.fixed[app_name],
+            (b":path", b"/3/device/" + device.token.encode()),
+            (b"authorization", self.tokens[app_name].current()),
+            *self.app_headers[app_name],
+            (b"apns-id", apns_id),
+        ]
         if delivery.expires_at is not None:
             headers.append((b"apns-expiration", b"%d" % max(0, int(delivery.expires_at.timestamp()))))
         if content.collapse_key:

@@ -102,9 +102,17 @@ class _Tokens:
                 return self.token
             now = int(time.time())
             assertion = jwt.encode(
-                {"iss": self.account.client_email, "scope": SCOPE, "aud": self.account.token_uri,
-                 "iat": now, "exp": now + 3600},
-                self.account.private_key, algorithm="RS256", headers={"kid": self.account.private_key_id})
+                {
+                    "iss": self.account.client_email,
+                    "scope": SCOPE,
+                    "aud": self.account.token_uri,
+                    "iat": now,
+                    "exp": now + 3600,
+                },
+                self.account.private_key,
+                algorithm="RS256",
+                headers={"kid": self.account.private_key_id},
+            )
             form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
             async with self.session.post(self.account.token_uri, data=form) as response:
                 body = await response.json(content_type=None)
@@ -159,16 +167,18 @@ class FcmChannel(Channel):
         content = content or delivery.content
         to = delivery.to
         token = getattr(to, "token", None)
-        notification = {k: v for k, v in (("title", content.title), ("body", content.body),
-                                           ("image", content.image)) if v}
+        notification = {
+            k: v for k, v in (("title", content.title), ("body", content.body), ("image", content.image)) if v
+        }
         data = dict(content.data or {})
         if content.deep_link:
             data.setdefault("deep_link", content.deep_link)
         android: dict[str, Any] = {"priority": self.config.android_priority, "ttl": f"{self._ttl(delivery)}s"}
         if content.collapse_key:
             android["collapse_key"] = content.collapse_key
-        android_notification = {k: v for k, v in (("channel_id", self.config.android_channel_id),
-                                                   ("sound", content.sound)) if v}
+        android_notification = {
+            k: v for k, v in (("channel_id", self.config.android_channel_id), ("sound", content.sound)) if v
+        }
         if android_notification:
             android["notification"] = android_notification
         message: dict[str, Any] = {"token": token, "android": android}
@@ -184,8 +194,17 @@ class FcmChannel(Channel):
         return int(seconds(self.config.default_ttl))
 
     def payload_size(self, content: PushContent) -> int:
-        probe = Delivery(id="", job_id="", campaign="", category="", recipient=0, user_id="", channel="fcm",
-                         to="x" * 163, content=content)  # registration tokens are ~163 characters
+        probe = Delivery(
+            id="",
+            job_id="",
+            campaign="",
+            category="",
+            recipient=0,
+            user_id="",
+            channel="fcm",
+            to="x" * 163,
+            content=content,
+        )  # registration tokens are ~163 characters
         return len(json.dumps(self.message(probe), separators=(",", ":"), ensure_ascii=False).encode())
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
@@ -201,8 +220,12 @@ class FcmChannel(Channel):
                 log.error("fcm: cannot get an OAuth token: %s", exc)
                 return TransientFailure("oauth_unavailable")
             try:
-                response = await self.pool.post(self.pool.path, (("Authorization", f"Bearer {token}"),
-                                                            ("Content-Type", "application/json")), body, self.timeout)
+                response = await self.pool.post(
+                    self.pool.path,
+                    (("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")),
+                    body,
+                    self.timeout,
+                )
                 payload = msgspec.json.decode(response.body) if response.body else {}
                 status = response.status
             except TimeoutError:
@@ -215,8 +238,7 @@ class FcmChannel(Channel):
             if status == 401 and code in (None, "UNAUTHENTICATED") and stale is None:
                 stale = token
                 continue
-            return classify(status, code, message,
-                            parse_retry_after(response.headers.get("retry-after"), time.time()))
+            return classify(status, code, message, parse_retry_after(response.headers.get("retry-after"), time.time()))
         log.error("fcm: credentials refused after a token refresh")
         return PermanentFailure("credentials", "UNAUTHENTICATED after refreshing the OAuth token")
 
@@ -250,5 +272,3 @@ def classify(status: int, code: str | None, message: str, retry_after: float | N
 @hookimpl(trylast=True)
 def register_channels() -> list[type[Channel]]:
     return [FcmChannel]
-
-

@@ -119,10 +119,16 @@ class _Pool:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         c = self.config
-        client = aiosmtplib.SMTP(hostname=c.host, port=c.port, timeout=seconds(c.timeout),
-                                 use_tls=c.security == "tls", start_tls=c.security == "starttls",
-                                 tls_context=self.tls, username=c.username,
-                                 password=self.password.reveal() if self.password else None)
+        client = aiosmtplib.SMTP(
+            hostname=c.host,
+            port=c.port,
+            timeout=seconds(c.timeout),
+            use_tls=c.security == "tls",
+            start_tls=c.security == "starttls",
+            tls_context=self.tls,
+            username=c.username,
+            password=self.password.reveal() if self.password else None,
+        )
         await client.connect()
         return client
 
@@ -194,12 +200,19 @@ class MailChannel(Channel):
         content: EmailContent = delivery.content
         to = delivery.to
         assert isinstance(to, str)
-        sender = formataddr((self.config.from_name, self.config.from_address)) if self.config.from_name \
+        sender = (
+            formataddr((self.config.from_name, self.config.from_address))
+            if self.config.from_name
             else self.config.from_address
-        headers = [("From", sender), ("To", to), ("Subject", content.subject),
-                   ("Date", formatdate(localtime=False, usegmt=True)),
-                   # Stable across retries: a relay that saw the first attempt can drop the copy.
-                   ("Message-ID", self.message_id(delivery))]
+        )
+        headers = [
+            ("From", sender),
+            ("To", to),
+            ("Subject", content.subject),
+            ("Date", formatdate(localtime=False, usegmt=True)),
+            # Stable across retries: a relay that saw the first attempt can drop the copy.
+            ("Message-ID", self.message_id(delivery)),
+        ]
         if self.config.reply_to:
             headers.append(("Reply-To", self.config.reply_to))
         if delivery.category == "marketing" and self.unsubscribe_key is not None:

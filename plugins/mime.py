@@ -42,8 +42,9 @@ def _header(name: str, value: str) -> str:
     if name.lower() in _ADDRESS_HEADERS or (value.isascii() and len(name) + len(value) < 76):
         return f"{name}: {value}"
     # Encoded words (or folding, for long ASCII values) as email.header does it
-    return f"{name}: " + Header(value, "utf-8" if not value.isascii() else "us-ascii",
-                                header_name=name).encode(linesep="\r\n")
+    return f"{name}: " + Header(value, "utf-8" if not value.isascii() else "us-ascii", header_name=name).encode(
+        linesep="\r\n"
+    )
 
 
 def _part_headers(subtype: str) -> list[str]:

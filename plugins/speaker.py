@@ -125,8 +125,12 @@ class SpeakerChannel(Channel):
     @classmethod
     async def create(cls, config: SpeakerConfig) -> SpeakerChannel:
         targets = {
-            name: _Target(name, t, signing_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()),
-                          config.concurrency)
+            name: _Target(
+                name,
+                t,
+                signing_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()),
+                config.concurrency,
+            )
             for name, t in config.targets.items()
         }
         return cls(config, targets)
@@ -145,15 +149,17 @@ class SpeakerChannel(Channel):
             return PermanentFailure("unknown_target", f"no target {device.target!r} in [channels.speaker.targets]")
         if target.gone:
             return InvalidToken("target_gone")
-        body = _encode({
-            "type": "speaker.announce",
-            "speech": delivery.content.speech,
-            "device_id": device.device_id,
-            "target": device.target,
-            "user_id": delivery.user_id,
-            "campaign": delivery.campaign,
-            "job_id": delivery.job_id,
-        })
+        body = _encode(
+            {
+                "type": "speaker.announce",
+                "speech": delivery.content.speech,
+                "device_id": device.device_id,
+                "target": device.target,
+                "user_id": delivery.user_id,
+                "campaign": delivery.campaign,
+                "job_id": delivery.job_id,
+            }
+        )
         timestamp = int(time.time())
         headers = (
             ("content-type", "application/json"),

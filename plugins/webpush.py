@@ -55,8 +55,11 @@ log = logging.getLogger(__name__)
 MAX_PLAINTEXT_BYTES = 3993
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows up to 24 h; refreshed an hour before it ends
 DEFAULT_PUSH_HOSTS = [
-    "fcm.googleapis.com", "updates.push.services.mozilla.com", "*.notify.windows.com",
-    "web.push.apple.com", "*.push.apple.com",
+    "fcm.googleapis.com",
+    "updates.push.services.mozilla.com",
+    "*.notify.windows.com",
+    "web.push.apple.com",
+    "*.push.apple.com",
 ]
 
 
@@ -90,8 +93,15 @@ def encrypt_many(items: list[tuple[str, str, bytes]]) -> list[bytes | str]:
     out: list[bytes | str] = []
     for p256dh, auth, data in items:
         try:
-            out.append(http_ece.encrypt(data, private_key=ec.generate_private_key(ec.SECP256R1()), dh=_unb64(p256dh),
-                                        auth_secret=_unb64(auth), version="aes128gcm"))
+            out.append(
+                http_ece.encrypt(
+                    data,
+                    private_key=ec.generate_private_key(ec.SECP256R1()),
+                    dh=_unb64(p256dh),
+                    auth_secret=_unb64(auth),
+                    version="aes128gcm",
+                )
+            )
         except Exception as exc:  # a malformed p256dh/auth from the browser
             out.append(type(exc).__name__)
     return out
@@ -145,8 +155,11 @@ class WebPushChannel(Channel):
         # The allow-list as one pattern, built once: fnmatch per pattern per message cost ~5 us.
         self._allowed_hosts = re.compile("|".join(fnmatch.translate(p) for p in config.allowed_hosts) or "(?!)")
         # forkserver: forking a process that runs threads (the store's writer) can deadlock.
-        self.encryptors = None if not config.encrypt_workers else ProcessPoolExecutor(
-            config.encrypt_workers, mp_context=multiprocessing.get_context("forkserver"))
+        self.encryptors = (
+            None
+            if not config.encrypt_workers
+            else ProcessPoolExecutor(config.encrypt_workers, mp_context=multiprocessing.get_context("forkserver"))
+        )
         self.timeout = seconds(config.timeout)
         self._tokens: dict[str, tuple[str, float]] = {}  # origin -> (Authorization, expires)
         self.signatures = 0
@@ -171,8 +184,14 @@ class WebPushChannel(Channel):
         return url.scheme == "https" and self._allowed_hosts.match(url.hostname or "") is not None
 
     def payload(self, content: PushContent) -> bytes:
-        fields = {"title": content.title, "body": content.body, "icon": content.image, "url": content.deep_link,
-                  "tag": content.collapse_key, "data": content.data}
+        fields = {
+            "title": content.title,
+            "body": content.body,
+            "icon": content.image,
+            "url": content.deep_link,
+            "tag": content.collapse_key,
+            "data": content.data,
+        }
         return msgspec.json.encode({k: v for k, v in fields.items() if v is not None})
 
     def payload_size(self, content: PushContent) -> int:
@@ -201,8 +220,9 @@ class WebPushChannel(Channel):
             bodies = await self._encrypt_in_workers(deliveries, urls)
         return await map_bounded(list(zip(deliveries, bodies, urls, strict=True)), self._send, self.config.concurrency)
 
-    async def _encrypt_in_workers(self, deliveries: Sequence[Delivery],
-                                  urls: list[SplitResult]) -> list[bytes | str | None]:
+    async def _encrypt_in_workers(
+        self, deliveries: Sequence[Delivery], urls: list[SplitResult]
+    ) -> list[bytes | str | None]:
         """Encrypted bodies (None for endpoints that are not allowed), per message."""
         assert self.encryptors is not None
         items, where = [], []
@@ -211,9 +231,14 @@ class WebPushChannel(Channel):
                 items.append(self._plaintext(delivery))
                 where.append(n)
         loop = asyncio.get_running_loop()
-        chunks = [items[i:i + ENCRYPT_CHUNK] for i in range(0, len(items), ENCRYPT_CHUNK)]
-        encrypted = [b for part in await asyncio.gather(
-            *(loop.run_in_executor(self.encryptors, encrypt_many, chunk) for chunk in chunks)) for b in part]
+        chunks = [items[i : i + ENCRYPT_CHUNK] for i in range(0, len(items), ENCRYPT_CHUNK)]
+        encrypted = [
+            b
+            for part in await asyncio.gather(
+                *(loop.run_in_executor(self.encryptors, encrypt_many, chunk) for chunk in chunks)
+            )
+            for b in part
+        ]
         bodies: list[bytes | str | None] = [None] * len(deliveries)
         for n, body in zip(where, encrypted, strict=True):
             bodies[n] = body
@@ -226,8 +251,9 @@ class WebPushChannel(Channel):
     async def _send(self, item: tuple[Delivery, bytes | str | None, SplitResult]) -> Result:
         delivery, body, url = item
         if not self.allowed(url):
-            return PermanentFailure("endpoint_not_allowed",
-                                    f"{url.hostname} is not in [channels.webpush] allowed_hosts")
+            return PermanentFailure(
+                "endpoint_not_allowed", f"{url.hostname} is not in [channels.webpush] allowed_hosts"
+            )
         if body is None:
             body = encrypt_many([self._plaintext(delivery)])[0]
         if isinstance(body, str):  # a malformed p256dh/auth from the browser: that subscription is unusable
@@ -244,11 +270,13 @@ class WebPushChannel(Channel):
             headers["Topic"] = topic
         pool = self.connections.get(url.netloc)
         if pool is None:
-            pool = self.connections[url.netloc] = Http1Pool(f"https://{url.netloc}", ssl=self.tls,
-                                                      max_idle=self.config.concurrency)
+            pool = self.connections[url.netloc] = Http1Pool(
+                f"https://{url.netloc}", ssl=self.tls, max_idle=self.config.concurrency
+            )
         try:
-            response = await pool.post(url.path + (f"?{url.query}" if url.query else ""), headers.items(), body,
-                                       timeout=self.timeout)
+            response = await pool.post(
+                url.path + (f"?{url.query}" if url.query else ""), headers.items(), body, timeout=self.timeout
+            )
         except TimeoutError:
             return TransientFailure("timeout")
         except (OSError, ValueError) as exc:  # refused, reset, TLS, a cut response; a line break in the URL

@@ -32,9 +32,16 @@ def make_config(tmp_path: Path, receiver_url: str | None = None, **sections: Any
         "quiet_hours": {"enabled": False},
     }
     if receiver_url is not None:
-        data["channels"] = {"speaker": {"targets": {
-            "home-hub": {"url": f"{receiver_url}/hooks/home-hub", "secret": {"env": "GATEWAY_TEST_SPEAKER_SECRET"}},
-        }}}
+        data["channels"] = {
+            "speaker": {
+                "targets": {
+                    "home-hub": {
+                        "url": f"{receiver_url}/hooks/home-hub",
+                        "secret": {"env": "GATEWAY_TEST_SPEAKER_SECRET"},
+                    },
+                }
+            }
+        }
     for name, values in sections.items():
         if isinstance(values, list):
             data[name] = values
@@ -68,8 +75,9 @@ class Running:
     http: aiohttp.ClientSession
     gateway: Gateway
 
-    async def post(self, job: dict[str, Any] | bytes, headers: dict[str, str] | None = None
-                   ) -> tuple[int, dict[str, Any], Any]:
+    async def post(
+        self, job: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any], Any]:
         body = job if isinstance(job, bytes) else json.dumps(job).encode()
         async with self.http.post("/v1/jobs", data=body, headers=headers) as r:
             return r.status, await r.json(), r.headers
@@ -79,8 +87,7 @@ class Running:
             assert r.status == 200, await r.text()
             return await r.json()
 
-    async def wait(self, job_id: str, timeout: float = 20, states: tuple[str, ...] = ("completed",)
-                   ) -> dict[str, Any]:
+    async def wait(self, job_id: str, timeout: float = 20, states: tuple[str, ...] = ("completed",)) -> dict[str, Any]:
         import asyncio
 
         async with asyncio.timeout(timeout):
@@ -115,12 +122,19 @@ def speaker_job(n: int = 3, **overrides: Any) -> dict[str, Any]:
     job: dict[str, Any] = {
         "campaign": "test-campaign",
         "channels": ["speaker"],
-        "variants": [{"name": "default", "content": {"speaker": {
-            "speech": "Hello {{ attributes.first_name | default: 'there' }}"}}}],
+        "variants": [
+            {
+                "name": "default",
+                "content": {"speaker": {"speech": "Hello {{ attributes.first_name | default: 'there' }}"}},
+            }
+        ],
         "recipients": [
-            {"user_id": f"u{i}", "attributes": {"first_name": f"N{i}"},
-             "subscriptions": {"speaker": "opted_in"},
-             "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"d{i}"}]}
+            {
+                "user_id": f"u{i}",
+                "attributes": {"first_name": f"N{i}"},
+                "subscriptions": {"speaker": "opted_in"},
+                "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"d{i}"}],
+            }
             for i in range(n)
         ],
     }

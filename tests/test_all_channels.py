@@ -28,8 +28,13 @@ async def test_cart_example_through_every_channel(start, tmp_path: Path, monkeyp
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_tls)
-    async with (ApnsFake(server_tls) as apns, FcmFake() as fcm, WebPushFake(tls_context=server_tls) as push,
-                SmtpFake() as smtp, WebhookReceiver(speaker_secret) as hub):
+    async with (
+        ApnsFake(server_tls) as apns,
+        FcmFake() as fcm,
+        WebPushFake(tls_context=server_tls) as push,
+        SmtpFake() as smtp,
+        WebhookReceiver(speaker_secret) as hub,
+    ):
         (tmp_path / "sa.json").write_text(json.dumps(fcm.service_account()))
         monkeypatch.setenv("T_APNS_KEY", apns.key_pem())
         from py_vapid import Vapid02
@@ -40,16 +45,36 @@ async def test_cart_example_through_every_channel(start, tmp_path: Path, monkeyp
         monkeypatch.setenv("T_UNSUB", "unsubscribe-secret")
         config = make_config(tmp_path, hub.url, quiet_hours={"enabled": True, "spread": "0s"})
         ca_file = str(tmp_path / "ca.pem")
-        config.channels.update({
-            "apns": {"apps": {"shop": {"team_id": apns.team_id, "key_id": apns.key_id, "key": {"env": "T_APNS_KEY"},
-                                       "topic": "com.shop.app"}},
-                     "endpoint": f"127.0.0.1:{apns.port}", "ca_file": ca_file},
-            "fcm": {"service_account": {"file": str(tmp_path / "sa.json")}, "endpoint": fcm.url},
-            "webpush": {"vapid_private_key": {"env": "T_VAPID"}, "subject": "mailto:ops@shop.example",
-                        "allowed_hosts": ["127.0.0.1"], "ca_file": ca_file},
-            "email": {"host": "127.0.0.1", "port": smtp.port, "security": "none", "from_address": "news@shop.example",
-                      "unsubscribe": {"url": "https://gw.example", "secret": {"env": "T_UNSUB"}}},
-        })
+        config.channels.update(
+            {
+                "apns": {
+                    "apps": {
+                        "shop": {
+                            "team_id": apns.team_id,
+                            "key_id": apns.key_id,
+                            "key": {"env": "T_APNS_KEY"},
+                            "topic": "com.shop.app",
+                        }
+                    },
+                    "endpoint": f"127.0.0.1:{apns.port}",
+                    "ca_file": ca_file,
+                },
+                "fcm": {"service_account": {"file": str(tmp_path / "sa.json")}, "endpoint": fcm.url},
+                "webpush": {
+                    "vapid_private_key": {"env": "T_VAPID"},
+                    "subject": "mailto:ops@shop.example",
+                    "allowed_hosts": ["127.0.0.1"],
+                    "ca_file": ca_file,
+                },
+                "email": {
+                    "host": "127.0.0.1",
+                    "port": smtp.port,
+                    "security": "none",
+                    "from_address": "news@shop.example",
+                    "unsubscribe": {"url": "https://gw.example", "secret": {"env": "T_UNSUB"}},
+                },
+            }
+        )
         clock = FakeClock(NOON)
         running = await start(config, clock=clock)
 

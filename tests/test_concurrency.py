@@ -58,11 +58,21 @@ def test_retry_after_forms() -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "gateway", "demo", "--recipients", "300"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--recipients", "300"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "demo: OK" in proc.stdout
-    for provider in ("APNs (HTTP/2, TLS) got", "FCM got", "Web push service got", "SMTP server got",
-                     "all signatures verified"):
+    for provider in (
+        "APNs (HTTP/2, TLS) got",
+        "FCM got",
+        "Web push service got",
+        "SMTP server got",
+        "all signatures verified",
+    ):
         assert provider in proc.stdout
     assert "recipients/s end to end" in proc.stdout

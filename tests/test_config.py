@@ -49,7 +49,9 @@ def test_shipped_configs_are_valid(monkeypatch) -> None:
 
 
 def test_every_error_is_reported_with_its_key_path(tmp_path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
 [server]
 port = "eighty"
 hots = "0.0.0.0"
@@ -61,9 +63,16 @@ batch_size = 0
 backoff_base = "soon"
 [colour]
 x = 1
-""")
+""",
+    )
     assert {p.split(":")[0] for p in found} == {
-        "server.port", "server.hots", "store.synchronous", "pipeline.batch_size", "delivery.backoff_base", "colour"}
+        "server.port",
+        "server.hots",
+        "store.synchronous",
+        "pipeline.batch_size",
+        "delivery.backoff_base",
+        "colour",
+    }
     assert any("unknown key" in p for p in found if p.startswith("server.hots"))
 
 
@@ -79,7 +88,9 @@ def test_missing_file(tmp_path) -> None:
 
 def test_channel_tables_are_checked_against_the_channel_config(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("HUB_SECRET", raising=False)
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [channels.speaker]
 concurency = 3
 [channels.speaker.targets.hub]
@@ -87,17 +98,28 @@ url = "ftp://hub"
 secret = { env = "HUB_SECRET" }
 [channels.sms]
 key = "x"
-""")
-    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+""",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     err = proc.stderr
     assert "channels.speaker.concurency: unknown key" in err
     assert "channels.sms: no plugin provides this channel" in err
     # Struct-level problems stop before secrets are resolved; fix them and the rest shows.
-    path.write_text(path.read_text().replace("concurency = 3\n", "").replace("[channels.sms]\nkey = \"x\"\n", ""))
-    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    path.write_text(path.read_text().replace("concurency = 3\n", "").replace('[channels.sms]\nkey = "x"\n', ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "channels.speaker.targets.hub.url: expected an http(s) URL" in proc.stderr
     assert "channels.speaker.targets.hub.secret.env: environment variable HUB_SECRET is not set" in proc.stderr
@@ -105,11 +127,14 @@ key = "x"
 
 def test_bad_secret_format_names_the_key(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HUB_SECRET", "plain-text-secret")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [channels.speaker.targets.hub]
 url = "https://hub.example"
 secret = { env = "HUB_SECRET" }
-""")
+""",
+    )
     with pytest.raises(ConfigError) as err:
         from gateway.plugins import channel_classes, configure_channels, plugin_manager
 
@@ -150,8 +175,8 @@ def test_durations(n: int, unit: str) -> None:
 def test_the_documented_cap_examples_are_valid(tmp_path) -> None:
     """config/gateway.toml shows [[caps]] as comments: uncommented, they must load."""
     text = (REPO / "config" / "gateway.toml").read_text()
-    block = text[text.index("# [[caps]]"):]
-    block = block[:block.index("\n\n")]  # the caps example ends at the first blank line
+    block = text[text.index("# [[caps]]") :]
+    block = block[: block.index("\n\n")]  # the caps example ends at the first blank line
     lines = [ln[2:] for ln in block.splitlines() if ln.startswith("# ") and not ln.startswith("# #")]
     path = tmp_path / "caps.toml"
     path.write_text("\n".join(ln.split("#")[0].rstrip() for ln in lines) + "\n")

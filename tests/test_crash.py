@@ -19,8 +19,14 @@ from tests.conftest import API_KEY, speaker_job
 BATCH = 20
 
 
-def write_config(tmp_path: Path, receiver_url: str, store: str | None = None, name: str = "gateway.toml",
-                 extra: str = "", workers: int = 1) -> Path:
+def write_config(
+    tmp_path: Path,
+    receiver_url: str,
+    store: str | None = None,
+    name: str = "gateway.toml",
+    extra: str = "",
+    workers: int = 1,
+) -> Path:
     """`store`: the [store] table's lines (default: SQLite in tmp_path); `extra`: more
     TOML at the end."""
     path = tmp_path / name
@@ -56,8 +62,16 @@ class Process:
 async def serve(config: Path, secret: str) -> Process:
     env = dict(os.environ, GATEWAY_TEST_API_KEYS=API_KEY, GATEWAY_TEST_SPEAKER_SECRET=secret)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(config), "serve",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(config),
+        "serve",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
     assert proc.stdout is not None
     async with asyncio.timeout(20):
         while True:

@@ -22,9 +22,21 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--target", str(target), str(REPO / "examples" / "gateway-sms")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(REPO / "examples" / "gateway-sms"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     sys.path.insert(0, str(target))
     try:
         yield target
@@ -62,21 +74,34 @@ async def test_delivers_end_to_end(installed: Path, start, tmp_path, monkeypatch
     monkeypatch.setenv("SMS_API_KEY", "sms-key")
     try:
         config = make_config(tmp_path)
-        config.channels["sms"] = {"api_url": f"http://127.0.0.1:{port}/v1", "api_key": {"env": "SMS_API_KEY"},
-                                  "sender": "SHOP"}
+        config.channels["sms"] = {
+            "api_url": f"http://127.0.0.1:{port}/v1",
+            "api_key": {"env": "SMS_API_KEY"},
+            "sender": "SHOP",
+        }
         running = await start(config)
-        job = {"campaign": "otp", "category": "transactional", "channels": ["sms"],
-               "variants": [{"name": "d", "content": {"push": {"title": "Shop",
-                                                              "body": "Code {{ properties.code }}"}}}],
-               "recipients": [{"user_id": "a", "properties": {"code": "4711"},
-                               "devices": [{"channel": "sms", "token": "+33612345678"}]},
-                              {"user_id": "b", "properties": {"code": "1234"},
-                               "devices": [{"channel": "sms", "token": "+000"}]}]}
+        job = {
+            "campaign": "otp",
+            "category": "transactional",
+            "channels": ["sms"],
+            "variants": [{"name": "d", "content": {"push": {"title": "Shop", "body": "Code {{ properties.code }}"}}}],
+            "recipients": [
+                {
+                    "user_id": "a",
+                    "properties": {"code": "4711"},
+                    "devices": [{"channel": "sms", "token": "+33612345678"}],
+                },
+                {"user_id": "b", "properties": {"code": "1234"}, "devices": [{"channel": "sms", "token": "+000"}]},
+            ],
+        }
         _, body, _ = await running.post(job)
         done = await running.wait(body["job_id"])
     finally:
         await runner.cleanup()
-    assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [("sent", None),
-                                                                            ("invalid_token", "invalid_number")]
-    assert sent == [{"from": "SHOP", "to": "+33612345678", "text": "Shop: Code 4711",
-                     "reference": f"{body['job_id']}.0.sms.0"}]
+    assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [
+        ("sent", None),
+        ("invalid_token", "invalid_number"),
+    ]
+    assert sent == [
+        {"from": "SHOP", "to": "+33612345678", "text": "Shop: Code 4711", "reference": f"{body['job_id']}.0.sms.0"}
+    ]

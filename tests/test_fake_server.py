@@ -24,9 +24,16 @@ class Echo:
 
     def __call__(self, request: Request) -> Any:
         self.seen.append(request)
-        answer = json_response({"method": request.method, "path": request.path, "query": request.query,
-                                "body": request.body.decode(), "sig": request.headers.get("Webhook-Signature")},
-                               headers={"X-Count": str(len(self.seen))})
+        answer = json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query,
+                "body": request.body.decode(),
+                "sig": request.headers.get("Webhook-Signature"),
+            },
+            headers={"X-Count": str(len(self.seen))},
+        )
         if "slow" in request.path:
             return self._later(answer)
         if "drop" in request.path:
@@ -69,8 +76,13 @@ async def test_aiohttp_client_keep_alive_chunked_and_expect_continue(echo) -> No
         for i in range(3):  # one connection, kept alive
             async with session.post(f"{url}/hook?n={i}", data=b"abc", headers={"webhook-signature": "v1,x"}) as r:
                 assert r.status == 200 and r.headers["X-Count"] == str(i + 1)
-                assert await r.json() == {"method": "POST", "path": "/hook", "query": f"n={i}", "body": "abc",
-                                          "sig": "v1,x"}
+                assert await r.json() == {
+                    "method": "POST",
+                    "path": "/hook",
+                    "query": f"n={i}",
+                    "body": "abc",
+                    "sig": "v1,x",
+                }
 
         async def chunks() -> AsyncIterator[bytes]:
             for piece in (b"he", b"llo ", b"world"):
@@ -89,8 +101,9 @@ async def test_lean_client_against_it(echo) -> None:
     _, url = echo
     pool = Http1Pool(f"{url}/hook")
     try:
-        answers = await asyncio.gather(*(pool.post("/hook", [("Content-Type", "application/json")], b'{"n":%d}' % i, 5)
-                                         for i in range(20)))
+        answers = await asyncio.gather(
+            *(pool.post("/hook", [("Content-Type", "application/json")], b'{"n":%d}' % i, 5) for i in range(20))
+        )
         assert {a.status for a in answers} == {200}
         assert sorted(int(a.headers["x-count"]) for a in answers) == list(range(1, 21))
     finally:
@@ -101,24 +114,34 @@ async def test_pipelined_requests_are_answered_in_order(echo) -> None:
     _, url = echo
     request = b"POST /%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n%s"
     # the first is slow, the second fast: the answers still come in request order
-    data = await raw(url, request % (b"slow", b"1") + request % (b"fast", b"2")
-                     + b"POST /last HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    data = await raw(
+        url,
+        request % (b"slow", b"1")
+        + request % (b"fast", b"2")
+        + b"POST /last HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
     bodies = [part.split(b"\r\n\r\n", 1)[1][:60] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
     assert [b'"path":"/slow"' in bodies[0], b'"path":"/fast"' in bodies[1], b'"path":"/last"' in bodies[2]] == [
-        True, True, True]
+        True,
+        True,
+        True,
+    ]
     assert b"Connection: close" in data
 
 
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"GARBAGE\r\n\r\n", b"400"),
-    (b"POST /x HTTP/1.1\r\nNo colon here\r\n\r\n", b"400"),
-    (b"POST /x HTTP/1.1\r\nNot a name: x\r\n\r\n", b"400"),
-    (b"POST /x HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n", b"400"),
-    (b"POST /x HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n", b"400"),  # a bare LF inside a line
-    (b"POST /x HTTP/1.1\r\nContent-Length: many\r\n\r\n", b"400"),
-    (b"POST /x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
-    (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
-])
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nNo colon here\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nNot a name: x\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n", b"400"),  # a bare LF inside a line
+        (b"POST /x HTTP/1.1\r\nContent-Length: many\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
+        (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+    ],
+)
 async def test_bad_requests_get_a_4xx_and_the_connection_closes(echo, request_bytes: bytes, status: bytes) -> None:
     _, url = echo
     data = await raw(url, request_bytes)
@@ -135,9 +158,11 @@ async def test_http_1_0_closes_unless_asked_and_a_dropped_request_gets_no_answer
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=120), max_size=6))
 def test_any_split_of_a_request_parses_the_same(cuts: list[int]) -> None:
-    body = b"7\r\n{\"a\":1}\r\n3\r\n,xy\r\n0\r\nTrailer: t\r\n\r\n"
-    message = (b"POST /split?q=1 HTTP/1.1\r\nHost: x\r\nX-Repeat: a\r\nx-repeat: b\r\n"
-               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
+    body = b'7\r\n{"a":1}\r\n3\r\n,xy\r\n0\r\nTrailer: t\r\n\r\n'
+    message = (
+        b"POST /split?q=1 HTTP/1.1\r\nHost: x\r\nX-Repeat: a\r\nx-repeat: b\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body
+    )
     points = sorted({c % len(message) for c in cuts} - {0})
     pieces = [message[a:b] for a, b in zip([0, *points], [*points, len(message)], strict=True)]
 

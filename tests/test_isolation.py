@@ -61,17 +61,25 @@ class Plugin:
 
 
 def job(n: int, channels: list[str]) -> dict:
-    return {"campaign": "c", "channels": channels, "category": "transactional",
-            "variants": [{"name": "d", "content": {"push": {"title": "Hi"}}}],
-            "recipients": [{"user_id": f"u{i}", "devices": [{"channel": c, "token": f"t{i}"} for c in channels]}
-                           for i in range(n)]}
+    return {
+        "campaign": "c",
+        "channels": channels,
+        "category": "transactional",
+        "variants": [{"name": "d", "content": {"push": {"title": "Hi"}}}],
+        "recipients": [
+            {"user_id": f"u{i}", "devices": [{"channel": c, "token": f"t{i}"} for c in channels]} for i in range(n)
+        ],
+    }
 
 
 async def test_a_timing_out_provider_does_not_slow_another(start, tmp_path) -> None:
     Slow.healthy, Slow.attempts, Fast.sent = False, 0, []
     clock = FakeClock(1_800_000_000)
-    config = make_config(tmp_path, pipeline={"batch_size": 5, "workers": 1},
-                         delivery={"breaker_failures": 3, "breaker_cooldown": "60s", "max_attempts": 3})
+    config = make_config(
+        tmp_path,
+        pipeline={"batch_size": 5, "workers": 1},
+        delivery={"breaker_failures": 3, "breaker_cooldown": "60s", "max_attempts": 3},
+    )
     running = await start(config, clock=clock, extra_plugins=(Plugin(),))
     started = time.perf_counter()
     _, body, _ = await running.post(job(40, ["slow", "fast"]))
@@ -96,8 +104,9 @@ async def test_a_timing_out_provider_does_not_slow_another(start, tmp_path) -> N
 async def run_fast_jobs(start, tmp_path, per_channel: dict[str, int], jobs: int, plugin: object) -> None:
     """`jobs` jobs of 50 recipients on "fast", in batches of 50 on 4 workers."""
     Fast.sent, Fast.peak = [], 0
-    config = make_config(tmp_path, pipeline={"batch_size": 50, "workers": 4},
-                         delivery={"concurrency_per_channel": per_channel})
+    config = make_config(
+        tmp_path, pipeline={"batch_size": 50, "workers": 4}, delivery={"concurrency_per_channel": per_channel}
+    )
     running = await start(config, extra_plugins=(plugin,))
     replies = await asyncio.gather(*(running.post(job(50, ["fast"])) for _ in range(jobs)))
     for _, body, _ in replies:

@@ -41,16 +41,33 @@ class Channels:
 
 
 def recipient(user: str, devices: list[str], push: str = "opted_in", **extra: Any) -> dict[str, Any]:
-    return {"user_id": user, "subscriptions": {"push": push},
-            "devices": [{"channel": c, "token": tok} for c, tok in (d.split(":") for d in devices)], **extra}
+    return {
+        "user_id": user,
+        "subscriptions": {"push": push},
+        "devices": [{"channel": c, "token": tok} for c, tok in (d.split(":") for d in devices)],
+        **extra,
+    }
 
 
 def job(recipients: list[dict[str, Any]], channels: list[str], routing: str = "all", **extra: Any) -> dict[str, Any]:
-    return {"campaign": "c", "channels": channels, "routing": routing,
-            "variants": [{"name": "default", "content": {"push": {
-                "title": "Hi {{ attributes.first_name | default: 'you' }}",
-                "body": "{{ properties.order }} shipped"}}}],
-            "recipients": recipients, **extra}
+    return {
+        "campaign": "c",
+        "channels": channels,
+        "routing": routing,
+        "variants": [
+            {
+                "name": "default",
+                "content": {
+                    "push": {
+                        "title": "Hi {{ attributes.first_name | default: 'you' }}",
+                        "body": "{{ properties.order }} shipped",
+                    }
+                },
+            }
+        ],
+        "recipients": recipients,
+        **extra,
+    }
 
 
 def by_key(decisions: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, str | None]]:
@@ -66,20 +83,25 @@ async def test_routing_first_falls_back_and_stops_at_success(start, tmp_path, pr
     def alpha(d: Delivery) -> Result:
         return PermanentFailure("rejected") if d.user_id == "u2" else Sent()
 
-    classes = (scripted("alpha", alpha, provider_calls["alpha"]),
-               scripted("beta", lambda d: Sent(), provider_calls["beta"]))
+    classes = (
+        scripted("alpha", alpha, provider_calls["alpha"]),
+        scripted("beta", lambda d: Sent(), provider_calls["beta"]),
+    )
     running = await start(make_config(tmp_path), extra_plugins=(Channels(*classes),))
     recipients = [
         recipient("u1", ["alpha:a1", "beta:b1"], properties={"order": "1"}),  # alpha works
         recipient("u2", ["alpha:a2", "beta:b2"], properties={"order": "2"}),  # alpha fails permanently
-        recipient("u3", ["beta:b3"], properties={"order": "3"}),              # no alpha device
+        recipient("u3", ["beta:b3"], properties={"order": "3"}),  # no alpha device
     ]
     _, body, _ = await running.post(job(recipients, ["alpha", "beta"], routing="first"))
     done = await running.wait(body["job_id"])
     assert by_key(done["decisions"]) == {
-        ("u1", "alpha"): ("sent", None), ("u1", "beta"): ("suppressed", "fallback_not_needed"),
-        ("u2", "alpha"): ("failed", "rejected"), ("u2", "beta"): ("sent", None),
-        ("u3", "alpha"): ("suppressed", "no_device"), ("u3", "beta"): ("sent", None),
+        ("u1", "alpha"): ("sent", None),
+        ("u1", "beta"): ("suppressed", "fallback_not_needed"),
+        ("u2", "alpha"): ("failed", "rejected"),
+        ("u2", "beta"): ("sent", None),
+        ("u3", "alpha"): ("suppressed", "no_device"),
+        ("u3", "beta"): ("sent", None),
     }
     assert sorted(d.user_id for d in provider_calls["beta"]) == ["u2", "u3"]
 
@@ -88,8 +110,9 @@ async def test_routing_all_sends_every_device_and_aggregates(start, tmp_path, pr
     def alpha(d: Delivery) -> Result:
         return {"dead": InvalidToken("unregistered"), "bad": PermanentFailure("payload")}.get(d.to.token, Sent())
 
-    running = await start(make_config(tmp_path),
-                          extra_plugins=(Channels(scripted("alpha", alpha, provider_calls["alpha"])),))
+    running = await start(
+        make_config(tmp_path), extra_plugins=(Channels(scripted("alpha", alpha, provider_calls["alpha"])),)
+    )
     recipients = [
         recipient("u1", ["alpha:ok", "alpha:dead"], properties={"order": "1"}),
         recipient("u2", ["alpha:dead"], properties={"order": "2"}),
@@ -108,8 +131,9 @@ async def test_routing_all_sends_every_device_and_aggregates(start, tmp_path, pr
 
 
 async def test_policy_reasons(start, tmp_path, provider_calls) -> None:
-    running = await start(make_config(tmp_path),
-                          extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),))
+    running = await start(
+        make_config(tmp_path), extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),)
+    )
     recipients = [
         recipient("unsub", ["alpha:1"], push="unsubscribed", properties={"order": "1"}),
         {"user_id": "nostate", "devices": [{"channel": "alpha", "token": "2"}], "properties": {"order": "2"}},
@@ -123,8 +147,9 @@ async def test_policy_reasons(start, tmp_path, provider_calls) -> None:
     assert got[("nostate", "alpha")] == ("suppressed", "not_subscribed")
     assert got[("nodevice", "alpha")] == ("suppressed", "no_device")
     assert got[("nodata", "alpha")] == ("suppressed", "missing_data")
-    assert all(got[(u, "gone")] == ("suppressed", "channel_unavailable")
-               for u in ("unsub", "nostate", "nodevice", "nodata"))
+    assert all(
+        got[(u, "gone")] == ("suppressed", "channel_unavailable") for u in ("unsub", "nostate", "nodevice", "nodata")
+    )
     nodata = next(d for d in done["decisions"] if d["user_id"] == "nodata" and d["channel"] == "alpha")
     # nothing was chosen: the detail names the default variant, the field and the path
     assert nodata["detail"] == "default: content.push.body: properties.order is undefined"
@@ -133,8 +158,9 @@ async def test_policy_reasons(start, tmp_path, provider_calls) -> None:
 
 
 async def test_transactional_skips_subscription_state(start, tmp_path, provider_calls) -> None:
-    running = await start(make_config(tmp_path),
-                          extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),))
+    running = await start(
+        make_config(tmp_path), extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),)
+    )
     recipients = [recipient("u", ["alpha:1"], push="unsubscribed", properties={"order": "9"})]
     _, body, _ = await running.post(job(recipients, ["alpha"], category="transactional"))
     done = await running.wait(body["job_id"])
@@ -145,8 +171,11 @@ async def test_transactional_skips_subscription_state(start, tmp_path, provider_
 
 async def test_expired_job_sends_nothing(start, tmp_path, provider_calls) -> None:
     clock = FakeClock(start=2_000_000_000)
-    running = await start(make_config(tmp_path), clock=clock,
-                          extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),))
+    running = await start(
+        make_config(tmp_path),
+        clock=clock,
+        extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),),
+    )
     recipients = [recipient("u", ["alpha:1"], properties={"order": "1"})]
     _, body, _ = await running.post(job(recipients, ["alpha"], expires_at="2030-01-01T00:00:00Z"))
     done = await running.wait(body["job_id"])
@@ -155,8 +184,13 @@ async def test_expired_job_sends_nothing(start, tmp_path, provider_calls) -> Non
 
 async def test_retry_never_outlives_expiry(start, tmp_path, provider_calls) -> None:
     clock = FakeClock(start=1_900_000_000)
-    running = await start(make_config(tmp_path), clock=clock, extra_plugins=(Channels(
-        scripted("alpha", lambda d: TransientFailure("busy", retry_after=120), provider_calls["alpha"])),))
+    running = await start(
+        make_config(tmp_path),
+        clock=clock,
+        extra_plugins=(
+            Channels(scripted("alpha", lambda d: TransientFailure("busy", retry_after=120), provider_calls["alpha"])),
+        ),
+    )
     recipients = [recipient("u", ["alpha:1"], properties={"order": "1"})]
     _, body, _ = await running.post(job(recipients, ["alpha"], expires_at="2030-03-17T17:47:00Z"))
     done = await running.wait(body["job_id"])
@@ -174,8 +208,10 @@ async def test_a_raising_channel_is_contained(start, tmp_path, provider_calls) -
         async def send_batch(self, deliveries):
             raise RuntimeError("plugin bug")
 
-    running = await start(make_config(tmp_path), extra_plugins=(Channels(
-        Broken, scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),))
+    running = await start(
+        make_config(tmp_path),
+        extra_plugins=(Channels(Broken, scripted("alpha", lambda d: Sent(), provider_calls["alpha"])),),
+    )
     recipients = [recipient("u", ["alpha:1", "broken:2"], properties={"order": "1"})]
     _, body, _ = await running.post(job(recipients, ["broken", "alpha"]))
     done = await running.wait(body["job_id"])
@@ -188,8 +224,13 @@ async def test_a_raising_channel_is_contained(start, tmp_path, provider_calls) -
 async def test_retries_stop_at_the_delivery_time_budget(start, tmp_path, provider_calls) -> None:
     clock = FakeClock(start=1_900_000_000)
     config = make_config(tmp_path, delivery={"max_attempts": 10, "max_delivery_time": "90s"})
-    running = await start(config, clock=clock, extra_plugins=(Channels(
-        scripted("alpha", lambda d: TransientFailure("busy", retry_after=60), provider_calls["alpha"])),))
+    running = await start(
+        config,
+        clock=clock,
+        extra_plugins=(
+            Channels(scripted("alpha", lambda d: TransientFailure("busy", retry_after=60), provider_calls["alpha"])),
+        ),
+    )
     _, body, _ = await running.post(job([recipient("u", ["alpha:1"], properties={"order": "1"})], ["alpha"]))
     done = await running.wait(body["job_id"])
     decision = done["decisions"][0]

@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def hook_names() -> set[str]:
-    return {name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-            if hasattr(fn, "gateway_spec")}
+    return {name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "gateway_spec")}
 
 
 def test_every_hook_is_documented_in_docs_plugins() -> None:

@@ -52,18 +52,32 @@ def synthetic_jobs(total: int, per_job: int = 1000) -> list[tuple[str, bytes]]:
         recipients = []
         for n in range(start, min(start + per_job, total)):
             recipient: dict[str, Any] = {
-                "user_id": f"load-{n}", "timezone": "Not/AZone" if n % 50 == 0 else "Europe/Paris",
+                "user_id": f"load-{n}",
+                "timezone": "Not/AZone" if n % 50 == 0 else "Europe/Paris",
                 "attributes": {"first_name": f"User{n}"},
                 "subscriptions": {"speaker": "opted_in"},
-                "devices": [] if n % 40 == 1 else [{"channel": "speaker", "target": "home-hub",
-                                                    "device_id": f"room-{n % 7}"}],
+                "devices": []
+                if n % 40 == 1
+                else [{"channel": "speaker", "target": "home-hub", "device_id": f"room-{n % 7}"}],
             }
             recipients.append(recipient)
-        job = {"campaign": "demo-load", "category": "transactional", "channels": ["speaker"],
-               "variants": [{"name": "default", "content": {
-                   "speaker": {"speech": "Good evening {{ attributes.first_name | default: 'there' }}, "
-                                         "your order is ready."}}}],
-               "recipients": recipients}
+        job = {
+            "campaign": "demo-load",
+            "category": "transactional",
+            "channels": ["speaker"],
+            "variants": [
+                {
+                    "name": "default",
+                    "content": {
+                        "speaker": {
+                            "speech": "Good evening {{ attributes.first_name | default: 'there' }}, "
+                            "your order is ready."
+                        }
+                    },
+                }
+            ],
+            "recipients": recipients,
+        }
         jobs.append((f"load-{start // per_job}", json.dumps(job).encode()))
     return jobs
 
@@ -151,8 +165,10 @@ async def _run(base: str, api_key: str, fakes: Fakes, synthetic: int) -> int:
     async with aiohttp.ClientSession(base, headers=headers) as http:
         examples = [(name, _local_push(body, fakes.push)) for name, body in example_jobs()]
         print(f"Posting {len(examples)} example jobs: {', '.join(n for n, _ in examples)}")
-        print("  (their web push subscriptions are swapped for the local push service's: decrypting needs the\n"
-              "   subscriber's private key, which the examples' browser keys do not come with)")
+        print(
+            "  (their web push subscriptions are swapped for the local push service's: decrypting needs the\n"
+            "   subscriber's private key, which the examples' browser keys do not come with)"
+        )
         posted = [(name, await _post(http, body)) for name, body in examples]
         for name, reply in posted:
             for warning in reply.get("warnings", []):
@@ -266,8 +282,14 @@ def _print_apns(apns: ApnsFake) -> None:
     rows = [("device token", "topic", "title", "body")]
     for note in apns.received[:10]:
         alert = note.payload.get("aps", {}).get("alert", {})
-        rows.append((note.token[:16] + "\u2026", note.headers.get("apns-topic", ""), alert.get("title", ""),
-                     alert.get("body", "")[:50]))
+        rows.append(
+            (
+                note.token[:16] + "\u2026",
+                note.headers.get("apns-topic", ""),
+                alert.get("title", ""),
+                alert.get("body", "")[:50],
+            )
+        )
     _table(rows)
 
 
@@ -275,19 +297,33 @@ def _print_push(push: WebPushFake) -> None:
     print(f"Web push service got {len(push.received)} message(s), decrypted and VAPID-verified:")
     rows = [("subscription", "title", "body", "url")]
     for item in push.received[:10]:
-        rows.append((item.subscription_id[:12], item.payload.get("title", ""), item.payload.get("body", "")[:50],
-                     item.payload.get("url", "")))
+        rows.append(
+            (
+                item.subscription_id[:12],
+                item.payload.get("title", ""),
+                item.payload.get("body", "")[:50],
+                item.payload.get("url", ""),
+            )
+        )
     _table(rows)
 
 
 def _print_fcm(fcm: FcmFake) -> None:
-    print(f"FCM got {len(fcm.received)} message(s) ({len(fcm.issued)} OAuth token(s) issued, "
-          f"{len(fcm.rejected_assertions)} assertion(s) rejected):")
+    print(
+        f"FCM got {len(fcm.received)} message(s) ({len(fcm.issued)} OAuth token(s) issued, "
+        f"{len(fcm.rejected_assertions)} assertion(s) rejected):"
+    )
     rows = [("token", "title", "body", "data")]
     for message in fcm.received[:10]:
         note = message.get("notification", {})
-        rows.append((message["token"][:16] + "…", note.get("title", ""), note.get("body", "")[:50],
-                     ", ".join(f"{k}={v}" for k, v in message.get("data", {}).items())))
+        rows.append(
+            (
+                message["token"][:16] + "…",
+                note.get("title", ""),
+                note.get("body", "")[:50],
+                ", ".join(f"{k}={v}" for k, v in message.get("data", {}).items()),
+            )
+        )
     _table(rows)
 
 
@@ -297,8 +333,14 @@ def _print_smtp(smtp: SmtpFake) -> None:
     for mail in smtp.received[:10]:
         msg = mail.message
         parts = "text+html" if msg.is_multipart() else "text"
-        rows.append((", ".join(mail.rcpt_tos), str(msg["Subject"]), parts,
-                     "yes" if msg["List-Unsubscribe-Post"] else "no (transactional)"))
+        rows.append(
+            (
+                ", ".join(mail.rcpt_tos),
+                str(msg["Subject"]),
+                parts,
+                "yes" if msg["List-Unsubscribe-Post"] else "no (transactional)",
+            )
+        )
     _table(rows)
 
 
@@ -313,11 +355,15 @@ async def _throughput(http: aiohttp.ClientSession, receiver: WebhookReceiver, to
     elapsed = time.perf_counter() - started
     delivered = len(receiver.received) - before
     sent = sum(s["counts"]["sent"] for s in statuses)
-    print(f"  accepted {total} recipients in {accepted:.2f}s ({total / accepted:,.0f} recipients/s, "
-          f"durably stored before each 202)")
-    print(f"  decided all in {elapsed:.2f}s: {total / elapsed:,.0f} recipients/s end to end; "
-          f"{delivered} delivered and verified ({delivered / elapsed:,.0f}/s), "
-          f"{total - sent} not sent (no device)")
+    print(
+        f"  accepted {total} recipients in {accepted:.2f}s ({total / accepted:,.0f} recipients/s, "
+        f"durably stored before each 202)"
+    )
+    print(
+        f"  decided all in {elapsed:.2f}s: {total / elapsed:,.0f} recipients/s end to end; "
+        f"{delivered} delivered and verified ({delivered / elapsed:,.0f}/s), "
+        f"{total - sent} not sent (no device)"
+    )
     return sent == delivered
 
 

@@ -50,5 +50,9 @@ class Breaker:
         if probing or self.failures >= self.threshold:
             self.current_cooldown = min(self.max_cooldown, self.current_cooldown * 2 or self.cooldown)
             self.open_until = now + self.current_cooldown
-            log.warning("provider %s failing (%d transient failures): circuit open for %.0fs; its deliveries wait "
-                        "in the store", self.name, self.failures, self.current_cooldown)
+            log.warning(
+                "provider %s failing (%d transient failures): circuit open for %.0fs; its deliveries wait in the store",
+                self.name,
+                self.failures,
+                self.current_cooldown,
+            )

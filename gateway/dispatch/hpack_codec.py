@@ -174,7 +174,7 @@ class HeaderDecoder:
                         pos += 1 + size
                         if pos > end:
                             raise IndexError
-                        header = (name, block[pos - size:pos])
+                        header = (name, block[pos - size : pos])
                     else:
                         value, pos = self._str(block, pos)
                         header = (name, value)
@@ -211,7 +211,7 @@ class HeaderDecoder:
         size, pos = self._int(block, pos, 7)
         if pos + size > len(block):
             raise IndexError
-        data = block[pos:pos + size]
+        data = block[pos : pos + size]
         if huffman:
             try:
                 data = decode_huffman(data)

@@ -65,7 +65,7 @@ def _header(lower_head: bytes, name: bytes) -> bytes | None:
         return None
     start += len(name) + 3
     end = lower_head.find(b"\r\n", start)
-    return lower_head[start:end if end >= 0 else None].strip()
+    return lower_head[start : end if end >= 0 else None].strip()
 
 
 def read_chunks(buffer: bytearray, body: bytearray) -> bool:
@@ -82,19 +82,19 @@ def read_chunks(buffer: bytearray, body: bytearray) -> bool:
             raise HttpError("malformed chunk size") from None
         if size == 0:
             trailer_end = buffer.find(b"\r\n\r\n", end)  # "0\r\n" + trailers + "\r\n"
-            if buffer[end:end + 4] == b"\r\n\r\n":
-                del buffer[:end + 4]
+            if buffer[end : end + 4] == b"\r\n\r\n":
+                del buffer[: end + 4]
             elif trailer_end >= 0:
-                del buffer[:trailer_end + 4]
+                del buffer[: trailer_end + 4]
             else:
                 return False
             return True
         if len(buffer) < end + 2 + size + 2:
             return False
-        body += buffer[end + 2:end + 2 + size]
+        body += buffer[end + 2 : end + 2 + size]
         if len(body) > MAX_BODY_BYTES:
             raise HttpError("body too large")
-        del buffer[:end + 2 + size + 2]
+        del buffer[: end + 2 + size + 2]
 
 
 class _Stale(HttpError):
@@ -155,15 +155,15 @@ class _Connection(asyncio.Protocol):
                     raise HttpError("response headers too large")
                 return
             self._parse_head(bytes(self.buffer[:end]))
-            del self.buffer[:end + 4]
+            del self.buffer[: end + 4]
             if 100 <= self.status < 200:  # an interim response: the final one follows
                 self._reset()
         if self.chunked:
             self._parse_chunks()
         elif self.length is not None:
             if len(self.buffer) >= self.length:
-                self.body = self.buffer[:self.length]
-                del self.buffer[:self.length]
+                self.body = self.buffer[: self.length]
+                del self.buffer[: self.length]
                 self._finish()
         else:
             self.body += self.buffer
@@ -180,7 +180,7 @@ class _Connection(asyncio.Protocol):
         self.status = int(parts[1])
         if parts[0] == b"HTTP/1.0":
             self.reusable = False
-        self.raw_headers = b"" if line_end < 0 else head[line_end + 2:]
+        self.raw_headers = b"" if line_end < 0 else head[line_end + 2 :]
         # Only the framing headers are read here; Response.headers parses the rest on demand.
         lower = head[line_end:].lower() if line_end >= 0 else b""
         transfer_encoding = _header(lower, b"transfer-encoding")
@@ -233,8 +233,9 @@ class _Connection(asyncio.Protocol):
 class Http1Pool:
     """Kept-alive connections to the origin of `url` (http or https)."""
 
-    def __init__(self, url: str, ssl: ssl_module.SSLContext | None = None, connect_timeout: float = 10.0,
-                 max_idle: int = 64):
+    def __init__(
+        self, url: str, ssl: ssl_module.SSLContext | None = None, connect_timeout: float = 10.0, max_idle: int = 64
+    ):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s) URL, got {url!r}")
@@ -261,8 +262,9 @@ class Http1Pool:
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    async def post(self, target: str, headers: Iterable[tuple[str, str]], body: bytes,
-                   timeout: float | None = None) -> Response:
+    async def post(
+        self, target: str, headers: Iterable[tuple[str, str]], body: bytes, timeout: float | None = None
+    ) -> Response:
         """POST `body` to `target` (path and query) on this origin."""
         request = self.request_bytes("POST", target, headers, body)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
@@ -309,7 +311,8 @@ class Http1Pool:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):  # within the request's own deadline, if any
             _, connection = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.tls else None)
+                _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.tls else None
+            )
         return connection
 
     async def aclose(self) -> None:

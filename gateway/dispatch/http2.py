@@ -160,10 +160,10 @@ class Connection(asyncio.Protocol):
                 if not PREFACE.startswith(bytes(buffer)):
                     self.abort(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 return
-            if buffer[:len(PREFACE)] != PREFACE:
+            if buffer[: len(PREFACE)] != PREFACE:
                 self.abort(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 return
-            del buffer[:len(PREFACE)]
+            del buffer[: len(PREFACE)]
             self.awaiting_preface = False
         pos, size = 0, len(buffer)
         try:
@@ -175,7 +175,7 @@ class Connection(asyncio.Protocol):
                 end = pos + 9 + length
                 if end > size:
                     break
-                payload = bytes(buffer[pos + 9:end])
+                payload = bytes(buffer[pos + 9 : end])
                 pos = end
                 self.frame_received(kind, flags, stream_id & MAX_STREAM_ID, payload)
         except ProtocolError as exc:
@@ -242,7 +242,7 @@ class Connection(asyncio.Protocol):
     def _unpad(payload: bytes) -> bytes:
         if not payload or payload[0] >= len(payload):
             raise ProtocolError("padding longer than the frame")
-        return payload[1:len(payload) - payload[0]]
+        return payload[1 : len(payload) - payload[0]]
 
     def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
         try:
@@ -327,7 +327,7 @@ class Connection(asyncio.Protocol):
         self.out.append(frame(HEADERS, flags, stream_id, block[:step]))
         for start in range(step, len(block), step):
             last = start + step >= len(block)
-            self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + step]))
+            self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start : start + step]))
 
     def send_data(self, stream_id: int, stream: Stream, data: bytes, end_stream: bool = True) -> None:
         size = len(data)
@@ -428,8 +428,13 @@ class Http2ClientConnection(Connection):
 
     def available(self) -> bool:
         """Can this connection take one more request now?"""
-        return (not self.closed and self.goaway is None and self.ready.done()
-                and len(self.streams) < self.peer_max_streams and self.next_stream_id < MAX_STREAM_ID)
+        return (
+            not self.closed
+            and self.goaway is None
+            and self.ready.done()
+            and len(self.streams) < self.peer_max_streams
+            and self.next_stream_id < MAX_STREAM_ID
+        )
 
     def start(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, batch: Batch, index: int) -> Stream:
         stream_id = self.next_stream_id
@@ -526,8 +531,9 @@ class Batch:
     """Requests sent together and awaited together, with no coroutine per request: each is
     started when a connection has a free stream, and its stream's end settles it."""
 
-    def __init__(self, pool: Http2Pool, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
-                 deadline: float):
+    def __init__(
+        self, pool: Http2Pool, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]], deadline: float
+    ):
         self.pool = pool
         self.requests = requests
         self.deadline = deadline
@@ -601,8 +607,15 @@ class Batch:
 class Http2Pool:
     """HTTP/2 connections to one origin (`https://host:port`), shared by its requests."""
 
-    def __init__(self, host: str, port: int = 443, ssl: ssl_module.SSLContext | None = None,
-                 max_connections: int = 4, connect_timeout: float = 10.0, volatile: Iterable[bytes] = ()):
+    def __init__(
+        self,
+        host: str,
+        port: int = 443,
+        ssl: ssl_module.SSLContext | None = None,
+        max_connections: int = 4,
+        connect_timeout: float = 10.0,
+        volatile: Iterable[bytes] = (),
+    ):
         self.host, self.port = host, port
         self.ssl = ssl or ssl_module.create_default_context()
         self.ssl.set_alpn_protocols(["h2"])
@@ -617,8 +630,9 @@ class Http2Pool:
         self.deadlines: Deadlines[Stream] = Deadlines(self._expired)
         self.closed = False
 
-    async def request_all(self, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
-                          timeout: float) -> list[Response | Exception]:
+    async def request_all(
+        self, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]], timeout: float
+    ) -> list[Response | Exception]:
         """Send every (headers, body) request (pseudo-headers first, names in lower case),
         as many at once as the server's streams allow, and wait at most `timeout` seconds
         for them all: the outcome of each is its Response, or the error that ended it
@@ -662,8 +676,8 @@ class Http2Pool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 transport, connection = await loop.create_connection(
-                    lambda: Http2ClientConnection(self), self.host, self.port, ssl=self.ssl,
-                    server_hostname=self.host)
+                    lambda: Http2ClientConnection(self), self.host, self.port, ssl=self.ssl, server_hostname=self.host
+                )
                 protocol = transport.get_extra_info("ssl_object").selected_alpn_protocol()
                 if protocol not in (None, "h2"):  # None: the server does not do ALPN
                     raise Http2Error(f"the server chose {protocol!r}, not HTTP/2")

@@ -33,8 +33,14 @@ class Postponed(msgspec.Struct, tag="postponed"):
 
 
 class Retrier:
-    def __init__(self, config: DeliveryConfig, pm: pluggy.PluginManager, metrics: Metrics, clock: Clock,
-                 rng: random.Random | None = None):
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        pm: pluggy.PluginManager,
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ):
         self.config = config
         self.max_attempts = config.max_attempts
         self.budget = seconds(config.max_delivery_time)
@@ -50,8 +56,9 @@ class Retrier:
     def breaker(self, channel: str) -> Breaker:
         found = self._breakers.get(channel)
         if found is None:
-            found = self._breakers[channel] = Breaker(channel, self.config.breaker_failures,
-                                                      seconds(self.config.breaker_cooldown))
+            found = self._breakers[channel] = Breaker(
+                channel, self.config.breaker_failures, seconds(self.config.breaker_cooldown)
+            )
         return found
 
     async def send(self, job_id: str, channel: Channel, deliveries: Sequence[Delivery]) -> list[Result | Postponed]:
@@ -72,8 +79,11 @@ class Retrier:
                 delivery.attempt = attempt
             results = await self._attempt(channel, batch)
             self.pm.hook.delivery_results(job_id=job_id, channel=channel.name, deliveries=batch, results=results)
-            breaker.record(sum(isinstance(r, Sent) for r in results),
-                           sum(isinstance(r, TransientFailure) for r in results), self.clock.now())
+            breaker.record(
+                sum(isinstance(r, Sent) for r in results),
+                sum(isinstance(r, TransientFailure) for r in results),
+                self.clock.now(),
+            )
             retry: list[int] = []
             waits: list[float] = []
             for i, result in zip(pending, results, strict=True):
@@ -115,12 +125,15 @@ class Retrier:
         """One attempt, at most `concurrency` deliveries in flight for this provider across
         every batch: chunks of one batch, and batches of other jobs, share that budget, so a
         batch's slowest deliveries leave room for the next batch instead of a pause."""
-        limit = self.config.concurrency_per_channel.get(channel.name) or channel.default_concurrency \
+        limit = (
+            self.config.concurrency_per_channel.get(channel.name)
+            or channel.default_concurrency
             or self.config.concurrency
+        )
         budget = self._budgets.get(channel.name)
         if budget is None:
             budget = self._budgets[channel.name] = InFlight(limit)
-        chunks = [batch[lo:lo + limit] for lo in range(0, len(batch), limit)]
+        chunks = [batch[lo : lo + limit] for lo in range(0, len(batch), limit)]
         results: list[Result] = []
         for chunk in chunks:
             await budget.acquire(len(chunk))

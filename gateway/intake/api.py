@@ -38,8 +38,9 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                          ) -> web.StreamResponse:
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     keys: list[Secret] = request.app[KEYS_KEY]
     # No keys: allowed on loopback only (server.keys_for).
     if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES) or not keys:
@@ -60,15 +61,20 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
 
 @web.middleware
 async def store_errors_middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """The store being unreachable is a 503 the caller retries, never a 500."""
     try:
         return await handler(request)
     except StoreUnavailable as exc:
         log.warning("store unavailable: %s", exc)
         gw = request.app[GATEWAY_KEY]
-        return error(503, "store_unavailable", "the store is unreachable; retry later",
-                     {"Retry-After": str(gw.config.intake.retry_after)})
+        return error(
+            503,
+            "store_unavailable",
+            "the store is unreachable; retry later",
+            {"Retry-After": str(gw.config.intake.retry_after)},
+        )
 
 
 async def post_job(request: web.Request) -> web.Response:
@@ -76,15 +82,20 @@ async def post_job(request: web.Request) -> web.Response:
     limit = gw.config.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         gw.metrics.jobs_rejected.inc("413")
-        return json_response(413, {"error": "too_large", "path": "$",
-                                   "message": f"body is {request.content_length} bytes, the limit is {limit}"})
+        return json_response(
+            413,
+            {
+                "error": "too_large",
+                "path": "$",
+                "message": f"body is {request.content_length} bytes, the limit is {limit}",
+            },
+        )
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         gw.metrics.jobs_rejected.inc("413")
         return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
-    reply = await request.app[INTAKE_KEY].submit(body, request[SCOPE_KEY],
-                                                 request.headers.get("Idempotency-Key"))
+    reply = await request.app[INTAKE_KEY].submit(body, request[SCOPE_KEY], request.headers.get("Idempotency-Key"))
     return json_response(reply.status, reply.body, reply.headers)
 
 
@@ -136,9 +147,11 @@ async def get_unsubscribe(request: web.Request) -> web.Response:
     """A page with a button, never an unsubscribe on GET: link scanners follow links."""
     if _unsubscriber(request.app[GATEWAY_KEY], request.match_info["token"]) is None:
         return error(404, "not_found", "unknown unsubscribe link")
-    page = ('<!doctype html><title>Unsubscribe</title><form method="post">'
-            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-            '<button type="submit">Unsubscribe</button></form>')
+    page = (
+        '<!doctype html><title>Unsubscribe</title><form method="post">'
+        '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        '<button type="submit">Unsubscribe</button></form>'
+    )
     return web.Response(text=page, content_type="text/html")
 
 
@@ -197,8 +210,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     text = request.app[GATEWAY_KEY].metrics.render()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -208,8 +222,9 @@ async def openapi(request: web.Request) -> web.Response:
 def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
     # One byte over the limit so aiohttp's own check fires only past it; our handler gives
     # the JSON error naming the limit.
-    app = web.Application(client_max_size=gateway.config.limits.max_body_bytes + 1,
-                          middlewares=[auth_middleware, store_errors_middleware])
+    app = web.Application(
+        client_max_size=gateway.config.limits.max_body_bytes + 1, middlewares=[auth_middleware, store_errors_middleware]
+    )
     app[GATEWAY_KEY] = gateway
     app[INTAKE_KEY] = Intake(gateway)
     app[KEYS_KEY] = api_keys

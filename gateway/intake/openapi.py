@@ -25,8 +25,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERROR = {
     "type": "object",
-    "properties": {"error": {"type": "string"}, "message": {"type": "string"},
-                   "path": {"type": "string", "description": "JSON path of the bad field, e.g. $.recipients[3].email"}},
+    "properties": {
+        "error": {"type": "string"},
+        "message": {"type": "string"},
+        "path": {"type": "string", "description": "JSON path of the bad field, e.g. $.recipients[3].email"},
+    },
     "required": ["error", "message"],
 }
 
@@ -37,22 +40,31 @@ def openapi_spec() -> dict[str, Any]:
     components["Error"] = _ERROR
     components["Accepted"] = {
         "type": "object",
-        "properties": {"job_id": {"type": "string"}, "recipients": {"type": "integer"},
-                       "warnings": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "job_id": {"type": "string"},
+            "recipients": {"type": "integer"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["job_id", "recipients"],
     }
     components["JobStatus"] = {
         "type": "object",
         "properties": {
-            "job_id": {"type": "string"}, "campaign": {"type": "string"},
-            "state": {"enum": ["accepted", "running", "waiting", "completed"],
-                      "description": "waiting: every recipient decided, deferred messages scheduled"},
-            "recipients": {"type": "integer"}, "recipients_done": {"type": "integer"},
+            "job_id": {"type": "string"},
+            "campaign": {"type": "string"},
+            "state": {
+                "enum": ["accepted", "running", "waiting", "completed"],
+                "description": "waiting: every recipient decided, deferred messages scheduled",
+            },
+            "recipients": {"type": "integer"},
+            "recipients_done": {"type": "integer"},
             "warnings": {"type": "array", "items": {"type": "string"}},
-            "created_at": {"type": "number"}, "finished_at": {"type": ["number", "null"]},
+            "created_at": {"type": "number"},
+            "finished_at": {"type": ["number", "null"]},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "decisions": {"type": "array", "items": decision_schema},
-            "offset": {"type": "integer"}, "next_offset": {"type": ["integer", "null"]},
+            "offset": {"type": "integer"},
+            "next_offset": {"type": ["integer", "null"]},
         },
     }
     err = _ref("Error")
@@ -60,70 +72,98 @@ def openapi_spec() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Notification gateway", "version": __version__},
-        "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
-            "/v1/jobs": {"post": {
-                "summary": "Accept a send job; 202 only once it is durably stored",
-                "security": bearer,
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "maxLength": 255}}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema}}},
-                "responses": {
-                    "202": _json(_ref("Accepted"), "Accepted and stored"),
-                    "400": _json(err, "Invalid job; `path` names the field"),
-                    "401": _json(err, "Missing or unknown API key"),
-                    "409": _json(err, "Idempotency-Key reused with a different body"),
-                    "413": _json(err, "Body or recipient list over the configured limit"),
-                    "429": _json(err, "Too much in flight; retry after the Retry-After header"),
-                    "503": _json(err, "Not accepting jobs (shutting down or store unavailable)"),
-                },
-            }},
-            "/v1/jobs/{job_id}": {"get": {
-                "summary": "Job state, counts per outcome and decisions (paginated)",
-                "security": bearer,
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                ],
-                "responses": {"200": _json(_ref("JobStatus"), "The job"), "404": _json(err, "No such job")},
-            }},
-            "/v1/preview": {"post": {
-                "summary": "What a job would do to each recipient: variant, skipped variants, rendered content "
-                           "and the decision per channel. Nothing is sent, stored or counted.",
-                "security": bearer,
-                "parameters": [{"name": "now", "in": "query", "required": False,
-                                "description": "evaluate at this instant (RFC 3339 with an offset)",
-                                "schema": {"type": "string", "format": "date-time"}}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema}}},
-                "responses": {"200": _json({"type": "object"}, "The preview"),
-                              "400": _json(err, "Invalid job; `path` names the field"),
-                              "413": _json(err, "Over a limit")},
-            }},
-            "/v1/unsubscribe/{token}": {
-                "post": {"summary": "RFC 8058 one-click unsubscribe (no API key: mail providers call it)",
-                         "parameters": [{"name": "token", "in": "path", "required": True,
-                                         "schema": {"type": "string"}}],
-                         "responses": {"200": {"description": "unsubscribed"},
-                                       "404": _json(err, "Unknown link")}},
-                "get": {"summary": "A page with an unsubscribe button (a GET never unsubscribes)",
-                        "parameters": [{"name": "token", "in": "path", "required": True,
-                                        "schema": {"type": "string"}}],
-                        "responses": {"200": {"description": "the page"}, "404": _json(err, "Unknown link")}},
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Accept a send job; 202 only once it is durably stored",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema}}},
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "Accepted and stored"),
+                        "400": _json(err, "Invalid job; `path` names the field"),
+                        "401": _json(err, "Missing or unknown API key"),
+                        "409": _json(err, "Idempotency-Key reused with a different body"),
+                        "413": _json(err, "Body or recipient list over the configured limit"),
+                        "429": _json(err, "Too much in flight; retry after the Retry-After header"),
+                        "503": _json(err, "Not accepting jobs (shutting down or store unavailable)"),
+                    },
+                }
             },
-            "/v1/opt-outs/{address}": {"delete": {
-                "summary": "Upstream has a new subscription state for this address: stop suppressing it",
-                "security": bearer,
-                "parameters": [{"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"204": {"description": "cleared"}, "404": {"description": "no opt-out recorded"}},
-            }},
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "Job state, counts per outcome and decisions (paginated)",
+                    "security": bearer,
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    ],
+                    "responses": {"200": _json(_ref("JobStatus"), "The job"), "404": _json(err, "No such job")},
+                }
+            },
+            "/v1/preview": {
+                "post": {
+                    "summary": "What a job would do to each recipient: variant, skipped variants, rendered content "
+                    "and the decision per channel. Nothing is sent, stored or counted.",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "now",
+                            "in": "query",
+                            "required": False,
+                            "description": "evaluate at this instant (RFC 3339 with an offset)",
+                            "schema": {"type": "string", "format": "date-time"},
+                        }
+                    ],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema}}},
+                    "responses": {
+                        "200": _json({"type": "object"}, "The preview"),
+                        "400": _json(err, "Invalid job; `path` names the field"),
+                        "413": _json(err, "Over a limit"),
+                    },
+                }
+            },
+            "/v1/unsubscribe/{token}": {
+                "post": {
+                    "summary": "RFC 8058 one-click unsubscribe (no API key: mail providers call it)",
+                    "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "unsubscribed"}, "404": _json(err, "Unknown link")},
+                },
+                "get": {
+                    "summary": "A page with an unsubscribe button (a GET never unsubscribes)",
+                    "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "the page"}, "404": _json(err, "Unknown link")},
+                },
+            },
+            "/v1/opt-outs/{address}": {
+                "delete": {
+                    "summary": "Upstream has a new subscription state for this address: stop suppressing it",
+                    "security": bearer,
+                    "parameters": [{"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"204": {"description": "cleared"}, "404": {"description": "no opt-out recorded"}},
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Ready when the store and every configured channel are up",
-                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text format",
-                                 "responses": {"200": {"description": "metrics"}}}},
-            "/openapi.json": {"get": {"summary": "This document",
-                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Ready when the store and every configured channel are up",
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                }
+            },
+            "/metrics": {
+                "get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics"}}}
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
         },
     }

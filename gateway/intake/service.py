@@ -74,8 +74,12 @@ class Intake:
         held = 0 if gw.store.shared_queue else n
         if held and not gw.admission.try_acquire(held):
             gw.metrics.jobs_rejected.inc("429")
-            return _error(429, "busy", f"{gw.admission.inflight} recipients are in flight (limit "
-                          f"{gw.admission.limit}); retry later", retry_after=gw.config.intake.retry_after)
+            return _error(
+                429,
+                "busy",
+                f"{gw.admission.inflight} recipients are in flight (limit {gw.admission.limit}); retry later",
+                retry_after=gw.config.intake.retry_after,
+            )
         job_id = uuid.uuid4().hex
         now = gw.clock.now()
         response = {"job_id": job_id, "recipients": n}
@@ -84,23 +88,43 @@ class Intake:
         reply_body = _json.encode(response)
         record = None
         if idempotency is not None:
-            record = IdempotencyRecord(key=idempotency[0], body_hash=idempotency[1], status=202,
-                                       response=reply_body, expires_at=now + seconds(gw.config.intake.idempotency_ttl))
-        job_record = JobRecord(id=job_id, campaign=job.campaign, state="accepted", recipients=n, cursor=0,
-                               warnings=accepted.warnings, created_at=now)
+            record = IdempotencyRecord(
+                key=idempotency[0],
+                body_hash=idempotency[1],
+                status=202,
+                response=reply_body,
+                expires_at=now + seconds(gw.config.intake.idempotency_ttl),
+            )
+        job_record = JobRecord(
+            id=job_id,
+            campaign=job.campaign,
+            state="accepted",
+            recipients=n,
+            cursor=0,
+            warnings=accepted.warnings,
+            created_at=now,
+        )
         try:
             existing = await gw.store.accept_job(job_record, body, record, now)
         except StoreBusy as exc:
             gw.metrics.jobs_rejected.inc("429")
-            return _error(429, "busy", f"{exc.queued} recipients are queued and not yet taken (limit "
-                          f"{gw.store.queue_limit}); retry later", retry_after=gw.config.intake.retry_after)
+            return _error(
+                429,
+                "busy",
+                f"{exc.queued} recipients are queued and not yet taken (limit {gw.store.queue_limit}); retry later",
+                retry_after=gw.config.intake.retry_after,
+            )
         except Exception as exc:
             # Never a 202 for a job that is not stored: the caller retries, nothing is lost.
             gw.admission.release(held)
             log.error("store refused job %s: %s", job_id, exc)
             gw.metrics.jobs_rejected.inc("503")
-            return _error(503, "store_unavailable", "the job could not be stored; retry later",
-                          retry_after=gw.config.intake.retry_after)
+            return _error(
+                503,
+                "store_unavailable",
+                "the job could not be stored; retry later",
+                retry_after=gw.config.intake.retry_after,
+            )
         if existing is not None:  # another process took the key between our read and write
             gw.admission.release(held)
             return _replay(existing, idempotency[1])  # type: ignore[index]
@@ -114,8 +138,11 @@ class Intake:
 
 def _replay(existing: IdempotencyRecord, body_hash: str) -> Reply:
     if existing.body_hash != body_hash:
-        return _error(409, "idempotency_key_reused",
-                      "this Idempotency-Key was used with a different body; use a new key for a new job")
+        return _error(
+            409,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different body; use a new key for a new job",
+        )
     return Reply(existing.status, existing.response, {"Idempotent-Replayed": "true"})
 
 

@@ -31,8 +31,11 @@ class JobError(Exception):
         super().__init__(f"{path}: {message}")
 
     def body(self) -> dict[str, object]:
-        return {"error": "invalid_job" if self.status == 400 else "too_large",
-                "path": self.path, "message": self.message}
+        return {
+            "error": "invalid_job" if self.status == 400 else "too_large",
+            "path": self.path,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -92,8 +95,9 @@ def name_dict_keys(body: bytes, path: str) -> str:
             node, tp = node[int(segment[1:-1])], typing.get_args(tp)[0]
         else:
             name = segment[1:]
-            if not (isinstance(node, dict) and name in node and isinstance(tp, type)
-                    and issubclass(tp, msgspec.Struct)):
+            if not (
+                isinstance(node, dict) and name in node and isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+            ):
                 return path
             out += segment
             node, tp = node[name], typing.get_type_hints(tp)[name]
@@ -125,8 +129,7 @@ def accept_job(body: bytes, limits: LimitsConfig, channels_available: set[str]) 
     except TemplateError as exc:
         raise JobError(400, exc.path, exc.message) from None
     warnings = [
-        f"channel '{c}' is not available on this gateway: its decisions will be "
-        f"suppressed: channel_unavailable"
+        f"channel '{c}' is not available on this gateway: its decisions will be suppressed: channel_unavailable"
         for c in job.channels
         if c not in channels_available
     ]
@@ -135,23 +138,27 @@ def accept_job(body: bytes, limits: LimitsConfig, channels_available: set[str]) 
 
 def check_job(job: Job, limits: LimitsConfig) -> None:
     if len(job.recipients) > limits.max_recipients:
-        raise JobError(413, "$.recipients",
-                       f"{len(job.recipients)} recipients, the limit is {limits.max_recipients} per job")
+        raise JobError(
+            413, "$.recipients", f"{len(job.recipients)} recipients, the limit is {limits.max_recipients} per job"
+        )
     if len(job.variants) > limits.max_variants:
-        raise JobError(400, "$.variants",
-                       f"{len(job.variants)} variants, the limit is {limits.max_variants}")
+        raise JobError(400, "$.variants", f"{len(job.variants)} variants, the limit is {limits.max_variants}")
     _check_unique(job.channels, "$.channels", "channel")
     _check_unique([v.name for v in job.variants], "$.variants", "variant name")
     for i, variant in enumerate(job.variants[:-1]):
         if variant.when is None:
-            raise JobError(400, f"$.variants[{i}].when",
-                           "only the last variant (the default) may omit `when`; "
-                           "this one would hide every variant after it")
+            raise JobError(
+                400,
+                f"$.variants[{i}].when",
+                "only the last variant (the default) may omit `when`; this one would hide every variant after it",
+            )
     last = len(job.variants) - 1
     if job.variants[last].when is not None:
-        raise JobError(400, f"$.variants[{last}].when",
-                       "the last variant is the default and must not have `when` "
-                       "(add a default variant without a condition)")
+        raise JobError(
+            400,
+            f"$.variants[{last}].when",
+            "the last variant is the default and must not have `when` (add a default variant without a condition)",
+        )
     if job.expires_at is not None and job.expires_at.tzinfo is None:
         raise JobError(400, "$.expires_at", "expected an instant with a time zone offset, e.g. 2026-12-05T00:00:00Z")
     for r, recipient in enumerate(job.recipients):
@@ -159,8 +166,9 @@ def check_job(job: Job, limits: LimitsConfig) -> None:
         if recipient.email is not None and not _EMAIL.match(recipient.email):
             raise JobError(400, f"{where}.email", "expected an email address")
         if len(recipient.devices) > limits.max_devices:
-            raise JobError(400, f"{where}.devices",
-                           f"{len(recipient.devices)} devices, the limit is {limits.max_devices}")
+            raise JobError(
+                400, f"{where}.devices", f"{len(recipient.devices)} devices, the limit is {limits.max_devices}"
+            )
         for d, device in enumerate(recipient.devices):
             _check_device(device, f"{where}.devices[{d}]")
 

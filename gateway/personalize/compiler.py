@@ -258,8 +258,11 @@ class _Compiler:
 
     def case(self, node: CaseNode) -> Render:
         subject = self.primitive(node.expression)
-        literal_whens = all(all(_is_literal(e) for e in b.expression.expressions)
-                            for b in node.blocks if isinstance(b, MultiExpressionBlockNode))
+        literal_whens = all(
+            all(_is_literal(e) for e in b.expression.expressions)
+            for b in node.blocks
+            if isinstance(b, MultiExpressionBlockNode)
+        )
         # (whens, body): whens None for an `else`; with literal `when`s (the usual
         # `{% when 'fr' %}`) the values themselves, else their evaluators
         blocks: list[tuple[list[Any] | None, Render | str]] = []
@@ -342,8 +345,12 @@ class _Compiler:
 
         def run(scope: Scope, seq: list[Any], length: int) -> str:
             parent = scope.get("forloop", _ABSENT)
-            forloop = ForLoop(name=loop_name, it=_NO_ITEMS, length=length,
-                              parentloop=parent if parent.__class__ is ForLoop else Undefined("parentloop"))
+            forloop = ForLoop(
+                name=loop_name,
+                it=_NO_ITEMS,
+                length=length,
+                parentloop=parent if parent.__class__ is ForLoop else Undefined("parentloop"),
+            )
             saved_item = scope.get(name, _ABSENT)
             scope["forloop"] = forloop
             out = []
@@ -383,8 +390,14 @@ class _Compiler:
         positional = [a.value for a in f.args if not isinstance(a, KeywordArgument)]
         keywords = {a.name: a.value for a in f.args if isinstance(a, KeywordArgument)}
         if all(_is_literal(e) for e in (*positional, *keywords.values())):
-            return self._constant_args_filter(value, f.name, func, [self.primitive(e)({}) for e in positional],
-                                              {k: self.primitive(e)({}) for k, e in keywords.items()}, env_kwargs)
+            return self._constant_args_filter(
+                value,
+                f.name,
+                func,
+                [self.primitive(e)({}) for e in positional],
+                {k: self.primitive(e)({}) for k, e in keywords.items()},
+                env_kwargs,
+            )
         pos = [self.primitive(e) for e in positional]
         kws = {k: self.primitive(e) for k, e in keywords.items()}
         is_default = f.name == "default"
@@ -406,8 +419,9 @@ class _Compiler:
 
         return apply
 
-    def _constant_args_filter(self, value: Eval, name: str, func: Any, args: list[Any], kwargs: dict[str, Any],
-                              env_kwargs: dict[str, Any]) -> Eval:
+    def _constant_args_filter(
+        self, value: Eval, name: str, func: Any, args: list[Any], kwargs: dict[str, Any], env_kwargs: dict[str, Any]
+    ) -> Eval:
         """The usual case (`default: 'there'`, `truncate: 40`, `upcase`): arguments are
         literals, folded once; string filters skip their wrapper for str values."""
         if func is default_filter and set(kwargs) <= {"default_"}:
@@ -451,6 +465,7 @@ class _Compiler:
         slow = partial(func, **all_kwargs) if all_kwargs else func
 
         if fast is not None:
+
             def apply_string(scope: Scope) -> Any:
                 v = value(scope)
                 if v.__class__ is str:
@@ -485,8 +500,12 @@ class _Compiler:
 
     def path(self, expr: Path) -> Eval:
         segments = expr.path
-        if segments and segments[0] == "forloop" and len(segments) > 1 \
-                and all(isinstance(s, str) and s in _FORLOOP_GETTERS for s in segments[1:]):
+        if (
+            segments
+            and segments[0] == "forloop"
+            and len(segments) > 1
+            and all(isinstance(s, str) and s in _FORLOOP_GETTERS for s in segments[1:])
+        ):
             return self.forloop_path(expr)
         return self._general_path(expr)
 
@@ -499,11 +518,13 @@ class _Compiler:
         root, rest = segments[0], tuple(segments[1:])
 
         if not rest:
+
             def lookup_root(scope: Scope) -> Any:
                 try:
                     return scope[root]
                 except KeyError:
                     return Undefined(root)
+
             return lookup_root
 
         # Missing data is named up to the segment where it stops, as python-liquid does

@@ -47,8 +47,13 @@ def compile_condition(source: str, env: Environment) -> Callable[[Scope], bool]:
     except LiquidError as exc:
         raise ConditionError(_syntax_message(exc, source)) from None
     nodes = template.nodes
-    if (len(nodes) != 1 or not isinstance(nodes[0], IfNode) or nodes[0].alternatives
-            or nodes[0].default is not None or str(nodes[0].consequence) != "1"):
+    if (
+        len(nodes) != 1
+        or not isinstance(nodes[0], IfNode)
+        or nodes[0].alternatives
+        or nodes[0].default is not None
+        or str(nodes[0].consequence) != "1"
+    ):
         raise ConditionError("expected one boolean expression, e.g. attributes.loyalty_member == true")
     expression = nodes[0].condition
     assert isinstance(expression, BooleanExpression)

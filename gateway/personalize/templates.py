@@ -166,8 +166,11 @@ def _compile(source: str, path: str, limit: int, env: Environment) -> CompiledFi
             raise TemplateError(path, f"unknown filter '{name}' at {_position(source, spans[0].index)}")
     for name, variables in analysis.globals.items():
         if name not in CONTEXT_ROOTS:
-            raise TemplateError(path, f"unknown variable '{name}' at {_position(source, variables[0].span.index)}; "
-                                f"templates can use {', '.join(sorted(CONTEXT_ROOTS))}")
+            raise TemplateError(
+                path,
+                f"unknown variable '{name}' at {_position(source, variables[0].span.index)}; "
+                f"templates can use {', '.join(sorted(CONTEXT_ROOTS))}",
+            )
     return CompiledField(source, template, compile_template(template, env), "channel" in analysis.globals)
 
 

@@ -67,9 +67,17 @@ class Cap:
                 break
             assert channels is not None
             channels |= GROUPS.get(c, {c})
-        return cls(rule.name, rule.limit, seconds(rule.window) if rule.window else None, rule.calendar,
-                   frozenset(channels) if channels is not None else None, frozenset(rule.tags),
-                   frozenset(rule.campaigns), rule.action, rule.include_transactional)
+        return cls(
+            rule.name,
+            rule.limit,
+            seconds(rule.window) if rule.window else None,
+            rule.calendar,
+            frozenset(channels) if channels is not None else None,
+            frozenset(rule.tags),
+            frozenset(rule.campaigns),
+            rule.action,
+            rule.include_transactional,
+        )
 
     def applies(self, job: Job, channel: str) -> bool:
         if job.category == "transactional" and not self.include_transactional:
@@ -168,8 +176,9 @@ class CapLedger:
     logs: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
     where: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # reservation -> its logs
 
-    def reserve(self, requests: Sequence[CapRequest], now: float) -> tuple[list[CapOutcome], list[tuple[str, str,
-                                                                                                      str, float]]]:
+    def reserve(
+        self, requests: Sequence[CapRequest], now: float
+    ) -> tuple[list[CapOutcome], list[tuple[str, str, str, float]]]:
         """Outcomes, and the ledger rows added: (id, rule, user, at)."""
         outcomes: list[CapOutcome] = []
         added: list[tuple[str, str, str, float]] = []
@@ -185,8 +194,10 @@ class CapLedger:
                 found = check_one(user, check)
                 # The strictest decides: a dropping rule over a deferring one, then the
                 # latest time a slot frees.
-                if found is not None and (denied is None or (found.action == "drop", found.free_at)
-                                          > (denied.action == "drop", denied.free_at)):
+                if found is not None and (
+                    denied is None
+                    or (found.action == "drop", found.free_at) > (denied.action == "drop", denied.free_at)
+                ):
                     denied = found
             if denied is not None:
                 outcomes.append(denied)

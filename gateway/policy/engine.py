@@ -86,12 +86,17 @@ class Policy:
         rules = self._job_rules.get(id(job.channels))
         if rules is None:
             action = job.quiet_hours or self.quiet.action
-            applies = self.quiet.enabled and action != "ignore" and (
-                job.category == "marketing" or self.quiet.transactional)
-            rules = _JobRules(_timestamp(job.expires_at), job.category == "marketing",
-                              parse_hhmm(job.deliver_at_local) if job.deliver_at_local is not None else None,
-                              action, frozenset(c for c in job.channels if c in self.quiet_channels) if applies
-                              else frozenset(), job.channels)
+            applies = (
+                self.quiet.enabled and action != "ignore" and (job.category == "marketing" or self.quiet.transactional)
+            )
+            rules = _JobRules(
+                _timestamp(job.expires_at),
+                job.category == "marketing",
+                parse_hhmm(job.deliver_at_local) if job.deliver_at_local is not None else None,
+                action,
+                frozenset(c for c in job.channels if c in self.quiet_channels) if applies else frozenset(),
+                job.channels,
+            )
             # Not the job itself: a finished job must not stay in memory for its rules' sake
             # (holding jobs here once kept hundreds of them, and their recipients, alive).
             if len(self._job_rules) >= 256:
@@ -99,8 +104,9 @@ class Policy:
             self._job_rules[id(job.channels)] = rules
         return rules
 
-    def check(self, job: Job, recipient: Recipient, channel: Channel | None, name: str, now: float,
-              released: bool = False) -> Screening | Verdict:
+    def check(
+        self, job: Job, recipient: Recipient, channel: Channel | None, name: str, now: float, released: bool = False
+    ) -> Screening | Verdict:
         """`released`: a deferred message coming due; its deliver_at_local has passed."""
         if channel is None:
             return Verdict("suppressed", d.CHANNEL_UNAVAILABLE)
@@ -113,12 +119,21 @@ class Policy:
         if rules.marketing:
             state = recipient.subscriptions.get(channel.subscription_group)
             if state not in SUBSCRIBED:
-                return Verdict("suppressed", d.UNSUBSCRIBED if state == "unsubscribed" else d.NOT_SUBSCRIBED,
-                               flags=flags)
-            if self.opt_outs and channel.subscription_group == "email" and recipient.email \
-                    and recipient.email.lower() in self.opt_outs:
-                return Verdict("suppressed", OPTED_OUT, flags=flags,
-                               detail="one-click unsubscribe; upstream clears it with DELETE /v1/opt-outs/{address}")
+                return Verdict(
+                    "suppressed", d.UNSUBSCRIBED if state == "unsubscribed" else d.NOT_SUBSCRIBED, flags=flags
+                )
+            if (
+                self.opt_outs
+                and channel.subscription_group == "email"
+                and recipient.email
+                and recipient.email.lower() in self.opt_outs
+            ):
+                return Verdict(
+                    "suppressed",
+                    OPTED_OUT,
+                    flags=flags,
+                    detail="one-click unsubscribe; upstream clears it with DELETE /v1/opt-outs/{address}",
+                )
         destinations = channel.destinations(recipient)
         if not destinations:
             return Verdict("suppressed", d.NO_DEVICE, flags=flags)
@@ -170,8 +185,12 @@ class _Any:
 
 def _defer(until: float, reason: str, detail: str, expires: float | None, flags: list[str] | None) -> Verdict:
     if expires is not None and until > expires:
-        return Verdict("suppressed", d.EXPIRED,
-                       f"{reason} would hold it until {_iso(until)}, after expires_at {_iso(expires)}", flags=flags)
+        return Verdict(
+            "suppressed",
+            d.EXPIRED,
+            f"{reason} would hold it until {_iso(until)}, after expires_at {_iso(expires)}",
+            flags=flags,
+        )
     return Verdict("deferred", reason, detail, until, flags)
 
 
@@ -196,8 +215,9 @@ def load_policy(config: GatewayConfig) -> Policy:
             problems += exc.problems
     problems += validate_rules(rules)
     if zone(config.quiet_hours.fallback_timezone) is None:
-        problems.append(f"quiet_hours.fallback_timezone: not an IANA time zone: "
-                        f"{config.quiet_hours.fallback_timezone!r}")
+        problems.append(
+            f"quiet_hours.fallback_timezone: not an IANA time zone: {config.quiet_hours.fallback_timezone!r}"
+        )
     if problems:
         raise ConfigError(problems)
     return Policy(config.quiet_hours, rules)

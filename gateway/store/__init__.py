@@ -22,6 +22,7 @@ def make_store(config: StoreConfig, queue_limit: int = 0) -> Store:
 
         from gateway.store.redis import RedisStore
 
-        return RedisStore(url, prefix=config.key_prefix, instance=config.instance or socket.gethostname(),
-                          queue_limit=queue_limit)
+        return RedisStore(
+            url, prefix=config.key_prefix, instance=config.instance or socket.gethostname(), queue_limit=queue_limit
+        )
     raise ConfigError([f"store.url: unsupported scheme in {url!r} (supported: sqlite:PATH, redis://HOST:PORT/DB)"])

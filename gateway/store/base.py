@@ -97,8 +97,9 @@ class Store(abc.ABC):
     async def job_body(self, job_id: str) -> bytes: ...
 
     @abc.abstractmethod
-    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
-                           deferred: Sequence[DeferredItem] = ()) -> None:
+    async def record_batch(
+        self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float, deferred: Sequence[DeferredItem] = ()
+    ) -> None:
         """Store one batch's decisions and deferred messages and advance the job's cursor,
         atomically."""
 
@@ -140,8 +141,9 @@ class Store(abc.ABC):
         a claim not settled by then returns (a crashed worker's work is not lost)."""
 
     @abc.abstractmethod
-    async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
-                              now: float) -> None:
+    async def settle_deferred(
+        self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem], now: float
+    ) -> None:
         """Record released messages' decisions; those deferred again get their new due
         time, the rest leave the schedule; the job completes when nothing is left."""
 

@@ -266,10 +266,16 @@ return out
 
 def _job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     f = {k.decode(): v.decode() for k, v in raw.items()}
-    return JobRecord(id=job_id, campaign=f["campaign"], state=f["state"], recipients=int(f["recipients"]),
-                     cursor=int(f["cursor"]), warnings=_strings.decode(f["warnings"]),
-                     created_at=float(f["created_at"]),
-                     finished_at=float(f["finished_at"]) if "finished_at" in f else None)
+    return JobRecord(
+        id=job_id,
+        campaign=f["campaign"],
+        state=f["state"],
+        recipients=int(f["recipients"]),
+        cursor=int(f["cursor"]),
+        warnings=_strings.decode(f["warnings"]),
+        created_at=float(f["created_at"]),
+        finished_at=float(f["finished_at"]) if "finished_at" in f else None,
+    )
 
 
 def _unavailable_on_error(method: Any) -> Any:
@@ -305,19 +311,31 @@ class RedisStore(Store):
         # Connections pooled before a Redis restart are dead: retry such errors on a fresh
         # connection instead of failing the caller's batch.
         self.redis = aioredis.from_url(
-            self.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=10)
+            self.url,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=10,
+        )
         try:
             await self.redis.ping()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot reach {self.url}: {exc}") from exc
         r = self.redis
-        self._accept, self._record, self._finish = r.register_script(ACCEPT), r.register_script(RECORD), \
-            r.register_script(FINISH)
-        self._reserve, self._refund, self._claim = r.register_script(RESERVE), r.register_script(REFUND), \
-            r.register_script(CLAIM)
-        self._orphans, self._take, self._hold = r.register_script(ORPHANS), r.register_script(TAKE), \
-            r.register_script(HOLD)
+        self._accept, self._record, self._finish = (
+            r.register_script(ACCEPT),
+            r.register_script(RECORD),
+            r.register_script(FINISH),
+        )
+        self._reserve, self._refund, self._claim = (
+            r.register_script(RESERVE),
+            r.register_script(REFUND),
+            r.register_script(CLAIM),
+        )
+        self._orphans, self._take, self._hold = (
+            r.register_script(ORPHANS),
+            r.register_script(TAKE),
+            r.register_script(HOLD),
+        )
         await self._create_group()
 
     async def _create_group(self) -> None:
@@ -349,8 +367,17 @@ class RedisStore(Store):
 
     def _job_keys(self, job_id: str) -> list[str]:
         j = f"job:{{{job_id}}}"
-        return [self._k(j), self._k(j, "dec"), self._k(j, "out"), self._k(j, "counts"), self._k(j, "order"),
-                self._k("deferred"), self._k("deferred", "reason"), self._k(j, "waiting"), self._k("open")]
+        return [
+            self._k(j),
+            self._k(j, "dec"),
+            self._k(j, "out"),
+            self._k(j, "counts"),
+            self._k(j, "order"),
+            self._k("deferred"),
+            self._k("deferred", "reason"),
+            self._k(j, "waiting"),
+            self._k("open"),
+        ]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -359,15 +386,27 @@ class RedisStore(Store):
             raise StoreUnavailable(str(exc)) from exc
 
     # -- jobs ------------------------------------------------------------------------
-    async def accept_job(self, job: JobRecord, body: bytes, idempotency: IdempotencyRecord | None,
-                         now: float) -> IdempotencyRecord | None:
+    async def accept_job(
+        self, job: JobRecord, body: bytes, idempotency: IdempotencyRecord | None, now: float
+    ) -> IdempotencyRecord | None:
         keys = self._job_keys(job.id)
         idem_key = self._k("idem", idempotency.key) if idempotency else ""
         ttl_ms = max(1, int((idempotency.expires_at - now) * 1000)) if idempotency else 0
-        existing = await self._call(self._accept, [idem_key, keys[0], self._k(f"job:{{{job.id}}}", "body"), keys[8],
-                                                   self.stream, self._k("queued")],
-                                    [_pack(idempotency) if idempotency else b"", ttl_ms, job.campaign, job.recipients,
-                                     _json.encode(job.warnings), repr(job.created_at), body, job.id, self.queue_limit])
+        existing = await self._call(
+            self._accept,
+            [idem_key, keys[0], self._k(f"job:{{{job.id}}}", "body"), keys[8], self.stream, self._k("queued")],
+            [
+                _pack(idempotency) if idempotency else b"",
+                ttl_ms,
+                job.campaign,
+                job.recipients,
+                _json.encode(job.warnings),
+                repr(job.created_at),
+                body,
+                job.id,
+                self.queue_limit,
+            ],
+        )
         if isinstance(existing, int):
             raise StoreBusy(existing)
         return _idem.decode(existing) if existing else None
@@ -401,8 +440,9 @@ class RedisStore(Store):
     async def take_jobs(self, count: int, wait: float) -> list[JobRecord]:
         for attempt in range(2):
             try:
-                raw = await self._take(keys=[self.stream, self._k("queued")],
-                                       args=[GROUP, self.instance, count, self.p])
+                raw = await self._take(
+                    keys=[self.stream, self._k("queued")], args=[GROUP, self.instance, count, self.p]
+                )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise StoreUnavailable(str(exc)) from exc
@@ -444,10 +484,14 @@ class RedisStore(Store):
             args += [f"{job_id}|{item.recipient}|{item.channel}", repr(item.due), item.reason]
         return args
 
-    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
-                           deferred: Sequence[DeferredItem] = ()) -> None:
-        await self._call(self._record, self._job_keys(job_id), [job_id, cursor, *self._decision_args(decisions, now),
-                                                                *self._deferred_args(job_id, deferred), repr(now)])
+    async def record_batch(
+        self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float, deferred: Sequence[DeferredItem] = ()
+    ) -> None:
+        await self._call(
+            self._record,
+            self._job_keys(job_id),
+            [job_id, cursor, *self._decision_args(decisions, now), *self._deferred_args(job_id, deferred), repr(now)],
+        )
 
     async def finish_job(self, job_id: str, now: float) -> None:
         keys = self._job_keys(job_id)
@@ -481,7 +525,8 @@ class RedisStore(Store):
 
     async def claim_orphaned_jobs(self) -> list[JobRecord]:
         return await self._unfinished(
-            await self._call(self._orphans, [self.stream], [GROUP, self.instance, self._lease_ms, self.p]))
+            await self._call(self._orphans, [self.stream], [GROUP, self.instance, self._lease_ms, self.p])
+        )
 
     # -- frequency caps --------------------------------------------------------------
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
@@ -489,8 +534,14 @@ class RedisStore(Store):
         for request in requests:
             args += [request.user, new_reservation_id(), len(request.checks)]
             for c in request.checks:
-                args += [c.rule, repr(c.since), c.limit, repr(c.period if c.period is not None else -1),
-                         repr(c.reset if c.reset is not None else -1), c.action]
+                args += [
+                    c.rule,
+                    repr(c.since),
+                    c.limit,
+                    repr(c.period if c.period is not None else -1),
+                    repr(c.reset if c.reset is not None else -1),
+                    c.action,
+                ]
         if len(args) == 1:
             return [Granted(None) for _ in requests]
         raw = await self._call(self._reserve, [], args)
@@ -535,7 +586,11 @@ class RedisStore(Store):
             items.append(DeferredItem(job_id, int(recipient), channel, float(due), reason.decode()))
         return items
 
-    async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
-                              now: float) -> None:
-        await self._call(self._record, self._job_keys(job_id), [job_id, -1, *self._decision_args(decisions, now),
-                                                                *self._deferred_args(job_id, deferred), repr(now)])
+    async def settle_deferred(
+        self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem], now: float
+    ) -> None:
+        await self._call(
+            self._record,
+            self._job_keys(job_id),
+            [job_id, -1, *self._decision_args(decisions, now), *self._deferred_args(job_id, deferred), repr(now)],
+        )

@@ -27,7 +27,8 @@ from gateway.policy.caps import CapLedger, CapOutcome, CapRequest
 from gateway.store import sqlite_decisions as decision_rows
 from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     campaign TEXT NOT NULL,
@@ -63,7 +64,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
     response BLOB NOT NULL,
     expires_at REAL NOT NULL
 );
-""" + decision_rows.SCHEMA
+"""
+    + decision_rows.SCHEMA
+)
 
 _JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at"
 _STOP = object()
@@ -186,13 +189,27 @@ class SQLiteStore(Store):
                     return existing
                 conn.execute(
                     "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
-                    (idempotency.key, idempotency.body_hash, idempotency.status,
-                     idempotency.response, idempotency.expires_at),
+                    (
+                        idempotency.key,
+                        idempotency.body_hash,
+                        idempotency.status,
+                        idempotency.response,
+                        idempotency.expires_at,
+                    ),
                 )
             conn.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.campaign, job.state, job.recipients, job.cursor,
-                 _json.encode(job.warnings).decode(), job.created_at, job.finished_at, body),
+                (
+                    job.id,
+                    job.campaign,
+                    job.state,
+                    job.recipients,
+                    job.cursor,
+                    _json.encode(job.warnings).decode(),
+                    job.created_at,
+                    job.finished_at,
+                    body,
+                ),
             )
             return None
 
@@ -202,8 +219,11 @@ class SQLiteStore(Store):
         return await self._read(lambda c: _idempotency(c, key, now))
 
     async def resumable_jobs(self) -> list[JobRecord]:
-        rows = await self._read(lambda c: c.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at").fetchall())
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
+            ).fetchall()
+        )
         return [_job(row) for row in rows]
 
     async def job_body(self, job_id: str) -> bytes:
@@ -212,8 +232,9 @@ class SQLiteStore(Store):
             raise KeyError(job_id)
         return bytes(row[0])
 
-    async def record_batch(self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float,
-                           deferred: Sequence[DeferredItem] = ()) -> None:
+    async def record_batch(
+        self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float, deferred: Sequence[DeferredItem] = ()
+    ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             decision_rows.put(conn, job_id, decisions, now)
             _write_deferred(conn, deferred)
@@ -254,12 +275,16 @@ class SQLiteStore(Store):
 
     # -- email opt-outs ---------------------------------------------------------------
     async def record_opt_out(self, address: str, campaign: str, now: float) -> None:
-        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?)",
-                                              (address.lower(), campaign, now)))
+        await self._write(
+            lambda c: c.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?)", (address.lower(), campaign, now))
+        )
 
     async def clear_opt_out(self, address: str) -> bool:
-        return bool(await self._write(lambda c: c.execute(
-            "DELETE FROM opt_outs WHERE address = ?", (address.lower(),)).rowcount))
+        return bool(
+            await self._write(
+                lambda c: c.execute("DELETE FROM opt_outs WHERE address = ?", (address.lower(),)).rowcount
+            )
+        )
 
     async def opt_outs(self) -> set[str]:
         return {r[0] for r in await self._read(lambda c: c.execute("SELECT address FROM opt_outs").fetchall())}
@@ -269,15 +294,20 @@ class SQLiteStore(Store):
         def write(conn: sqlite3.Connection) -> list[DeferredItem]:
             rows = conn.execute(
                 "SELECT job_id, recipient, channel, due, reason FROM deferred "
-                "WHERE due <= ? AND claimed_until <= ? ORDER BY due LIMIT ?", (now, now, limit)).fetchall()
-            conn.executemany("UPDATE deferred SET claimed_until = ? WHERE job_id = ? AND recipient = ? AND channel = ?",
-                             [(now + lease, r[0], r[1], r[2]) for r in rows])
+                "WHERE due <= ? AND claimed_until <= ? ORDER BY due LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deferred SET claimed_until = ? WHERE job_id = ? AND recipient = ? AND channel = ?",
+                [(now + lease, r[0], r[1], r[2]) for r in rows],
+            )
             return [DeferredItem(*r) for r in rows]
 
         return await self._write(write)
 
-    async def settle_deferred(self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem],
-                              now: float) -> None:
+    async def settle_deferred(
+        self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem], now: float
+    ) -> None:
         again = {(item.recipient, item.channel) for item in deferred}
         done = [(job_id, d.recipient, d.channel) for d in decisions if (d.recipient, d.channel) not in again]
 
@@ -292,8 +322,9 @@ class SQLiteStore(Store):
         await self._write(write)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        row = await self._read(lambda c: c.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
         return _job(row) if row else None
 
     async def outcome_counts(self, job_id: str) -> dict[str, int]:
@@ -303,8 +334,7 @@ class SQLiteStore(Store):
         return await self._read(lambda c: decision_rows.page(c, job_id, offset, limit))
 
     async def purge_expired(self, now: float) -> int:
-        return await self._write(lambda c: c.execute(
-            "DELETE FROM idempotency WHERE expires_at <= ?", (now,)).rowcount)
+        return await self._write(lambda c: c.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,)).rowcount)
 
 
 def _cap_history(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
@@ -322,11 +352,28 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = "job_id, recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens, flags"
     rows = conn.execute(f"SELECT {columns} FROM decisions ORDER BY job_id, recipient, rowid")
     conn.execute("BEGIN IMMEDIATE")
-    decision_rows.migrate_row_per_decision(conn, (
-        (r[0], Decision(recipient=r[1], user_id=r[2], channel=r[3], outcome=r[4], reason=r[5], detail=r[6],
-                        variant=r[7], until=r[8], at=r[9], invalid_tokens=_strings.decode(r[10]) if r[10] else None,
-                        flags=_strings.decode(r[11]) if r[11] else None))
-        for r in rows.fetchall()))
+    decision_rows.migrate_row_per_decision(
+        conn,
+        (
+            (
+                r[0],
+                Decision(
+                    recipient=r[1],
+                    user_id=r[2],
+                    channel=r[3],
+                    outcome=r[4],
+                    reason=r[5],
+                    detail=r[6],
+                    variant=r[7],
+                    until=r[8],
+                    at=r[9],
+                    invalid_tokens=_strings.decode(r[10]) if r[10] else None,
+                    flags=_strings.decode(r[11]) if r[11] else None,
+                ),
+            )
+            for r in rows.fetchall()
+        ),
+    )
     conn.execute("DROP TABLE decisions")
     conn.execute("COMMIT")
 
@@ -334,13 +381,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _write_deferred(conn: sqlite3.Connection, items: Sequence[DeferredItem]) -> None:
     conn.executemany(
         "INSERT OR REPLACE INTO deferred (job_id, recipient, channel, due, reason, claimed_until) "
-        "VALUES (?, ?, ?, ?, ?, 0)", [(i.job_id, i.recipient, i.channel, i.due, i.reason) for i in items])
+        "VALUES (?, ?, ?, ?, ?, 0)",
+        [(i.job_id, i.recipient, i.channel, i.due, i.reason) for i in items],
+    )
 
 
 def _close_job(conn: sqlite3.Connection, job_id: str, now: float) -> None:
     waiting = conn.execute("SELECT 1 FROM deferred WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
-    conn.execute("UPDATE jobs SET state = ?, finished_at = ?, cursor = recipients WHERE id = ?",
-                 ("waiting" if waiting else "completed", None if waiting else now, job_id))
+    conn.execute(
+        "UPDATE jobs SET state = ?, finished_at = ?, cursor = recipients WHERE id = ?",
+        ("waiting" if waiting else "completed", None if waiting else now, job_id),
+    )
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -364,5 +415,13 @@ def _idempotency(conn: sqlite3.Connection, key: str, now: float) -> IdempotencyR
 
 
 def _job(row: tuple[Any, ...]) -> JobRecord:
-    return JobRecord(id=row[0], campaign=row[1], state=row[2], recipients=row[3], cursor=row[4],
-                     warnings=_strings.decode(row[5]), created_at=row[6], finished_at=row[7])
+    return JobRecord(
+        id=row[0],
+        campaign=row[1],
+        state=row[2],
+        recipients=row[3],
+        cursor=row[4],
+        warnings=_strings.decode(row[5]),
+        created_at=row[6],
+        finished_at=row[7],
+    )

@@ -66,21 +66,27 @@ def put(conn: sqlite3.Connection, job_id: str, decisions: Sequence[Decision], no
     else:
         _merge(conn, job_id, rows, decisions, counts)
     conn.executemany(
-        "INSERT INTO decision_counts VALUES (?, ?, ?) "
-        "ON CONFLICT (job_id, outcome) DO UPDATE SET n = n + excluded.n",
-        [(job_id, outcome, n) for outcome, n in counts.items() if n])
+        "INSERT INTO decision_counts VALUES (?, ?, ?) ON CONFLICT (job_id, outcome) DO UPDATE SET n = n + excluded.n",
+        [(job_id, outcome, n) for outcome, n in counts.items() if n],
+    )
 
 
 def _rows_holding(conn: sqlite3.Connection, job_id: str, recipients: list[int], contiguous: bool) -> list[_Row]:
     """The stored rows whose ranges hold any of `recipients` (sorted)."""
     found: dict[int, _Row] = {}
     lo, hi = recipients[0], recipients[-1]
-    below = "SELECT first, last, decisions FROM decision_batches WHERE job_id = ? AND first <= ? " \
-            "ORDER BY first DESC LIMIT 1"
+    below = (
+        "SELECT first, last, decisions FROM decision_batches WHERE job_id = ? AND first <= ? "
+        "ORDER BY first DESC LIMIT 1"
+    )
     if contiguous:  # one range: the row reaching into it from below, and those starting in it
-        candidates = conn.execute(below, (job_id, lo)).fetchall() + conn.execute(
-            "SELECT first, last, decisions FROM decision_batches WHERE job_id = ? AND first > ? AND first <= ?",
-            (job_id, lo, hi)).fetchall()
+        candidates = (
+            conn.execute(below, (job_id, lo)).fetchall()
+            + conn.execute(
+                "SELECT first, last, decisions FROM decision_batches WHERE job_id = ? AND first > ? AND first <= ?",
+                (job_id, lo, hi),
+            ).fetchall()
+        )
         for first, last, blob in candidates:
             if last >= lo:
                 found[first] = _Row(first, last, _decode(blob))
@@ -96,8 +102,9 @@ def _rows_holding(conn: sqlite3.Connection, job_id: str, recipients: list[int], 
     return list(found.values())
 
 
-def _merge(conn: sqlite3.Connection, job_id: str, rows: list[_Row], decisions: Sequence[Decision],
-           counts: Counter[str]) -> None:
+def _merge(
+    conn: sqlite3.Connection, job_id: str, rows: list[_Row], decisions: Sequence[Decision], counts: Counter[str]
+) -> None:
     where: dict[tuple[int, str], tuple[_Row, int]] = {}
     for row in rows:
         for position, old in enumerate(row.decisions):
@@ -120,8 +127,10 @@ def _merge(conn: sqlite3.Connection, job_id: str, rows: list[_Row], decisions: S
     for row in rows:
         if row.changed:  # stable: each recipient's decisions keep their order
             row.decisions.sort(key=_by_recipient)
-    conn.executemany("UPDATE decision_batches SET n = ?, decisions = ? WHERE job_id = ? AND first = ?",
-                     [(len(row.decisions), _encode(row.decisions), job_id, row.first) for row in rows if row.changed])
+    conn.executemany(
+        "UPDATE decision_batches SET n = ?, decisions = ? WHERE job_id = ? AND first = ?",
+        [(len(row.decisions), _encode(row.decisions), job_id, row.first) for row in rows if row.changed],
+    )
     by_recipient: dict[int, list[Decision]] = {}
     for d in outside:  # in no stored range: one row each keeps the ranges disjoint
         by_recipient.setdefault(d.recipient, []).append(d)
@@ -130,8 +139,10 @@ def _merge(conn: sqlite3.Connection, job_id: str, rows: list[_Row], decisions: S
 
 
 def _insert(conn: sqlite3.Connection, job_id: str, decisions: list[Decision]) -> None:
-    conn.execute("INSERT INTO decision_batches VALUES (?, ?, ?, ?, ?)",
-                 (job_id, decisions[0].recipient, decisions[-1].recipient, len(decisions), _encode(decisions)))
+    conn.execute(
+        "INSERT INTO decision_batches VALUES (?, ?, ?, ?, ?)",
+        (job_id, decisions[0].recipient, decisions[-1].recipient, len(decisions), _encode(decisions)),
+    )
 
 
 def page(conn: sqlite3.Connection, job_id: str, offset: int, limit: int) -> list[Decision]:
@@ -139,8 +150,7 @@ def page(conn: sqlite3.Connection, job_id: str, offset: int, limit: int) -> list
     end = offset + limit
     wanted: list[tuple[int, int]] = []  # (first, index of the row's first decision)
     start = 0
-    for first, n in conn.execute("SELECT first, n FROM decision_batches WHERE job_id = ? ORDER BY first",
-                                 (job_id,)):
+    for first, n in conn.execute("SELECT first, n FROM decision_batches WHERE job_id = ? ORDER BY first", (job_id,)):
         if start + n > offset:
             wanted.append((first, start))
         start += n
@@ -148,9 +158,10 @@ def page(conn: sqlite3.Connection, job_id: str, offset: int, limit: int) -> list
             break
     out: list[Decision] = []
     for first, row_start in wanted:
-        (blob,) = conn.execute("SELECT decisions FROM decision_batches WHERE job_id = ? AND first = ?",
-                               (job_id, first)).fetchone()
-        out += _decode(blob)[max(0, offset - row_start):end - row_start]
+        (blob,) = conn.execute(
+            "SELECT decisions FROM decision_batches WHERE job_id = ? AND first = ?", (job_id, first)
+        ).fetchone()
+        out += _decode(blob)[max(0, offset - row_start) : end - row_start]
     return out
 
 

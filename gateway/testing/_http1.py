@@ -53,8 +53,7 @@ class Headers(dict[str, str]):
 class Request:
     __slots__ = ("body", "headers", "method", "path", "query", "transport")
 
-    def __init__(self, method: str, path: str, query: str, headers: Headers, body: bytes,
-                 transport: asyncio.Transport):
+    def __init__(self, method: str, path: str, query: str, headers: Headers, body: bytes, transport: asyncio.Transport):
         self.method, self.path, self.query, self.headers = method, path, query, headers
         self.body, self.transport = body, transport
 
@@ -169,7 +168,7 @@ class _Connection(asyncio.Protocol):
             raise _BadRequest(400, "malformed request line")
         method, target, version = request_line
         headers = Headers()
-        for line in head[line_end + 2:].split("\r\n") if line_end >= 0 else ():
+        for line in head[line_end + 2 :].split("\r\n") if line_end >= 0 else ():
             name, sep, value = line.partition(":")
             if not sep or not _TOKEN.fullmatch(name) or "\n" in value or "\r" in value:
                 raise _BadRequest(400, "malformed header line")  # not "name: value" on a line of its own
@@ -201,8 +200,8 @@ class _Connection(asyncio.Protocol):
             if len(buffer) < start + length:
                 self._continue(headers)
                 return None
-            body = buffer[start:start + length]
-            del buffer[:start + length]
+            body = buffer[start : start + length]
+            del buffer[: start + length]
         self.continued = False
         connection = get("connection", "").lower()
         keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
@@ -217,8 +216,9 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
-async def serve_http1(handler: Handler, host: str, port: int,
-                      tls: ssl.SSLContext | None = None) -> tuple[asyncio.AbstractServer, str]:
+async def serve_http1(
+    handler: Handler, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.AbstractServer, str]:
     """Serve `handler` on host:port (0: a free port); (server, base URL)."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(handler), host, port, ssl=tls)

@@ -75,7 +75,9 @@ class Http2ServerConnection(Connection):
 
     client_side = False
     local_settings: ClassVar[dict[int, int]] = {
-        MAX_CONCURRENT_STREAMS: MAX_STREAMS, INITIAL_WINDOW_SIZE: MAX_BODY_BYTES}
+        MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        INITIAL_WINDOW_SIZE: MAX_BODY_BYTES,
+    }
 
     def __init__(self, handler: Handler, volatile: tuple[bytes, ...] = ()) -> None:
         super().__init__(volatile)

@@ -71,8 +71,9 @@ class ApnsFake(FakeServer):
 
     def key_pem(self) -> str:
         """The team's .p8 signing key, as Apple's developer portal hands it out."""
-        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()).decode()
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
 
     def verify(self, headers: dict[str, str]) -> tuple[int, str] | dict[str, Any]:
         """Claims of a valid provider token, or (status, reason) as APNs would answer."""
@@ -88,8 +89,9 @@ class ApnsFake(FakeServer):
             try:
                 if jwt.get_unverified_header(token).get("kid") != self.key_id:
                     return 403, "InvalidProviderToken"
-                claims = jwt.decode(token, self._key.public_key(), algorithms=["ES256"],
-                                    options={"require": ["iss", "iat"]})
+                claims = jwt.decode(
+                    token, self._key.public_key(), algorithms=["ES256"], options={"require": ["iss", "iat"]}
+                )
             except jwt.InvalidTokenError:
                 return 403, "InvalidProviderToken"
             if claims["iss"] != self.team_id:
@@ -125,9 +127,18 @@ class ApnsFake(FakeServer):
         await asyncio.sleep(args[-1].delay)
         self._answer(proto, stream_id, *args)
 
-    def _answer(self, proto: _Protocol, stream_id: int, headers: dict[str, str], body: bytes, token: str,
-                apns_id: str, verdict: tuple[int, str] | dict[str, Any], fault: ApnsFault | None) -> None:
-        status, reason = (verdict if isinstance(verdict, tuple) else (200, ""))
+    def _answer(
+        self,
+        proto: _Protocol,
+        stream_id: int,
+        headers: dict[str, str],
+        body: bytes,
+        token: str,
+        apns_id: str,
+        verdict: tuple[int, str] | dict[str, Any],
+        fault: ApnsFault | None,
+    ) -> None:
+        status, reason = verdict if isinstance(verdict, tuple) else (200, "")
         if status == 200 and len(body) > 4096:
             status, reason = 413, "PayloadTooLarge"
         elif fault is not None:
@@ -145,8 +156,11 @@ class ApnsFake(FakeServer):
         error: dict[str, Any] = {"reason": reason}
         if status == 410:
             error["timestamp"] = int(time.time() * 1000)
-        proto.send(stream_id, [(":status", str(status)), ("apns-id", apns_id),
-                               ("content-type", "application/json")], json.dumps(error).encode())
+        proto.send(
+            stream_id,
+            [(":status", str(status)), ("apns-id", apns_id), ("content-type", "application/json")],
+            json.dumps(error).encode(),
+        )
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -154,7 +168,6 @@ class ApnsFake(FakeServer):
         self._server = await loop.create_server(lambda: _Protocol(self), self.host, self.port, ssl=self.tls_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
-
 
     def to(self, token: str) -> list[ApnsNotification]:
         return [n for n in self.received if n.token == token]
@@ -168,8 +181,9 @@ class _Protocol(Http2ServerConnection):
         self.fake = fake
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def _request(self, _: Http2ServerConnection, stream_id: int, headers: list[tuple[bytes, bytes]],
-                 body: bytes) -> None:
+    def _request(
+        self, _: Http2ServerConnection, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         self.fake.respond(self, stream_id, {k.decode(): v.decode() for k, v in headers}, body)
 
     def send(self, stream_id: int, headers: list[tuple[str, str]], body: bytes | None) -> None:

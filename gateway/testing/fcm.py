@@ -25,8 +25,15 @@ from gateway.testing._http import FakeServer
 from gateway.testing._http1 import Request, Response, after, json_response, serve_http1
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 
 
 @dataclass
@@ -59,10 +66,17 @@ class FcmFake(FakeServer):
 
     def service_account(self) -> dict[str, str]:
         """The JSON a Firebase console would give, pointing at this fake's token endpoint."""
-        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()).decode()
-        return {"type": "service_account", "project_id": self.project_id, "private_key_id": self.key_id,
-                "private_key": pem, "client_email": self.client_email, "token_uri": f"{self.url}/token"}
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return {
+            "type": "service_account",
+            "project_id": self.project_id,
+            "private_key_id": self.key_id,
+            "private_key": pem,
+            "client_email": self.client_email,
+            "token_uri": f"{self.url}/token",
+        }
 
     def _route(self, request: Request) -> Response | Awaitable[Response | None] | None:
         if request.method != "POST":
@@ -82,8 +96,13 @@ class FcmFake(FakeServer):
                 raise jwt.InvalidTokenError("grant_type")
             if jwt.get_unverified_header(assertion).get("kid") != self.key_id:
                 raise jwt.InvalidTokenError("kid")
-            claims = jwt.decode(assertion, self._key.public_key(), algorithms=["RS256"],
-                                audience=f"{self.url}/token", issuer=self.client_email)
+            claims = jwt.decode(
+                assertion,
+                self._key.public_key(),
+                algorithms=["RS256"],
+                audience=f"{self.url}/token",
+                issuer=self.client_email,
+            )
             if claims.get("scope") != SCOPE:
                 raise jwt.InvalidTokenError("scope")
         except jwt.InvalidTokenError as exc:
@@ -129,13 +148,13 @@ class FcmFake(FakeServer):
         self._server, self.url = await serve_http1(self._route, host, port)
         return self.url
 
-
     def to(self, token: str) -> list[dict[str, Any]]:
         return [m for m in self.received if m.get("token") == token]
 
 
 def _error(status: int, code: str | None, message: str, retry_after: str | None = None) -> Response:
     details = [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}] if code else []
-    body = {"error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN"),
-                      "details": details}}
+    body = {
+        "error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN"), "details": details}
+    }
     return json_response(body, status=status, headers={"Retry-After": retry_after} if retry_after else None)

@@ -64,8 +64,9 @@ class SmtpFake(FakeServer):
     _server: asyncio.AbstractServer | None = None
 
     # -- aiosmtpd handler hooks ------------------------------------------------------
-    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         attempt = self.attempts[address] = self.attempts.get(address, 0) + 1
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -77,13 +78,17 @@ class SmtpFake(FakeServer):
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         self.arrivals.append(time.monotonic())
-        self.received.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
-                                          tls=session.ssl is not None))
+        self.received.append(
+            ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.content, tls=session.ssl is not None)
+        )
         return "250 2.0.0 queued"
 
     def _authenticate(self, server: SMTP, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-        ok = (isinstance(data, LoginPassword) and data.login.decode() == self.username
-              and data.password.decode() == self.password)
+        ok = (
+            isinstance(data, LoginPassword)
+            and data.login.decode() == self.username
+            and data.password.decode() == self.password
+        )
         return AuthResult(success=ok)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -92,14 +97,19 @@ class SmtpFake(FakeServer):
         auth = self.username is not None
 
         def factory() -> SMTP:
-            return SMTP(self, hostname="smtp.test", tls_context=self.tls_context,
-                        require_starttls=self.require_starttls, authenticator=self._authenticate if auth else None,
-                        auth_required=auth, auth_require_tls=self.tls_context is not None)
+            return SMTP(
+                self,
+                hostname="smtp.test",
+                tls_context=self.tls_context,
+                require_starttls=self.require_starttls,
+                authenticator=self._authenticate if auth else None,
+                auth_required=auth,
+                auth_require_tls=self.tls_context is not None,
+            )
 
         self._server = await loop.create_server(factory, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
-
 
     def to(self, address: str) -> list[EmailMessage]:
         return [r.message for r in self.received if address in r.rcpt_tos]

@@ -85,7 +85,8 @@ class WebhookReceiver(FakeServer):
         assert self.secret is not None
         key = _key(self.secret)
         expected = base64.b64encode(
-            hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()).decode()
+            hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+        ).decode()
         for signature in signatures.split(" "):
             version, _, value = signature.partition(",")
             if version == "v1" and hmac.compare_digest(value, expected):
@@ -117,9 +118,14 @@ class WebhookReceiver(FakeServer):
                 self.received[msg_id].copies += 1
             else:
                 self.arrivals.append(time.monotonic())
-                self.received[msg_id] = Received(msg_id, request.path,
-                                                 int(request.headers.get("webhook-timestamp", 0)),
-                                                 payload, request.body, dict(request.headers))
+                self.received[msg_id] = Received(
+                    msg_id,
+                    request.path,
+                    int(request.headers.get("webhook-timestamp", 0)),
+                    payload,
+                    request.body,
+                    dict(request.headers),
+                )
             self._arrived.set()
         headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else None
         return json_response({"ok": 200 <= status < 300}, status=status, headers=headers)
@@ -134,7 +140,6 @@ class WebhookReceiver(FakeServer):
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._server, self.url = await serve_http1(self._handle, host, port)
         return self.url
-
 
 
 @functools.lru_cache(maxsize=16)
@@ -169,9 +174,12 @@ async def _serve(secret: str | None, host: str, port: int, smtp: bool = False) -
             # `at`: time.monotonic() of the latest first receipt (the clock is the same in
             # every process of the machine), so a driver times the last delivery exactly
             latest = max([*receiver.arrivals[-1:], *(mail.arrivals[-1:] if mail else [])], default=0.0)
-            print(f"received {len(receiver.received)} duplicates {receiver.duplicates} "
-                  f"rejected {len(receiver.rejected)} mails {len(mail.received) if mail else 0} "
-                  f"at {latest:.6f}", flush=True)
+            print(
+                f"received {len(receiver.received)} duplicates {receiver.duplicates} "
+                f"rejected {len(receiver.rejected)} mails {len(mail.received) if mail else 0} "
+                f"at {latest:.6f}",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -74,8 +74,9 @@ class WebPushFake(FakeServer):
         auth = os.urandom(16)
         sub_id = secrets.token_urlsafe(12)
         self._keys[sub_id] = (key, auth)
-        public = key.public_key().public_bytes(serialization.Encoding.X962,
-                                               serialization.PublicFormat.UncompressedPoint)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
         return {"endpoint": f"{self.origin}/push/{sub_id}", "keys": {"p256dh": _b64(public), "auth": _b64(auth)}}
 
     def _verify_vapid(self, header: str) -> dict[str, Any]:
@@ -87,8 +88,9 @@ class WebPushFake(FakeServer):
             fields = dict(part.strip().split("=", 1) for part in params.split(","))
             point = _unb64(fields["k"])
             public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-            claims = jwt.decode(fields["t"], public, algorithms=["ES256"], audience=self.origin,
-                                options={"verify_exp": False})  # checked below, on every request
+            claims = jwt.decode(
+                fields["t"], public, algorithms=["ES256"], audience=self.origin, options={"verify_exp": False}
+            )  # checked below, on every request
             if not str(claims.get("sub", "")).startswith(("mailto:", "https:")):
                 raise ValueError("sub must be mailto: or https:")
             if len(self._verified) > 64:
@@ -116,8 +118,9 @@ class WebPushFake(FakeServer):
             return after(fault.delay, self._answer, request, sub_id, claims, fault)
         return self._answer(request, sub_id, claims, fault)
 
-    def _answer(self, request: Request, sub_id: str, claims: dict[str, Any],
-                fault: WebPushFault | None) -> Response | None:
+    def _answer(
+        self, request: Request, sub_id: str, claims: dict[str, Any], fault: WebPushFault | None
+    ) -> Response | None:
         if fault is not None:
             if fault.drop:
                 request.transport.abort()

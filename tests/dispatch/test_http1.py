@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from gateway.dispatch.http1 import Http1Pool, HttpError
 
 
-async def serve_routes(posts: dict[str, Any], host: str, port: int,
-                       tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, str]:
+async def serve_routes(
+    posts: dict[str, Any], host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
     """aiohttp's server on POST routes (0: a free port); (runner, base URL)."""
     app = web.Application()
     for path, handler in posts.items():
@@ -58,8 +59,14 @@ class RawServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 self.requests.append(head + await reader.readexactly(length))
                 reply = self.respond(len(self.requests) - 1)
                 for piece in reply if isinstance(reply, list) else [reply]:
@@ -98,13 +105,18 @@ async def test_against_aiohttp_reuses_one_connection_and_reads_everything() -> N
     assert len(set(peers)) == 1  # kept alive
 
 
-@pytest.mark.parametrize("reply, body", [
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
-     b"abcde"),
-    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nhi", b"hi"),
-    (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
-    (b"HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nSet-Cookie: b\r\nContent-Length: 0\r\n\r\n", b""),
-])
+@pytest.mark.parametrize(
+    "reply, body",
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+            b"abcde",
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nhi", b"hi"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+        (b"HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nSet-Cookie: b\r\nContent-Length: 0\r\n\r\n", b""),
+    ],
+)
 async def test_framing(reply: bytes, body: bytes) -> None:
     async with RawServer(lambda n: reply) as server:
         pool = Http1Pool(server.url)
@@ -121,9 +133,13 @@ async def test_framing(reply: bytes, body: bytes) -> None:
 @given(cuts=st.lists(st.integers(1, 60), max_size=12), chunked=st.booleans())
 def test_any_split_of_the_response_parses_the_same(cuts: list[int], chunked: bool) -> None:
     payload = b'{"status": "delivered", "id": "msg_1234567890"}'
-    reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
-        b"%x\r\n%s\r\n" % (len(payload[i:i + 7]), payload[i:i + 7]) for i in range(0, len(payload), 7)) + b"0\r\n\r\n"
-             if chunked else ok(payload))
+    reply = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(payload[i : i + 7]), payload[i : i + 7]) for i in range(0, len(payload), 7))
+        + b"0\r\n\r\n"
+        if chunked
+        else ok(payload)
+    )
     pieces, rest = [], reply
     for cut in cuts:
         if rest:

@@ -84,8 +84,7 @@ class H2Server(asyncio.Protocol):
 
     def send_body(self, stream_id: int, body: bytes, **data: Any) -> None:
         while body:
-            size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size,
-                       len(body))
+            size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size, len(body))
             if size <= 0:
                 self.pending[stream_id] = body
                 return
@@ -126,8 +125,7 @@ async def serve(ca: trustme.CA) -> AsyncIterator[Callable[..., Any]]:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(context)
         context.set_alpn_protocols(["h2"])
-        server = await asyncio.get_running_loop().create_server(lambda: H2Server(origin), "127.0.0.1", 0,
-                                                                ssl=context)
+        server = await asyncio.get_running_loop().create_server(lambda: H2Server(origin), "127.0.0.1", 0, ssl=context)
         servers.append(server)
         client = ssl.create_default_context()
         ca.configure_trust(client)
@@ -142,8 +140,14 @@ async def serve(ca: trustme.CA) -> AsyncIterator[Callable[..., Any]]:
 
 
 def request(path: str = "/a", extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[bytes, bytes]]:
-    return [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"127.0.0.1"), (b":path", path.encode()),
-            (b"content-type", b"application/json"), *extra]
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", b"127.0.0.1"),
+        (b":path", path.encode()),
+        (b"content-type", b"application/json"),
+        *extra,
+    ]
 
 
 async def test_requests_and_bodies_over_the_default_windows(serve) -> None:
@@ -173,8 +177,9 @@ async def test_the_servers_stream_limit_is_kept(serve) -> None:
 
 
 async def test_more_connections_open_when_the_streams_are_used_up(serve) -> None:
-    origin = H2Origin(lambda *a: asyncio.get_running_loop().call_later(0.05, echo, *a),
-                      {SettingCodes.MAX_CONCURRENT_STREAMS: 3})
+    origin = H2Origin(
+        lambda *a: asyncio.get_running_loop().call_later(0.05, echo, *a), {SettingCodes.MAX_CONCURRENT_STREAMS: 3}
+    )
     pool = await serve(origin, max_connections=3)
     await asyncio.gather(*(pool.request(request(), b"", 10) for i in range(9)))
     assert len(origin.connections) == 3
@@ -220,8 +225,12 @@ async def test_huffman_indexed_continued_and_padded_responses(serve) -> None:
     big = "v" * 40_000
 
     def fancy(server: H2Server, stream_id: int, headers: dict[str, str], body: bytes) -> None:
-        server.respond(stream_id, [(":status", "201"), ("x-big", big), ("x-path", headers[":path"]),
-                                   ("server", "h2")], b"padded body", pad_length=20)
+        server.respond(
+            stream_id,
+            [(":status", "201"), ("x-big", big), ("x-path", headers[":path"]), ("server", "h2")],
+            b"padded body",
+            pad_length=20,
+        )
 
     pool = await serve(H2Origin(fancy))
     for path in ("/one", "/two"):  # the second reuses the dynamic table
@@ -294,8 +303,17 @@ def test_our_server_under_an_h2_client() -> None:
     statuses: dict[int, str] = {}
     for size in sizes:
         stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "POST"), (":scheme", "https"), (":authority", "a.example"),
-                                        (":path", f"/{size}"), ("user-agent", "h2 test")], end_stream=not size)
+        client.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "a.example"),
+                (":path", f"/{size}"),
+                ("user-agent", "h2 test"),
+            ],
+            end_stream=not size,
+        )
         body = b"b" * size
         while body:
             chunk = min(len(body), client.local_flow_control_window(stream_id), client.max_outbound_frame_size)
@@ -321,16 +339,19 @@ def test_our_server_under_an_h2_client() -> None:
 def test_our_server_refuses_malformed_requests() -> None:
     server, to_client = Http2ServerConnection(lambda *a: pytest.fail("answered a malformed request")), MemoryTransport()
     server.connection_made(to_client)  # type: ignore[arg-type]
-    client = H2Connection(H2Configuration(client_side=True, validate_outbound_headers=False,
-                                          normalize_outbound_headers=False))
+    client = H2Connection(
+        H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+    )
     client.initiate_connection()
     server.data_received(client.data_to_send())
     client.receive_data(to_client.take())
-    bad = [[(":method", "POST"), (":path", "/")],  # no :scheme
-           [(":method", "POST"), (":scheme", "https"), (":path", "/"), ("X-Upper", "a")],
-           [(":method", "POST"), (":scheme", "https"), (":path", "/"), ("connection", "keep-alive")],
-           [(":method", "POST"), (":scheme", "https"), ("a", "b"), (":path", "/")],
-           [(":method", "POST"), (":scheme", "https"), (":path", "/"), ("a", " padded")]]
+    bad = [
+        [(":method", "POST"), (":path", "/")],  # no :scheme
+        [(":method", "POST"), (":scheme", "https"), (":path", "/"), ("X-Upper", "a")],
+        [(":method", "POST"), (":scheme", "https"), (":path", "/"), ("connection", "keep-alive")],
+        [(":method", "POST"), (":scheme", "https"), ("a", "b"), (":path", "/")],
+        [(":method", "POST"), (":scheme", "https"), (":path", "/"), ("a", " padded")],
+    ]
     for headers in bad:
         client.send_headers(client.get_next_available_stream_id(), headers, end_stream=True)
     server.data_received(client.data_to_send())
@@ -384,7 +405,7 @@ def test_strings_go_as_plain_literals_and_repeats_as_indexes() -> None:
     first = encoder.encode([(b":method", b"POST"), (b":path", path), (b"apns-topic", b"com.shop.app")])
     assert path in first and b"com.shop.app" in first  # no Huffman coding
     second = encoder.encode([(b":method", b"POST"), (b":path", path), (b"apns-topic", b"com.shop.app")])
-    assert second == b"\x83" + first[1:1 + 1 + 1 + len(path)] + b"\xbe"  # POST static, topic dynamic 62
+    assert second == b"\x83" + first[1 : 1 + 1 + 1 + len(path)] + b"\xbe"  # POST static, topic dynamic 62
 
 
 @pytest.mark.parametrize("alpn", [["http/1.1"], None])
@@ -448,10 +469,15 @@ async def test_a_cancelled_batch_frees_its_streams(serve) -> None:
     assert not pool.connections[0].streams and not pool.deadlines
 
 
-frames = st.builds(lambda kind, flags, stream, payload: len(payload).to_bytes(3, "big") + bytes((kind, flags))
-                   + stream.to_bytes(4, "big") + payload,
-                   st.integers(0, 10), st.sampled_from([0, 1, 4, 5, 8, 0x20, 0x2D]), st.sampled_from([0, 1, 2, 3]),
-                   st.binary(max_size=40))
+frames = st.builds(
+    lambda kind, flags, stream, payload: (
+        len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+    ),
+    st.integers(0, 10),
+    st.sampled_from([0, 1, 4, 5, 8, 0x20, 0x2D]),
+    st.sampled_from([0, 1, 2, 3]),
+    st.binary(max_size=40),
+)
 
 
 @settings(max_examples=400)
@@ -469,4 +495,4 @@ def test_any_frames_end_in_an_answer_or_a_goaway_never_an_exception(sequence, cu
     server.connection_made(to_client)  # type: ignore[arg-type]
     wire = PREFACE + b"".join(sequence)
     for start in range(0, len(wire), cut):
-        server.data_received(wire[start:start + cut])
+        server.data_received(wire[start : start + cut])

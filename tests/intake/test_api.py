@@ -113,8 +113,7 @@ async def test_public_endpoints_need_no_key(api) -> None:
 
 async def test_backpressure_429_with_retry_after(start, receiver, tmp_path) -> None:
     receiver.latency = 0.3
-    running = await start(make_config(tmp_path, receiver.url,
-                                      intake={"max_inflight_recipients": 4, "retry_after": 3}))
+    running = await start(make_config(tmp_path, receiver.url, intake={"max_inflight_recipients": 4, "retry_after": 3}))
     first = await running.post(speaker_job(4))
     assert first[0] == 202
     busy = await running.post(speaker_job(1))
@@ -149,7 +148,7 @@ async def test_metrics_prometheus_text(start, receiver, tmp_path) -> None:
     assert 'gateway_jobs_rejected_total{status="400"} 1' in text
     assert "gateway_queue_depth 0" in text
     assert 'gateway_delivery_latency_seconds_count{channel="speaker"} 2' in text
-    assert '# TYPE gateway_delivery_latency_seconds histogram' in text
+    assert "# TYPE gateway_delivery_latency_seconds histogram" in text
 
 
 async def test_openapi_describes_the_job_schema(api) -> None:
@@ -206,8 +205,11 @@ async def test_openapi_describes_every_route(api) -> None:
     from gateway.intake.api import make_app
 
     app = make_app(api.gateway, [])
-    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()  # type: ignore[union-attr]
-              if r.method != "HEAD"}
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()  # type: ignore[union-attr]
+        if r.method != "HEAD"
+    }
     async with api.http.get("/openapi.json") as r:
         spec = await r.json()
     described = {(method, path) for path, ops in spec["paths"].items() for method in ops}

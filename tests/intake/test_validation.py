@@ -32,6 +32,7 @@ def mutate(fn: Callable[[dict[str, Any]], None]) -> bytes:
 
 def setter(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """setter("recipients.1.devices.0.token", 5)"""
+
     def fn(job: dict[str, Any]) -> None:
         *parents, last = path.split(".")
         node: Any = job
@@ -41,6 +42,7 @@ def setter(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             node[int(last)] = value
         else:
             node[last] = value
+
     return fn
 
 
@@ -51,6 +53,7 @@ def deleter(path: str) -> Callable[[dict[str, Any]], None]:
         for key in parents:
             node = node[int(key)] if isinstance(node, list) else node[key]
         del node[last]
+
     return fn
 
 
@@ -93,38 +96,90 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("duplicate variant name", mutate(setter("variants.1.name", "big-cart")), 400, "$.variants[1]"),
     ("unknown content kind", mutate(setter("variants.0.content.sms", {"text": "hi"})), 400, "$.variants[0].content"),
     ("email without subject", mutate(deleter("variants.2.content.email.subject")), 400, "$.variants[2].content.email"),
-    ("template syntax error", mutate(setter("variants.0.content.push.title", "{{ attributes.first_name ")),
-     400, "$.variants[0].content.push.title"),
-    ("unknown filter", mutate(setter("variants.2.content.push.body", "{{ 'x' | no_such_filter }}")),
-     400, "$.variants[2].content.push.body"),
+    (
+        "template syntax error",
+        mutate(setter("variants.0.content.push.title", "{{ attributes.first_name ")),
+        400,
+        "$.variants[0].content.push.title",
+    ),
+    (
+        "unknown filter",
+        mutate(setter("variants.2.content.push.body", "{{ 'x' | no_such_filter }}")),
+        400,
+        "$.variants[2].content.push.body",
+    ),
     ("badge negative", mutate(setter("variants.0.content.push.badge", -1)), 400, "$.variants[0].content.push.badge"),
-    ("data not strings", mutate(setter("variants.0.content.push.data", {"n": 1})),
-     400, "$.variants[0].content.push.data.n"),
+    (
+        "data not strings",
+        mutate(setter("variants.0.content.push.data", {"n": 1})),
+        400,
+        "$.variants[0].content.push.data.n",
+    ),
     ("recipient unknown field", mutate(setter("recipients.0.age", 31)), 400, "$.recipients[0]"),
     ("recipient missing user_id", mutate(deleter("recipients.2.user_id")), 400, "$.recipients[2]"),
     ("user_id wrong type", mutate(setter("recipients.1.user_id", 1002)), 400, "$.recipients[1].user_id"),
-    ("bad subscription state", mutate(setter("recipients.0.subscriptions.push", "maybe")),
-     400, "$.recipients[0].subscriptions.push"),
+    (
+        "bad subscription state",
+        mutate(setter("recipients.0.subscriptions.push", "maybe")),
+        400,
+        "$.recipients[0].subscriptions.push",
+    ),
     ("attributes not an object", mutate(setter("recipients.0.attributes", [])), 400, "$.recipients[0].attributes"),
-    ("event count negative", mutate(setter("recipients.0.events.cart_abandoned.count", -2)),
-     400, "$.recipients[0].events.cart_abandoned.count"),
+    (
+        "event count negative",
+        mutate(setter("recipients.0.events.cart_abandoned.count", -2)),
+        400,
+        "$.recipients[0].events.cart_abandoned.count",
+    ),
     ("bad email", mutate(setter("recipients.3.email", "susan-at-example")), 400, "$.recipients[3].email"),
-    ("device token wrong type", mutate(setter("recipients.1.devices.0.token", 12)),
-     400, "$.recipients[1].devices[0].token"),
-    ("apns device without token", mutate(deleter("recipients.0.devices.0.token")),
-     400, "$.recipients[0].devices[0].token"),
-    ("apns token not hex", mutate(setter("recipients.0.devices.0.token", "zz-not-hex")),
-     400, "$.recipients[0].devices[0].token"),
-    ("webpush without keys", mutate(deleter("recipients.0.devices.1.subscription.keys")),
-     400, "$.recipients[0].devices[1].subscription"),
-    ("webpush endpoint not https", mutate(setter("recipients.0.devices.1.subscription.endpoint", "http://x/y")),
-     400, "$.recipients[0].devices[1].subscription.endpoint"),
-    ("webpush endpoint unparseable", mutate(setter("recipients.0.devices.1.subscription.endpoint", "https://[::1/y")),
-     400, "$.recipients[0].devices[1].subscription.endpoint"),
-    ("webpush endpoint bad port", mutate(setter("recipients.0.devices.1.subscription.endpoint", "https://x:99999/y")),
-     400, "$.recipients[0].devices[1].subscription.endpoint"),
-    ("speaker device without target", mutate(deleter("recipients.0.devices.2.target")),
-     400, "$.recipients[0].devices[2].target"),
+    (
+        "device token wrong type",
+        mutate(setter("recipients.1.devices.0.token", 12)),
+        400,
+        "$.recipients[1].devices[0].token",
+    ),
+    (
+        "apns device without token",
+        mutate(deleter("recipients.0.devices.0.token")),
+        400,
+        "$.recipients[0].devices[0].token",
+    ),
+    (
+        "apns token not hex",
+        mutate(setter("recipients.0.devices.0.token", "zz-not-hex")),
+        400,
+        "$.recipients[0].devices[0].token",
+    ),
+    (
+        "webpush without keys",
+        mutate(deleter("recipients.0.devices.1.subscription.keys")),
+        400,
+        "$.recipients[0].devices[1].subscription",
+    ),
+    (
+        "webpush endpoint not https",
+        mutate(setter("recipients.0.devices.1.subscription.endpoint", "http://x/y")),
+        400,
+        "$.recipients[0].devices[1].subscription.endpoint",
+    ),
+    (
+        "webpush endpoint unparseable",
+        mutate(setter("recipients.0.devices.1.subscription.endpoint", "https://[::1/y")),
+        400,
+        "$.recipients[0].devices[1].subscription.endpoint",
+    ),
+    (
+        "webpush endpoint bad port",
+        mutate(setter("recipients.0.devices.1.subscription.endpoint", "https://x:99999/y")),
+        400,
+        "$.recipients[0].devices[1].subscription.endpoint",
+    ),
+    (
+        "speaker device without target",
+        mutate(deleter("recipients.0.devices.2.target")),
+        400,
+        "$.recipients[0].devices[2].target",
+    ),
     ("device unknown field", mutate(setter("recipients.0.devices.0.os", "ios")), 400, "$.recipients[0].devices[0]"),
     ("too many recipients", mutate(many_recipients), 413, "$.recipients"),
 ]
@@ -182,9 +237,22 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(["campaign", "channels", "variants.0", "variants.2.content", "recipients.0",
-                             "recipients.0.devices.0", "recipients.1.events", "tags", "expires_at"]),
-       value=json_values)
+@given(
+    path=st.sampled_from(
+        [
+            "campaign",
+            "channels",
+            "variants.0",
+            "variants.2.content",
+            "recipients.0",
+            "recipients.0.devices.0",
+            "recipients.1.events",
+            "tags",
+            "expires_at",
+        ]
+    ),
+    value=json_values,
+)
 def test_any_value_anywhere_is_accepted_or_a_clear_400(path: str, value: Any) -> None:
     """Whatever JSON lands in a field, intake answers with a job or a JobError, never a crash."""
     try:
@@ -203,8 +271,9 @@ def test_unknown_context_root_is_rejected_at_intake() -> None:
 
 
 def test_assigned_variables_are_not_context_roots() -> None:
-    body = mutate(setter("variants.2.content.push.body",
-                         "{% assign n = attributes.first_name | default: 'you' %}{{ n }}"))
+    body = mutate(
+        setter("variants.2.content.push.body", "{% assign n = attributes.first_name | default: 'you' %}{{ n }}")
+    )
     accept_job(body, LimitsConfig(), set())
 
 

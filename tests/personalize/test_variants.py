@@ -47,8 +47,10 @@ def test_cart_example_variant_choice() -> None:
     assert [s.variant for s in u1002.skipped] == ["big-cart"]
     assert u1003.variant == "default"
     assert u1003.contents["email"].text == "Hi there,\nyour cart is saved for you."
-    assert [(s.variant, s.reason) for s in u1003.skipped] == [("big-cart", "condition_false"),
-                                                              ("loyal", "condition_false")]
+    assert [(s.variant, s.reason) for s in u1003.skipped] == [
+        ("big-cart", "condition_false"),
+        ("loyal", "condition_false"),
+    ]
     assert u1004.variant == "big-cart"
     assert u1004.contents["email"].subject == "Free express shipping on your cart, Susan"
 
@@ -71,20 +73,26 @@ def variant(name: str, title: str, when: str | None = None, **content: Any) -> d
 
 
 def one(attributes: dict[str, Any], *variants: dict[str, Any], **recipient: Any) -> Any:
-    job = {"campaign": "c", "channels": ["apns"], "variants": list(variants),
-           "recipients": [{"user_id": "u", "attributes": attributes, **recipient}]}
+    job = {
+        "campaign": "c",
+        "channels": ["apns"],
+        "variants": list(variants),
+        "recipients": [{"user_id": "u", "attributes": attributes, **recipient}],
+    }
     return choose(job)[0]
 
 
-@pytest.mark.parametrize(("attributes", "expected"), [
-    ({"first_name": "Ana"}, "named"),
-    ({}, "plain"),                       # missing path in an output: ineligible
-    ({"first_name": None}, "plain"),     # nil is missing data too
-    ({"first_name": ""}, "named"),       # present but empty: rendered as is (no default)
-])
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ({"first_name": "Ana"}, "named"),
+        ({}, "plain"),  # missing path in an output: ineligible
+        ({"first_name": None}, "plain"),  # nil is missing data too
+        ({"first_name": ""}, "named"),  # present but empty: rendered as is (no default)
+    ],
+)
 def test_output_of_missing_path_makes_variant_ineligible(attributes: dict[str, Any], expected: str) -> None:
-    choice = one(attributes, variant("named", "Hi {{ attributes.first_name }}", when="true"),
-                 variant("plain", "Hi"))
+    choice = one(attributes, variant("named", "Hi {{ attributes.first_name }}", when="true"), variant("plain", "Hi"))
     if attributes.get("first_name") is None and "first_name" in attributes:
         # python-liquid prints nil as "", which is not missing data: the variant stays
         assert choice.variant == "named"
@@ -96,10 +104,19 @@ def test_output_of_missing_path_makes_variant_ineligible(attributes: dict[str, A
         assert choice.skipped[0].detail == "attributes.first_name is undefined"
 
 
-@pytest.mark.parametrize(("value", "rendered"), [
-    ("Ana", "Hi Ana"), ("", "Hi there"), ("   ", "Hi there"), ("\t", "Hi there"), (None, "Hi there"),
-    (False, "Hi there"), (0, "Hi 0"), ("MISSING", "Hi there"),
-])
+@pytest.mark.parametrize(
+    ("value", "rendered"),
+    [
+        ("Ana", "Hi Ana"),
+        ("", "Hi there"),
+        ("   ", "Hi there"),
+        ("\t", "Hi there"),
+        (None, "Hi there"),
+        (False, "Hi there"),
+        (0, "Hi 0"),
+        ("MISSING", "Hi there"),
+    ],
+)
 def test_default_covers_nil_false_empty_and_whitespace(value: Any, rendered: str) -> None:
     attributes = {} if value == "MISSING" else {"first_name": value}
     choice = one(attributes, variant("only", "Hi {{ attributes.first_name | default: 'there' }}"))
@@ -112,15 +129,23 @@ def test_testing_a_missing_path_in_a_template_is_missing_data() -> None:
     assert choice.variant == "d" and choice.skipped[0].detail == "attributes.vip is undefined"
 
 
-@pytest.mark.parametrize("template", ["Hi {{ attributes.first_name }}",          # missing data
-                                      "{{ attributes.n | divided_by: 0 }}"])       # render error
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Hi {{ attributes.first_name }}",  # missing data
+        "{{ attributes.n | divided_by: 0 }}",
+    ],
+)  # render error
 def test_a_skipped_variant_leaves_no_cyclic_garbage(template: str) -> None:
     # A skipped variant is an everyday outcome. Garbage that only the cyclic GC can free
     # would keep the frames, and through them the pipeline's whole batch, alive: the
     # hot path paid ~20% for it in GC passes.
-    job = {"campaign": "c", "channels": ["apns"], "variants": [variant("named", template, when="true"),
-                                                               variant("plain", "Hi")],
-           "recipients": [{"user_id": f"u{i}", "attributes": {"n": 1}} for i in range(3)]}
+    job = {
+        "campaign": "c",
+        "channels": ["apns"],
+        "variants": [variant("named", template, when="true"), variant("plain", "Hi")],
+        "recipients": [{"user_id": f"u{i}", "attributes": {"n": 1}} for i in range(3)],
+    }
     accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), set())
     personalizer = Personalizer(accepted.job, accepted.variants, {})
     gc.collect()
@@ -141,32 +166,37 @@ def test_default_that_cannot_render_suppresses_with_the_path(start, tmp_path) ->
     assert (choice.failure.reason, choice.failure.path) == ("missing_data", "content.push.title")
 
 
-@pytest.mark.parametrize(("when", "attributes", "holds"), [
-    ("attributes.vip == true", {"vip": True}, True),
-    ("attributes.vip == true", {}, False),                    # missing: false, not an error
-    ("attributes.tier != 'gold'", {}, False),                 # missing makes != false too
-    ("attributes.tier != 'gold'", {"tier": "silver"}, True),
-    ("attributes.score >= 200 or attributes.vip == true", {"vip": True}, True),   # or still works
-    ("attributes.score >= 200 and attributes.vip == true", {"vip": True}, False),
-    ("attributes.score >= 200", {"score": "lots"}, False),    # type mismatch: false, not a crash
-    ("attributes.score >= 200", {"score": 200}, True),
-    ("attributes.tags contains 'vip'", {"tags": ["vip"]}, True),
-    ("attributes.tags contains 'vip'", {}, False),
-    ("attributes.vip", {"vip": "yes"}, True),
-    ("attributes.vip", {}, False),
-])
+@pytest.mark.parametrize(
+    ("when", "attributes", "holds"),
+    [
+        ("attributes.vip == true", {"vip": True}, True),
+        ("attributes.vip == true", {}, False),  # missing: false, not an error
+        ("attributes.tier != 'gold'", {}, False),  # missing makes != false too
+        ("attributes.tier != 'gold'", {"tier": "silver"}, True),
+        ("attributes.score >= 200 or attributes.vip == true", {"vip": True}, True),  # or still works
+        ("attributes.score >= 200 and attributes.vip == true", {"vip": True}, False),
+        ("attributes.score >= 200", {"score": "lots"}, False),  # type mismatch: false, not a crash
+        ("attributes.score >= 200", {"score": 200}, True),
+        ("attributes.tags contains 'vip'", {"tags": ["vip"]}, True),
+        ("attributes.tags contains 'vip'", {}, False),
+        ("attributes.vip", {"vip": "yes"}, True),
+        ("attributes.vip", {}, False),
+    ],
+)
 def test_condition_semantics(when: str, attributes: dict[str, Any], holds: bool) -> None:
-    scope = {"attributes": attributes, "events": {}, "properties": {}, "user_id": "u", "campaign": "c",
-             "channel": None}
+    scope = {"attributes": attributes, "events": {}, "properties": {}, "user_id": "u", "campaign": "c", "channel": None}
     assert compile_condition(when, ENV)(scope) is holds
 
 
-@pytest.mark.parametrize(("when", "message"), [
-    ("attributes.vip ==", "line:column 1:17"),
-    ("not attributes.vip", "not operator"),
-    ("true %}{{ attributes.secret }}{% if true", ""),  # no breaking out of the condition
-    ("attributes.a | upcase", ""),
-])
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("attributes.vip ==", "line:column 1:17"),
+        ("not attributes.vip", "not operator"),
+        ("true %}{{ attributes.secret }}{% if true", ""),  # no breaking out of the condition
+        ("attributes.a | upcase", ""),
+    ],
+)
 def test_bad_conditions_are_400_at_intake(when: str, message: str) -> None:
     job = cart()
     job["variants"][0]["when"] = when
@@ -177,11 +207,20 @@ def test_bad_conditions_are_400_at_intake(when: str, message: str) -> None:
 
 
 def test_push_override_replaces_field_by_field() -> None:
-    job = {"campaign": "c", "channels": ["apns", "fcm"],
-           "variants": [{"name": "d", "content": {
-               "push": {"title": "Generic {{ attributes.n }}", "body": "Shared body", "sound": "ding"},
-               "apns": {"title": "iOS {{ attributes.n }}"}}}],
-           "recipients": [{"user_id": "u", "attributes": {"n": "1"}}]}
+    job = {
+        "campaign": "c",
+        "channels": ["apns", "fcm"],
+        "variants": [
+            {
+                "name": "d",
+                "content": {
+                    "push": {"title": "Generic {{ attributes.n }}", "body": "Shared body", "sound": "ding"},
+                    "apns": {"title": "iOS {{ attributes.n }}"},
+                },
+            }
+        ],
+        "recipients": [{"user_id": "u", "attributes": {"n": "1"}}],
+    }
     (choice,) = choose(job)
     assert (choice.contents["apns"].title, choice.contents["apns"].body) == ("iOS 1", "Shared body")
     assert choice.contents["apns"].sound == "ding"
@@ -189,10 +228,17 @@ def test_push_override_replaces_field_by_field() -> None:
 
 
 def test_channel_is_in_the_context() -> None:
-    job = {"campaign": "c", "channels": ["apns", "email"],
-           "variants": [{"name": "d", "content": {"push": {"title": "via {{ channel }}"},
-                                                  "email": {"subject": "via {{ channel }}"}}}],
-           "recipients": [{"user_id": "u"}]}
+    job = {
+        "campaign": "c",
+        "channels": ["apns", "email"],
+        "variants": [
+            {
+                "name": "d",
+                "content": {"push": {"title": "via {{ channel }}"}, "email": {"subject": "via {{ channel }}"}},
+            }
+        ],
+        "recipients": [{"user_id": "u"}],
+    }
     (choice,) = choose(job)
     assert choice.contents["apns"].title == "via apns" and choice.contents["email"].subject == "via email"
 
@@ -235,13 +281,16 @@ class TinyPlugin:
 async def test_long_body_is_shortened_and_oversize_title_fails(start, tmp_path) -> None:
     Tiny.sent = []
     running = await start(make_config(tmp_path), extra_plugins=(TinyPlugin(),))
-    job = {"campaign": "c", "channels": ["tiny"], "category": "transactional",
-           "variants": [{"name": "d", "content": {"push": {"title": "{{ properties.t }}",
-                                                             "body": "{{ properties.b }}"}}}],
-           "recipients": [
-               {"user_id": user, "properties": {"t": title, "b": body}, "devices": [{"channel": "tiny", "token": user}]}
-               for user, title, body in (("fits", "Hi", "short"), ("long", "Hi", "é" * 200), ("title", "T" * 300, "x"))
-           ]}
+    job = {
+        "campaign": "c",
+        "channels": ["tiny"],
+        "category": "transactional",
+        "variants": [{"name": "d", "content": {"push": {"title": "{{ properties.t }}", "body": "{{ properties.b }}"}}}],
+        "recipients": [
+            {"user_id": user, "properties": {"t": title, "b": body}, "devices": [{"channel": "tiny", "token": user}]}
+            for user, title, body in (("fits", "Hi", "short"), ("long", "Hi", "é" * 200), ("title", "T" * 300, "x"))
+        ],
+    }
     _, body, _ = await running.post(job)
     done = await running.wait(body["job_id"])
     decisions = {d["user_id"]: d for d in done["decisions"]}
@@ -262,7 +311,11 @@ async def test_preview_api(api, receiver) -> None:
     assert result["now"] == NOW
     by_user = {r["user_id"]: r for r in result["recipients"]}
     assert [by_user[u]["variant"] for u in ("u-1001", "u-1002", "u-1003", "u-1004")] == [
-        "big-cart", "loyal", "default", "big-cart"]
+        "big-cart",
+        "loyal",
+        "default",
+        "big-cart",
+    ]
     assert by_user["u-1002"]["skipped"] == [{"variant": "big-cart", "reason": "condition_false"}]
     apns = next(c for c in by_user["u-1001"]["channels"] if c["channel"] == "apns")
     assert apns["content"]["title"] == "Ana, your cart is waiting"

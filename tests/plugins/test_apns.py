@@ -47,28 +47,49 @@ def apns_config(tmp_path: Path, apns: ApnsFake, ca: trustme.CA, **extra: Any) ->
     app = {"team_id": apns.team_id, "key_id": apns.key_id, "key": {"env": "TEST_APNS_KEY"}}
     config.channels["apns"] = {
         "apps": {"shop": {**app, "topic": "com.shop.app"}, "watch": {**app, "topic": "com.shop.watch"}},
-        "default_app": "shop", "endpoint": f"127.0.0.1:{apns.port}", "ca_file": str(tmp_path / "ca.pem"), **extra}
+        "default_app": "shop",
+        "endpoint": f"127.0.0.1:{apns.port}",
+        "ca_file": str(tmp_path / "ca.pem"),
+        **extra,
+    }
     return config
 
 
 def apns_job(devices: list[dict[str, Any]], **push: Any) -> dict[str, Any]:
-    content = {"title": "Hi {{ attributes.n }}", "body": "Your cart", "deep_link": "shop://cart", "badge": 2,
-               "sound": "default", "collapse_key": "cart", "data": {"campaign_ref": "x1"}, **push}
-    return {"campaign": "c", "category": "transactional", "channels": ["apns"],
-            "variants": [{"name": "d", "content": {"push": content}}],
-            "recipients": [{"user_id": f"u{i}", "attributes": {"n": f"N{i}"}, "devices": [d]}
-                           for i, d in enumerate(devices)]}
+    content = {
+        "title": "Hi {{ attributes.n }}",
+        "body": "Your cart",
+        "deep_link": "shop://cart",
+        "badge": 2,
+        "sound": "default",
+        "collapse_key": "cart",
+        "data": {"campaign_ref": "x1"},
+        **push,
+    }
+    return {
+        "campaign": "c",
+        "category": "transactional",
+        "channels": ["apns"],
+        "variants": [{"name": "d", "content": {"push": content}}],
+        "recipients": [
+            {"user_id": f"u{i}", "attributes": {"n": f"N{i}"}, "devices": [d]} for i, d in enumerate(devices)
+        ],
+    }
 
 
 async def test_alert_payload_headers_and_token_auth(start, tmp_path, apns, ca, key_env) -> None:
     running = await start(apns_config(tmp_path, apns, ca))
-    _, body, _ = await running.post(apns_job([{"channel": "apns", "token": TOKEN},
-                                              {"channel": "apns", "token": "b2" * 32, "app": "watch"}]))
+    _, body, _ = await running.post(
+        apns_job([{"channel": "apns", "token": TOKEN}, {"channel": "apns", "token": "b2" * 32, "app": "watch"}])
+    )
     done = await running.wait(body["job_id"])
     assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"] and not apns.rejected
     (note,) = apns.to(TOKEN)
-    assert note.payload == {"aps": {"alert": {"title": "Hi N0", "body": "Your cart"}, "badge": 2,
-                                    "sound": "default"}, "deep_link": "shop://cart", "campaign_ref": "x1"}
+    assert note.payload == {
+        "aps": {"alert": {"title": "Hi N0", "body": "Your cart"}, "badge": 2, "sound": "default"},
+        "deep_link": "shop://cart",
+        "campaign_ref": "x1",
+    }
     assert note.headers["apns-topic"] == "com.shop.app" and note.headers["apns-push-type"] == "alert"
     assert note.headers["apns-priority"] == "10" and note.headers["apns-collapse-id"] == "cart"
     assert note.headers["apns-id"] == str(uuid.UUID(note.headers["apns-id"]))  # a lowercase UUID
@@ -111,8 +132,11 @@ async def test_wrong_key_is_a_credentials_failure_not_a_dead_token(start, tmp_pa
     running = await start(apns_config(tmp_path, apns, ca))
     _, body, _ = await running.post(apns_job([{"channel": "apns", "token": TOKEN}]))
     decision = (await running.wait(body["job_id"]))["decisions"][0]
-    assert (decision["outcome"], decision["reason"], decision["detail"]) == ("failed", "credentials",
-                                                                             "InvalidProviderToken")
+    assert (decision["outcome"], decision["reason"], decision["detail"]) == (
+        "failed",
+        "credentials",
+        "InvalidProviderToken",
+    )
     assert "invalid_tokens" not in decision
 
 
@@ -141,19 +165,32 @@ def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("TEST_APNS_KEY", "not a pem")
     app = {"team_id": "T", "key_id": "K", "key": {"env": "TEST_APNS_KEY"}, "topic": "a"}
-    monkeypatch.setenv("TEST_RSA_KEY", rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
-    config = GatewayConfig(channels={"apns": {"apps": {"a": app, "b": {**app, "topic": "com.shop\r\nx: y"},
-                                                       "c2": {**app, "key": {"env": "TEST_RSA_KEY"}}},
-                                              "default_app": "c"}})
+    monkeypatch.setenv(
+        "TEST_RSA_KEY",
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode(),
+    )
+    config = GatewayConfig(
+        channels={
+            "apns": {
+                "apps": {
+                    "a": app,
+                    "b": {**app, "topic": "com.shop\r\nx: y"},
+                    "c2": {**app, "key": {"env": "TEST_RSA_KEY"}},
+                },
+                "default_app": "c",
+            }
+        }
+    )
     with pytest.raises(ConfigError) as err:
         configure_channels(config, channel_classes(plugin_manager(config)))
     assert "channels.apns.default_app: no app named 'c'" in err.value.problems
-    assert ("channels.apns.apps.b.topic: expected a bundle id (letters, digits, '.', '-', '_')"
-            in err.value.problems)  # it goes into a header as it is
+    assert (
+        "channels.apns.apps.b.topic: expected a bundle id (letters, digits, '.', '-', '_')" in err.value.problems
+    )  # it goes into a header as it is
     assert "channels.apns.apps.a.key: expected the .p8 key in PEM form" in err.value.problems
-    assert ("channels.apns.apps.c2.key: not a readable P-256 private key (ES256 needs one)"
-            in err.value.problems)
+    assert "channels.apns.apps.c2.key: not a readable P-256 private key (ES256 needs one)" in err.value.problems
 
 
 async def test_a_dropped_connection_is_retried(start, tmp_path, apns, ca, key_env) -> None:
@@ -168,12 +205,15 @@ async def test_a_collapse_key_with_a_line_break_fails_alone(start, tmp_path, apn
     """h2 refuses such a header value: that message fails, its batch goes on."""
     running = await start(apns_config(tmp_path, apns, ca))
     job = apns_job([{"channel": "apns", "token": TOKEN}, {"channel": "apns", "token": "b2" * 32}])
-    job["variants"].insert(0, {"name": "odd", "when": "attributes.n == 'N0'",
-                               "content": {"push": {"title": "x", "collapse_key": "a\nb"}}})
+    job["variants"].insert(
+        0, {"name": "odd", "when": "attributes.n == 'N0'", "content": {"push": {"title": "x", "collapse_key": "a\nb"}}}
+    )
     _, body, _ = await running.post(job)
     done = await running.wait(body["job_id"])
     assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [
-        ("failed", "invalid_header"), ("sent", None)]
+        ("failed", "invalid_header"),
+        ("sent", None),
+    ]
     assert [n.token for n in apns.received] == ["b2" * 32]
 
 

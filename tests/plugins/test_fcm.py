@@ -29,12 +29,24 @@ def fcm_config(tmp_path: Path, fcm: FcmFake, **extra: Any) -> Any:
 
 
 def fcm_job(tokens: list[str], **content: Any) -> dict[str, Any]:
-    push = {"title": "Hi {{ attributes.n }}", "body": "Your cart", "deep_link": "shop://cart",
-            "collapse_key": "cart", "data": {"cart": "{{ attributes.count }}"}, **content}
-    return {"campaign": "c", "channels": ["fcm"], "category": "transactional",
-            "variants": [{"name": "d", "content": {"push": push}}],
-            "recipients": [{"user_id": f"u{i}", "attributes": {"n": f"N{i}", "count": 3},
-                            "devices": [{"channel": "fcm", "token": t}]} for i, t in enumerate(tokens)]}
+    push = {
+        "title": "Hi {{ attributes.n }}",
+        "body": "Your cart",
+        "deep_link": "shop://cart",
+        "collapse_key": "cart",
+        "data": {"cart": "{{ attributes.count }}"},
+        **content,
+    }
+    return {
+        "campaign": "c",
+        "channels": ["fcm"],
+        "category": "transactional",
+        "variants": [{"name": "d", "content": {"push": push}}],
+        "recipients": [
+            {"user_id": f"u{i}", "attributes": {"n": f"N{i}", "count": 3}, "devices": [{"channel": "fcm", "token": t}]}
+            for i, t in enumerate(tokens)
+        ],
+    }
 
 
 async def test_message_shape_and_one_oauth_token_for_many_sends(start, tmp_path, fcm) -> None:
@@ -69,8 +81,12 @@ async def test_ttl_follows_expires_at(start, tmp_path, fcm) -> None:
 TABLE = [
     (FcmFault(404, "UNREGISTERED"), "invalid_token", "unregistered", 1),
     (FcmFault(403, "SENDER_ID_MISMATCH"), "invalid_token", "sender_id_mismatch", 1),
-    (FcmFault(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token"),
-     "invalid_token", "invalid_registration", 1),
+    (
+        FcmFault(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token"),
+        "invalid_token",
+        "invalid_registration",
+        1,
+    ),
     (FcmFault(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'"), "failed", "invalid_argument", 1),
     (FcmFault(401, "THIRD_PARTY_AUTH_ERROR"), "failed", "third_party_auth_error", 1),
     (FcmFault(429, "QUOTA_EXCEEDED", retry_after="7"), "failed", "retries_exhausted", 3),
@@ -79,8 +95,9 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("fault", "outcome", "reason", "attempts"), TABLE,
-                         ids=[f"{t[0].status}-{t[0].error_code}" for t in TABLE])
+@pytest.mark.parametrize(
+    ("fault", "outcome", "reason", "attempts"), TABLE, ids=[f"{t[0].status}-{t[0].error_code}" for t in TABLE]
+)
 async def test_error_table(start, tmp_path, fcm, fault, outcome, reason, attempts) -> None:
     fcm.fault = lambda token, attempt: fault
     clock = FakeClock(1_800_000_000)

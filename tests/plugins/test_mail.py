@@ -41,24 +41,52 @@ def mail_config(tmp_path: Path, smtp: SmtpFake, ca: trustme.CA, **extra: Any) ->
     ca.cert_pem.write_to_path(str(ca_file))
     config = make_config(tmp_path)
     config.channels["email"] = {
-        "host": "127.0.0.1", "port": smtp.port, "security": "starttls", "ca_file": str(ca_file),
-        "username": "gw", "password": {"env": "TEST_SMTP_PASSWORD"},
-        "from_address": "news@shop.example", "from_name": "Shop", "pool_size": 3,
-        "unsubscribe": {"url": "https://gw.example", "secret": {"env": "TEST_UNSUBSCRIBE_SECRET"},
-                        "mailto": "unsubscribe@shop.example"},
+        "host": "127.0.0.1",
+        "port": smtp.port,
+        "security": "starttls",
+        "ca_file": str(ca_file),
+        "username": "gw",
+        "password": {"env": "TEST_SMTP_PASSWORD"},
+        "from_address": "news@shop.example",
+        "from_name": "Shop",
+        "pool_size": 3,
+        "unsubscribe": {
+            "url": "https://gw.example",
+            "secret": {"env": "TEST_UNSUBSCRIBE_SECRET"},
+            "mailto": "unsubscribe@shop.example",
+        },
         **extra,
     }
     return config
 
 
 def email_job(addresses: list[str], category: str = "marketing") -> dict[str, Any]:
-    return {"campaign": "spring", "category": category, "channels": ["email"],
-            "variants": [{"name": "d", "content": {"email": {
-                "subject": "Hello {{ attributes.name | default: 'there' }}",
-                "text": "Plain {{ attributes.name | default: 'there' }}",
-                "html": "<p>Hi {{ attributes.name | default: 'there' }}</p>"}}}],
-            "recipients": [{"user_id": f"u{i}", "email": a, "attributes": {"name": f"<N{i}>"},
-                            "subscriptions": {"email": "subscribed"}} for i, a in enumerate(addresses)]}
+    return {
+        "campaign": "spring",
+        "category": category,
+        "channels": ["email"],
+        "variants": [
+            {
+                "name": "d",
+                "content": {
+                    "email": {
+                        "subject": "Hello {{ attributes.name | default: 'there' }}",
+                        "text": "Plain {{ attributes.name | default: 'there' }}",
+                        "html": "<p>Hi {{ attributes.name | default: 'there' }}</p>",
+                    }
+                },
+            }
+        ],
+        "recipients": [
+            {
+                "user_id": f"u{i}",
+                "email": a,
+                "attributes": {"name": f"<N{i}>"},
+                "subscriptions": {"email": "subscribed"},
+            }
+            for i, a in enumerate(addresses)
+        ],
+    }
 
 
 async def test_multipart_mail_over_starttls_with_auth(start, tmp_path, smtp, ca, mail_env) -> None:

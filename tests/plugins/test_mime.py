@@ -20,9 +20,14 @@ def parse(raw: bytes) -> EmailMessage:
 
 
 def test_multipart_alternative_text_first() -> None:
-    msg = parse(compose([("From", "Shop <news@shop.example>"), ("To", "ana@example.com"),
-                         ("Subject", "Grüße, Ana 🎉")], "Hi Ana,\n.a line starting with a dot", "<p>Hi Ana</p>",
-                        "job.0.email.0"))
+    msg = parse(
+        compose(
+            [("From", "Shop <news@shop.example>"), ("To", "ana@example.com"), ("Subject", "Grüße, Ana 🎉")],
+            "Hi Ana,\n.a line starting with a dot",
+            "<p>Hi Ana</p>",
+            "job.0.email.0",
+        )
+    )
     assert msg["Subject"] == "Grüße, Ana 🎉" and msg["From"] == "Shop <news@shop.example>"
     assert msg.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]

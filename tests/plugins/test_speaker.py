@@ -19,7 +19,7 @@ from tests.plugins.tables import decide
 
 def independent_verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     """Standard Webhooks verification, written from the spec for this test only."""
-    key = base64.b64decode(secret[len("whsec_"):])
+    key = base64.b64decode(secret[len("whsec_") :])
     signed = headers["webhook-id"] + "." + headers["webhook-timestamp"] + "." + body.decode()
     digest = base64.b64encode(hmac.new(key, signed.encode(), hashlib.sha256).digest()).decode()
     return any(sig == "v1," + digest for sig in headers["webhook-signature"].split())
@@ -70,10 +70,10 @@ TABLE: list[tuple[str, Fault, str, str | None, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("fault", "outcome", "reason", "attempts"), [t[1:] for t in TABLE],
-                         ids=[t[0] for t in TABLE])
-async def test_response_table(start, receiver, tmp_path, fault: Fault, outcome: str, reason: str | None,
-                              attempts: int) -> None:
+@pytest.mark.parametrize(("fault", "outcome", "reason", "attempts"), [t[1:] for t in TABLE], ids=[t[0] for t in TABLE])
+async def test_response_table(
+    start, receiver, tmp_path, fault: Fault, outcome: str, reason: str | None, attempts: int
+) -> None:
     receiver.fault = lambda payload, attempt: fault
     clock = FakeClock(start=time.time())
     running = await start(make_config(tmp_path, receiver.url), clock=clock)
@@ -151,8 +151,9 @@ async def test_410_disables_the_target_and_reports_the_device(start, receiver, t
             reported.extend((channel, d.to.device_id) for d in deliveries)
 
     receiver.fault = lambda payload, attempt: Fault(410)
-    running = await start(make_config(tmp_path, receiver.url, pipeline={"batch_size": 1, "workers": 1}),
-                          extra_plugins=(Observer(),))
+    running = await start(
+        make_config(tmp_path, receiver.url, pipeline={"batch_size": 1, "workers": 1}), extra_plugins=(Observer(),)
+    )
     _, body, _ = await running.post(speaker_job(3))
     done = await running.wait(body["job_id"])
     assert [d["outcome"] for d in done["decisions"]] == ["invalid_token"] * 3

@@ -40,19 +40,39 @@ def vapid_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def push_config(tmp_path: Path, ca: trustme.CA, **extra: Any) -> Any:
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     config = make_config(tmp_path)
-    config.channels["webpush"] = {"vapid_private_key": {"env": "TEST_VAPID_KEY"}, "subject": "mailto:ops@shop.example",
-                                  "allowed_hosts": ["127.0.0.1"], "ca_file": str(tmp_path / "ca.pem"), **extra}
+    config.channels["webpush"] = {
+        "vapid_private_key": {"env": "TEST_VAPID_KEY"},
+        "subject": "mailto:ops@shop.example",
+        "allowed_hosts": ["127.0.0.1"],
+        "ca_file": str(tmp_path / "ca.pem"),
+        **extra,
+    }
     return config
 
 
 def push_job(subscriptions: list[dict[str, Any]], category: str = "transactional", **push: Any) -> dict[str, Any]:
-    content = {"title": "Hi {{ attributes.n }}", "body": "Your cart", "deep_link": "https://shop.example/cart",
-               "collapse_key": "cart:1", **push}
-    return {"campaign": "c", "category": category, "channels": ["webpush"],
-            "variants": [{"name": "d", "content": {"push": content}}],
-            "recipients": [{"user_id": f"u{i}", "attributes": {"n": f"N{i}"}, "subscriptions": {"push": "opted_in"},
-                            "devices": [{"channel": "webpush", "subscription": s}]}
-                           for i, s in enumerate(subscriptions)]}
+    content = {
+        "title": "Hi {{ attributes.n }}",
+        "body": "Your cart",
+        "deep_link": "https://shop.example/cart",
+        "collapse_key": "cart:1",
+        **push,
+    }
+    return {
+        "campaign": "c",
+        "category": category,
+        "channels": ["webpush"],
+        "variants": [{"name": "d", "content": {"push": content}}],
+        "recipients": [
+            {
+                "user_id": f"u{i}",
+                "attributes": {"n": f"N{i}"},
+                "subscriptions": {"push": "opted_in"},
+                "devices": [{"channel": "webpush", "subscription": s}],
+            }
+            for i, s in enumerate(subscriptions)
+        ],
+    }
 
 
 async def test_encrypted_payload_and_vapid_per_origin(start, tmp_path, push, ca, vapid_env) -> None:
@@ -131,8 +151,9 @@ def test_a_bad_vapid_key_is_a_config_error(tmp_path, monkeypatch) -> None:
     from gateway.plugins import channel_classes, configure_channels, plugin_manager
 
     monkeypatch.setenv("TEST_VAPID_KEY", "not a key")
-    config = GatewayConfig(channels={"webpush": {"vapid_private_key": {"env": "TEST_VAPID_KEY"},
-                                                 "subject": "ops@shop.example"}})
+    config = GatewayConfig(
+        channels={"webpush": {"vapid_private_key": {"env": "TEST_VAPID_KEY"}, "subject": "ops@shop.example"}}
+    )
     with pytest.raises(ConfigError) as err:
         configure_channels(config, channel_classes(plugin_manager(config)))
     assert err.value.problems[0].startswith("channels.webpush.vapid_private_key: not a P-256 private key")
@@ -180,10 +201,15 @@ async def test_the_fake_checks_every_vapid_token(push, ca) -> None:
         return f"vapid t={jwt.encode({**good, **claims}, signer, algorithm='ES256')},k={k}"
 
     token = vapid()
-    cases = [(token, 201), (token, 201),  # the same token twice: its signature checked once
-             (vapid(aud="https://elsewhere.example"), 401), (vapid(exp=int(time.time()) - 10), 401),
-             (vapid(exp=int(time.time()) + 2 * 86400), 401), (vapid(sub="ops@shop.example"), 401),
-             (vapid(other), 401)]  # signed by another key than the one presented
+    cases = [
+        (token, 201),
+        (token, 201),  # the same token twice: its signature checked once
+        (vapid(aud="https://elsewhere.example"), 401),
+        (vapid(exp=int(time.time()) - 10), 401),
+        (vapid(exp=int(time.time()) + 2 * 86400), 401),
+        (vapid(sub="ops@shop.example"), 401),
+        (vapid(other), 401),
+    ]  # signed by another key than the one presented
     context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
     async with aiohttp.ClientSession() as http:
         for authorization, status in cases:

@@ -18,8 +18,12 @@ from gateway.policy.engine import load_policy
 
 
 def job(**fields: object) -> Job:
-    base = {"campaign": "spring", "channels": ["apns"], "variants": [{"name": "d", "content": {}}],
-            "recipients": [{"user_id": "u"}]}
+    base = {
+        "campaign": "spring",
+        "channels": ["apns"],
+        "variants": [{"name": "d", "content": {}}],
+        "recipients": [{"user_id": "u"}],
+    }
     return msgspec.json.decode(json.dumps({**base, **fields}).encode(), type=Job)
 
 
@@ -27,19 +31,22 @@ def rolling(rule: str, limit: int, period: float, now: float, action: str = "dro
     return Check(rule, now - period, limit, period, None, action)
 
 
-@pytest.mark.parametrize(("rule", "job_fields", "channel", "applies"), [
-    ({"channels": ["push"]}, {}, "apns", True),
-    ({"channels": ["push"]}, {}, "email", False),
-    ({"channels": ["any"]}, {}, "email", True),
-    ({"channels": ["email", "speaker"]}, {}, "speaker", True),
-    ({"tags": ["promo"]}, {"tags": ["cart", "promo"]}, "apns", True),
-    ({"tags": ["promo"]}, {"tags": ["cart"]}, "apns", False),
-    ({"campaigns": ["spring"]}, {}, "apns", True),
-    ({"campaigns": ["autumn"]}, {}, "apns", False),
-    ({}, {"category": "transactional"}, "apns", False),
-    ({"include_transactional": True}, {"category": "transactional"}, "apns", True),
-    ({"channels": ["push"], "tags": ["promo"]}, {"tags": ["promo"]}, "email", False),  # all criteria must hold
-])
+@pytest.mark.parametrize(
+    ("rule", "job_fields", "channel", "applies"),
+    [
+        ({"channels": ["push"]}, {}, "apns", True),
+        ({"channels": ["push"]}, {}, "email", False),
+        ({"channels": ["any"]}, {}, "email", True),
+        ({"channels": ["email", "speaker"]}, {}, "speaker", True),
+        ({"tags": ["promo"]}, {"tags": ["cart", "promo"]}, "apns", True),
+        ({"tags": ["promo"]}, {"tags": ["cart"]}, "apns", False),
+        ({"campaigns": ["spring"]}, {}, "apns", True),
+        ({"campaigns": ["autumn"]}, {}, "apns", False),
+        ({}, {"category": "transactional"}, "apns", False),
+        ({"include_transactional": True}, {"category": "transactional"}, "apns", True),
+        ({"channels": ["push"], "tags": ["promo"]}, {"tags": ["promo"]}, "email", False),  # all criteria must hold
+    ],
+)
 def test_rule_targets(rule: dict[str, object], job_fields: dict[str, object], channel: str, applies: bool) -> None:
     cap = Cap.from_rule(msgspec.convert({"name": "r", "limit": 1, "window": "1h", **rule}, CapRule))
     assert cap.applies(job(**job_fields), channel) is applies
@@ -101,18 +108,24 @@ def test_refund_restores_exactly() -> None:
     assert isinstance(c, Granted)
 
 
-operations = st.lists(st.one_of(
-    st.tuples(st.just("send"), st.sampled_from(["ana", "ben"]), st.integers(0, 50)),
-    st.tuples(st.just("refund"), st.integers(0, 100), st.just(0)),
-), max_size=80)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.sampled_from(["ana", "ben"]), st.integers(0, 50)),
+        st.tuples(st.just("refund"), st.integers(0, 100), st.just(0)),
+    ),
+    max_size=80,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=operations, limits=st.tuples(st.integers(0, 4), st.integers(1, 6)),
-       periods=st.tuples(st.integers(1, 40), st.integers(1, 200)))
-def test_no_interleaving_exceeds_a_cap_and_refunds_restore(ops: list[tuple[str, object, int]],
-                                                           limits: tuple[int, int],
-                                                           periods: tuple[int, int]) -> None:
+@given(
+    ops=operations,
+    limits=st.tuples(st.integers(0, 4), st.integers(1, 6)),
+    periods=st.tuples(st.integers(1, 40), st.integers(1, 200)),
+)
+def test_no_interleaving_exceeds_a_cap_and_refunds_restore(
+    ops: list[tuple[str, object, int]], limits: tuple[int, int], periods: tuple[int, int]
+) -> None:
     ledger = CapLedger()
     now = 0.0
     granted: list[tuple[str, str, float]] = []  # (reservation, user, at) still counted
@@ -136,12 +149,19 @@ def test_no_interleaving_exceeds_a_cap_and_refunds_restore(ops: list[tuple[str, 
 
 
 def test_config_errors_name_the_rule() -> None:
-    config = GatewayConfig(caps=[{"name": "a", "limit": 1}, {"name": "a", "limit": 1, "window": "1h"},
-                                 {"name": "b", "limit": -1, "window": "soon"}])
+    config = GatewayConfig(
+        caps=[
+            {"name": "a", "limit": 1},
+            {"name": "a", "limit": 1, "window": "1h"},
+            {"name": "b", "limit": -1, "window": "soon"},
+        ]
+    )
     with pytest.raises(ConfigError) as err:
         load_policy(config)
     assert "caps[2].limit: Expected `int` >= 0" in err.value.problems
-    assert "caps[2].window: Expected `str` matching regex '^[0-9]+(\\\\.[0-9]+)?(ms|s|m|h|d|w)$'" in \
-        err.value.problems or any(p.startswith("caps[2].window") for p in err.value.problems)
+    assert (
+        "caps[2].window: Expected `str` matching regex '^[0-9]+(\\\\.[0-9]+)?(ms|s|m|h|d|w)$'" in err.value.problems
+        or any(p.startswith("caps[2].window") for p in err.value.problems)
+    )
     assert "caps[0]: give exactly one of `window` or `calendar`" in err.value.problems
     assert "caps[1].name: duplicate rule name 'a'" in err.value.problems

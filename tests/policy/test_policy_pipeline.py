@@ -62,8 +62,12 @@ def channel_class(name: str, kind: str, group: str) -> type[Channel]:
 class Providers:
     @hookimpl
     def register_channels(self):
-        return [channel_class("apns", "push", "push"), channel_class("fcm", "push", "push"),
-                channel_class("webpush", "push", "push"), channel_class("email", "email", "email")]
+        return [
+            channel_class("apns", "push", "push"),
+            channel_class("fcm", "push", "push"),
+            channel_class("webpush", "push", "push"),
+            channel_class("email", "email", "email"),
+        ]
 
 
 @pytest.fixture(autouse=True)
@@ -77,11 +81,22 @@ async def started(start, tmp_path, clock: FakeClock, **sections: Any):
 
 
 def push_job(users: list[str], tz: str = "Europe/Paris", devices: int = 1, **fields: Any) -> dict[str, Any]:
-    return {"campaign": "c", "channels": ["apns"], "tags": ["promo"],
-            "variants": [{"name": "d", "content": {"push": {"title": "Hi", "body": "News"}}}],
-            "recipients": [{"user_id": u, "timezone": tz, "subscriptions": {"push": "opted_in"},
-                            "devices": [{"channel": "apns", "token": f"{n:02x}" * 32} for n in range(devices)]}
-                           for u in users], **fields}
+    return {
+        "campaign": "c",
+        "channels": ["apns"],
+        "tags": ["promo"],
+        "variants": [{"name": "d", "content": {"push": {"title": "Hi", "body": "News"}}}],
+        "recipients": [
+            {
+                "user_id": u,
+                "timezone": tz,
+                "subscriptions": {"push": "opted_in"},
+                "devices": [{"channel": "apns", "token": f"{n:02x}" * 32} for n in range(devices)],
+            }
+            for u in users
+        ],
+        **fields,
+    }
 
 
 def quiet(enabled: bool = True, **values: Any) -> dict[str, Any]:
@@ -90,8 +105,9 @@ def quiet(enabled: bool = True, **values: Any) -> dict[str, Any]:
 
 async def test_cap_drop_counts_once_per_user_and_channel(start, tmp_path) -> None:
     clock = FakeClock(at("2026-11-28T12:00:00Z"))
-    running = await started(start, tmp_path, clock,
-                            caps=[{"name": "push-daily", "channels": ["push"], "limit": 1, "window": "24h"}])
+    running = await started(
+        start, tmp_path, clock, caps=[{"name": "push-daily", "channels": ["push"], "limit": 1, "window": "24h"}]
+    )
     _, first, _ = await running.post(push_job(["ana"], devices=3))
     done = await running.wait(first["job_id"])
     assert done["decisions"][0]["outcome"] == "sent" and len(Provider.received) == 3  # three iPhones, one count
@@ -107,8 +123,12 @@ async def test_cap_drop_counts_once_per_user_and_channel(start, tmp_path) -> Non
 
 async def test_cap_defer_waits_for_the_slot_then_sends(start, tmp_path) -> None:
     clock = FakeClock(at("2026-11-28T12:00:00Z"))
-    running = await started(start, tmp_path, clock, caps=[
-        {"name": "hourly", "channels": ["apns"], "limit": 1, "window": "1h", "action": "defer"}])
+    running = await started(
+        start,
+        tmp_path,
+        clock,
+        caps=[{"name": "hourly", "channels": ["apns"], "limit": 1, "window": "1h", "action": "defer"}],
+    )
     _, first, _ = await running.post(push_job(["ana"]))
     await running.wait(first["job_id"])
     clock.advance(600)
@@ -126,8 +146,9 @@ async def test_cap_defer_waits_for_the_slot_then_sends(start, tmp_path) -> None:
 
 async def test_permanent_failure_refunds_its_slot(start, tmp_path) -> None:
     clock = FakeClock(at("2026-11-28T12:00:00Z"))
-    running = await started(start, tmp_path, clock,
-                            caps=[{"name": "once", "channels": ["any"], "limit": 1, "window": "1d"}])
+    running = await started(
+        start, tmp_path, clock, caps=[{"name": "once", "channels": ["any"], "limit": 1, "window": "1d"}]
+    )
     Provider.answer = staticmethod(lambda d: PermanentFailure("rejected"))
     _, first, _ = await running.post(push_job(["ana"]))
     assert (await running.wait(first["job_id"]))["decisions"][0]["outcome"] == "failed"
@@ -138,8 +159,13 @@ async def test_permanent_failure_refunds_its_slot(start, tmp_path) -> None:
 
 async def test_racing_jobs_never_exceed_a_cap(start, tmp_path) -> None:
     clock = FakeClock(at("2026-11-28T12:00:00Z"))
-    running = await started(start, tmp_path, clock, pipeline={"workers": 8, "batch_size": 3},
-                            caps=[{"name": "promo", "tags": ["promo"], "limit": 3, "window": "7d"}])
+    running = await started(
+        start,
+        tmp_path,
+        clock,
+        pipeline={"workers": 8, "batch_size": 3},
+        caps=[{"name": "promo", "tags": ["promo"], "limit": 3, "window": "7d"}],
+    )
     replies = await asyncio.gather(*(running.post(push_job(["ana", "ben", f"x{n}"])) for n in range(12)))
     for _, body, _ in replies:
         await running.wait(body["job_id"])
@@ -164,11 +190,14 @@ async def test_quiet_hours_defer_to_the_local_morning_and_release(start, tmp_pat
     assert status["decisions"][0]["at"] >= release
 
 
-@pytest.mark.parametrize(("override", "category", "outcome", "reason"), [
-    ("drop", "marketing", "suppressed", "quiet_hours"),
-    ("ignore", "marketing", "sent", None),
-    (None, "transactional", "sent", None),
-])
+@pytest.mark.parametrize(
+    ("override", "category", "outcome", "reason"),
+    [
+        ("drop", "marketing", "suppressed", "quiet_hours"),
+        ("ignore", "marketing", "sent", None),
+        (None, "transactional", "sent", None),
+    ],
+)
 async def test_quiet_hours_job_override_and_transactional(start, tmp_path, override, category, outcome, reason):
     clock = FakeClock(at("2026-11-28T22:30:00Z"))
     running = await started(start, tmp_path, clock, **quiet())
@@ -223,8 +252,13 @@ async def test_deferral_past_expiry_is_expired(start, tmp_path) -> None:
 async def test_release_checks_policy_again(start, tmp_path) -> None:
     """A cap that fills while a message waits out quiet hours caps it on release."""
     clock = FakeClock(at("2026-11-28T22:30:00Z"))
-    running = await started(start, tmp_path, clock, **quiet(),
-                            caps=[{"name": "one-a-day", "channels": ["any"], "limit": 1, "window": "24h"}])
+    running = await started(
+        start,
+        tmp_path,
+        clock,
+        **quiet(),
+        caps=[{"name": "one-a-day", "channels": ["any"], "limit": 1, "window": "24h"}],
+    )
     _, night, _ = await running.post(push_job(["ana"]))
     await running.wait(night["job_id"], states=("waiting",))
     email = push_job(["ana"], channels=["email"], campaign="digest")
@@ -273,8 +307,7 @@ async def test_preview_shows_policy_at_a_fixed_instant(start, tmp_path) -> None:
     by = {(r["user_id"], c["channel"]): c for r in result["recipients"] for c in r["channels"]}
     assert (by[("u-1002", "email")]["outcome"], by[("u-1002", "email")]["reason"]) == ("suppressed", "unsubscribed")
     u1004 = by[("u-1004", "apns")]
-    assert (u1004["outcome"], u1004["reason"], u1004["flags"]) == ("suppressed", "unsubscribed",
-                                                                     ["timezone_fallback"])
+    assert (u1004["outcome"], u1004["reason"], u1004["flags"]) == ("suppressed", "unsubscribed", ["timezone_fallback"])
     assert by[("u-1001", "apns")]["outcome"] == "would_send"  # 13:00 in Paris
     assert by[("u-1003", "webpush")]["outcome"] == "would_send"  # 19:00 in Bangkok: before 21:00
     async with running.http.post("/v1/preview", data=body, params={"now": "2026-11-28T15:00:00Z"}) as r:
@@ -289,15 +322,14 @@ def test_check_config_reports_policy_errors(tmp_path) -> None:
     import sys
 
     path = tmp_path / "g.toml"
-    path.write_text('[quiet_hours]\nfallback_timezone = "Mars/Olympus"\nstart = "25:00"\n'
-                    '[[caps]]\nname = "x"\nlimit = 2\n')
-    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True,
-                          text=True)
+    path.write_text(
+        '[quiet_hours]\nfallback_timezone = "Mars/Olympus"\nstart = "25:00"\n[[caps]]\nname = "x"\nlimit = 2\n'
+    )
+    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "quiet_hours.start" in proc.stderr
     path.write_text('[quiet_hours]\nfallback_timezone = "Mars/Olympus"\n[[caps]]\nname = "x"\nlimit = 2\n')
-    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True, text=True)
     assert "quiet_hours.fallback_timezone: not an IANA time zone" in proc.stderr
     assert "caps[0]: give exactly one of `window` or `calendar`" in proc.stderr
 
@@ -340,8 +372,23 @@ from_address = "news@shop.example"
     job = tmp_path / "cart.json"
     job.write_text(dict(example_jobs())["job-cart-reminder.json"].decode())
     env = dict(os.environ, PREVIEW_APNS_KEY=key.key_pem())
-    proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "preview", str(job),
-                           "--now", "2026-11-28T12:00:00Z"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(config),
+            "preview",
+            str(job),
+            "--now",
+            "2026-11-28T12:00:00Z",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [" ".join(line.split()) for line in proc.stdout.splitlines()]
     assert any(r.startswith("email suppressed unsubscribed") for r in rows)  # u-1002

@@ -11,14 +11,37 @@ from hypothesis import strategies as st
 from gateway.policy.quiet import Window, spread_offset
 from gateway.policy.zones import next_wall_time, resolve
 
-ZONES = ["Europe/Paris", "America/New_York", "America/Chicago", "Australia/Lord_Howe", "Asia/Kathmandu",
-         "America/Santiago", "Pacific/Chatham", "Asia/Tokyo", "UTC", "Europe/London"]
+ZONES = [
+    "Europe/Paris",
+    "America/New_York",
+    "America/Chicago",
+    "Australia/Lord_Howe",
+    "Asia/Kathmandu",
+    "America/Santiago",
+    "Pacific/Chatham",
+    "Asia/Tokyo",
+    "UTC",
+    "Europe/London",
+]
 YEAR_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 YEAR = 366 * 86400
 # Edges near DST transitions are where it goes wrong, so draw them often.
-edges = st.one_of(st.sampled_from([time(1, 30), time(2, 0), time(2, 30), time(3, 0), time(0, 0), time(21, 0),
-                                   time(8, 0), time(1, 0), time(23, 59)]),
-                  st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45, 59])))
+edges = st.one_of(
+    st.sampled_from(
+        [
+            time(1, 30),
+            time(2, 0),
+            time(2, 30),
+            time(3, 0),
+            time(0, 0),
+            time(21, 0),
+            time(8, 0),
+            time(1, 0),
+            time(23, 59),
+        ]
+    ),
+    st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45, 59])),
+)
 
 
 def oracle_quiet(window: Window, tz: ZoneInfo, instant: float) -> bool:
@@ -38,8 +61,12 @@ def oracle_release(window: Window, tz: ZoneInfo, instant: float) -> float | None
 
 
 @settings(max_examples=400, deadline=None)
-@given(zone=st.sampled_from(ZONES), start=edges, end=edges,
-       instant=st.floats(YEAR_START, YEAR_START + YEAR, allow_nan=False))
+@given(
+    zone=st.sampled_from(ZONES),
+    start=edges,
+    end=edges,
+    instant=st.floats(YEAR_START, YEAR_START + YEAR, allow_nan=False),
+)
 def test_quiet_hours_match_the_oracle(zone: str, start: time, end: time, instant: float) -> None:
     tz = ZoneInfo(zone)
     window = Window(start, end)

@@ -18,8 +18,13 @@ def redis_config(tmp_path, redis_url: str, prefix: str, **sections):
 
 async def test_racing_jobs_never_exceed_a_cap_on_redis(start, tmp_path, redis_url) -> None:
     Provider.received = []
-    config = redis_config(tmp_path, redis_url, f"t{uuid.uuid4().hex[:8]}:", pipeline={"workers": 8, "batch_size": 3},
-                          caps=[{"name": "promo", "tags": ["promo"], "limit": 3, "window": "7d"}])
+    config = redis_config(
+        tmp_path,
+        redis_url,
+        f"t{uuid.uuid4().hex[:8]}:",
+        pipeline={"workers": 8, "batch_size": 3},
+        caps=[{"name": "promo", "tags": ["promo"], "limit": 3, "window": "7d"}],
+    )
     running = await start(config, clock=FakeClock(at("2026-11-28T12:00:00Z")), extra_plugins=(Providers(),))
     replies = await asyncio.gather(*(running.post(push_job(["ana", "ben", f"x{n}"])) for n in range(12)))
     for _, body, _ in replies:
@@ -68,8 +73,21 @@ async def test_redis_down_then_back(start, tmp_path, redis_url) -> None:
         port = s.getsockname()[1]
     workdir = tmp_path / "redis-data"
     workdir.mkdir()
-    command = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)]
+    command = [
+        shutil.which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        str(workdir),
+    ]
 
     async def redis_up() -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,8 +100,9 @@ async def test_redis_down_then_back(start, tmp_path, redis_url) -> None:
 
     server = await redis_up()
     try:
-        running = await start(redis_config(tmp_path, f"redis://127.0.0.1:{port}/0", "down:"),
-                              extra_plugins=(Providers(),))
+        running = await start(
+            redis_config(tmp_path, f"redis://127.0.0.1:{port}/0", "down:"), extra_plugins=(Providers(),)
+        )
         job = push_job(["ana"], category="transactional")
         status, accepted, _ = await running.post(job)
         assert status == 202
@@ -120,21 +139,39 @@ async def test_kill_9_of_one_process_another_takes_over(start, tmp_path, redis_u
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     n = 300
     async with WebhookReceiver(speaker_secret, latency=0.01) as receiver:
-        config = write_config(tmp_path, receiver.url, name="a.toml", store=(
-            f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "gw-a"\nheartbeat = "200ms"'))
+        config = write_config(
+            tmp_path,
+            receiver.url,
+            name="a.toml",
+            store=(f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "gw-a"\nheartbeat = "200ms"'),
+        )
         a = await serve(config, speaker_secret)
-        job_id = await post(a.url, {"campaign": "c", "channels": ["speaker"], "category": "transactional",
-                                    "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
-                                    "recipients": [{"user_id": f"u{i}", "devices": [
-                                        {"channel": "speaker", "target": "home-hub", "device_id": f"d{i}"}]}
-                                        for i in range(n)]})
+        job_id = await post(
+            a.url,
+            {
+                "campaign": "c",
+                "channels": ["speaker"],
+                "category": "transactional",
+                "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
+                "recipients": [
+                    {
+                        "user_id": f"u{i}",
+                        "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"d{i}"}],
+                    }
+                    for i in range(n)
+                ],
+            },
+        )
         await receiver.wait_for(3 * BATCH, timeout=30)
         a.proc.send_signal(signal.SIGKILL)
         await a.proc.wait()
         assert len(receiver.received) < n, "the job finished before the kill; the test proves nothing"
-        b_config = make_config(tmp_path, receiver.url, store={"url": redis_url, "key_prefix": prefix,
-                                                              "instance": "gw-b", "heartbeat": "200ms"},
-                               pipeline={"workers": 1, "batch_size": BATCH})
+        b_config = make_config(
+            tmp_path,
+            receiver.url,
+            store={"url": redis_url, "key_prefix": prefix, "instance": "gw-b", "heartbeat": "200ms"},
+            pipeline={"workers": 1, "batch_size": BATCH},
+        )
         b = await start(b_config)
         done = await b.wait(job_id, timeout=30)
     assert done["counts"]["sent"] == n
@@ -153,24 +190,40 @@ async def test_three_processes_racing_jobs_never_exceed_a_cap(tmp_path, redis_ur
     from tests.test_crash import post, serve, wait_completed, write_config
 
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    caps = ('[[caps]]\nname = "promo-week"\ntags = ["promo"]\nlimit = 3\nwindow = "7d"\n'
-            '[[caps]]\nname = "speaker-day"\nchannels = ["speaker"]\nlimit = 5\nwindow = "24h"\n')
+    caps = (
+        '[[caps]]\nname = "promo-week"\ntags = ["promo"]\nlimit = 3\nwindow = "7d"\n'
+        '[[caps]]\nname = "speaker-day"\nchannels = ["speaker"]\nlimit = 5\nwindow = "24h"\n'
+    )
 
     def job(n: int) -> dict:
         users = ["ana", "ben", f"solo-{n}"]
         promo = n % 2 == 1
-        return {"campaign": f"{'promo' if promo else 'news'}-{n}", "channels": ["speaker"],
-                "tags": ["promo"] if promo else [],
-                "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
-                "recipients": [{"user_id": u, "subscriptions": {"speaker": "opted_in"},
-                                "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"{u}-hub"}]}
-                               for u in users]}
+        return {
+            "campaign": f"{'promo' if promo else 'news'}-{n}",
+            "channels": ["speaker"],
+            "tags": ["promo"] if promo else [],
+            "variants": [{"name": "d", "content": {"speaker": {"speech": "hi"}}}],
+            "recipients": [
+                {
+                    "user_id": u,
+                    "subscriptions": {"speaker": "opted_in"},
+                    "devices": [{"channel": "speaker", "target": "home-hub", "device_id": f"{u}-hub"}],
+                }
+                for u in users
+            ],
+        }
 
     async with WebhookReceiver(speaker_secret) as receiver:
         processes = []
         for name in ("a", "b", "c"):
-            config = write_config(tmp_path, receiver.url, name=f"{name}.toml", workers=4, extra=caps, store=(
-                f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "gw-{name}"\nheartbeat = "500ms"'))
+            config = write_config(
+                tmp_path,
+                receiver.url,
+                name=f"{name}.toml",
+                workers=4,
+                extra=caps,
+                store=(f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "gw-{name}"\nheartbeat = "500ms"'),
+            )
             processes.append(await serve(config, speaker_secret))
         try:
             jobs = await asyncio.gather(*(post(processes[n % 3].url, job(n)) for n in range(18)))
@@ -190,7 +243,8 @@ async def test_three_processes_racing_jobs_never_exceed_a_cap(tmp_path, redis_ur
     per_user = Counter(r.payload["user_id"] for r in receiver.received.values())
     # 9 promo jobs (limit 3 a week) and 9 others; speaker-day (5 a day) counts both.
     assert per_user["ana"] == per_user["ben"] == 5
-    promo = Counter(r.payload["user_id"] for r in receiver.received.values()
-                    if r.payload["campaign"].startswith("promo"))
+    promo = Counter(
+        r.payload["user_id"] for r in receiver.received.values() if r.payload["campaign"].startswith("promo")
+    )
     assert promo["ana"] <= 3 and promo["ben"] <= 3
     assert all(per_user[f"solo-{n}"] == 1 for n in range(18))

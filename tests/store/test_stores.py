@@ -14,8 +14,7 @@ from gateway.store.sqlite import SQLiteStore
 
 
 def record(job_id: str, n: int = 3) -> JobRecord:
-    return JobRecord(id=job_id, campaign="c", state="accepted", recipients=n, cursor=0, warnings=["w"],
-                     created_at=1.0)
+    return JobRecord(id=job_id, campaign="c", state="accepted", recipients=n, cursor=0, warnings=["w"], created_at=1.0)
 
 
 @pytest.fixture
@@ -56,7 +55,8 @@ async def test_a_failing_write_does_not_undo_its_neighbours(sqlite_store) -> Non
         store.accept_job(record("a"), b"{}", None, 1.0),
         store.accept_job(record("dup"), b"{}", None, 1.0),  # primary key violation
         store.accept_job(record("b"), b"{}", None, 1.0),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert {j.id for j in await store.resumable_jobs()} == {"dup", "a", "b"}
 
@@ -68,8 +68,12 @@ async def test_batches_advance_the_cursor_and_keep_channel_order(store) -> None:
     job = await store.get_job("j")
     assert job is not None and (job.state, job.cursor) == ("running", 1)
     assert [d.channel for d in await store.decisions("j", 0, 10)] == ["zeta", "alpha"]
-    await store.record_batch("j", 2, [Decision(recipient=1, user_id="u1", channel="zeta", outcome="failed",
-                                               reason="x", invalid_tokens=["t"])], 3.0)
+    await store.record_batch(
+        "j",
+        2,
+        [Decision(recipient=1, user_id="u1", channel="zeta", outcome="failed", reason="x", invalid_tokens=["t"])],
+        3.0,
+    )
     await store.finish_job("j", 4.0)
     assert await store.resumable_jobs() == []
     assert await store.outcome_counts("j") == {"sent": 2, "failed": 1}
@@ -92,8 +96,10 @@ async def test_caps_reserve_and_refund(store) -> None:
     from gateway.policy.caps import CapRequest, Check, Denied, Granted
 
     def req(user: str, now: float) -> CapRequest:
-        return CapRequest(user, [Check("daily", now - 86400, 2, 86400, None, "defer"),
-                                 Check("week", 0.0, 5, None, 7 * 86400.0, "drop")])
+        return CapRequest(
+            user,
+            [Check("daily", now - 86400, 2, 86400, None, "defer"), Check("week", 0.0, 5, None, 7 * 86400.0, "drop")],
+        )
 
     first = await store.reserve_caps([req("ana", 100.0), req("ana", 100.0), req("ben", 100.0)], 100.0)
     assert [type(o) for o in first] == [Granted, Granted, Granted]
@@ -111,8 +117,10 @@ async def test_deferred_claim_lease_and_settle(store) -> None:
 
     await store.accept_job(record("j", 2), b"{}", None, 1.0)
     deferred = [DeferredItem("j", 0, "apns", 50.0, "quiet_hours"), DeferredItem("j", 1, "apns", 500.0, "quiet_hours")]
-    decisions = [Decision(recipient=i, user_id=f"u{i}", channel="apns", outcome="deferred", until=d.due)
-                 for i, d in enumerate(deferred)]
+    decisions = [
+        Decision(recipient=i, user_id=f"u{i}", channel="apns", outcome="deferred", until=d.due)
+        for i, d in enumerate(deferred)
+    ]
     await store.record_batch("j", 2, decisions, 2.0, deferred)
     await store.finish_job("j", 3.0)
     assert (await store.get_job("j")).state == "waiting"  # type: ignore[union-attr]
@@ -126,8 +134,9 @@ async def test_deferred_claim_lease_and_settle(store) -> None:
     assert await store.outcome_counts("j") == {"sent": 1, "deferred": 1}
     assert (await store.get_job("j")).state == "waiting"  # type: ignore[union-attr]
     (last,) = await store.claim_due(600.0, 10, 60.0)
-    await store.settle_deferred("j", [Decision(recipient=1, user_id="u1", channel="apns", outcome="capped",
-                                               reason="daily")], [], 601.0)
+    await store.settle_deferred(
+        "j", [Decision(recipient=1, user_id="u1", channel="apns", outcome="capped", reason="daily")], [], 601.0
+    )
     assert (await store.get_job("j")).state == "completed"  # type: ignore[union-attr]
     assert [d.outcome for d in await store.decisions("j", 0, 10)] == ["sent", "capped"]
     del last
@@ -182,7 +191,8 @@ _recording = st.tuples(
     st.booleans(),  # a contiguous batch (as record_batch gets) or scattered (released messages)
     st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=8, unique=True),
     st.lists(st.sampled_from(["apns", "email", "speaker"]), min_size=1, max_size=3, unique=True),
-    st.sampled_from(OUTCOMES))
+    st.sampled_from(OUTCOMES),
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -198,8 +208,9 @@ def test_decisions_read_back_in_order_last_write_wins(recordings, offset: int, l
     for contiguous, recipients, channels, outcome in recordings:
         if contiguous:
             recipients = list(range(min(recipients), min(recipients) + len(recipients)))
-        batch = [Decision(recipient=r, user_id=f"u{r}", channel=c, outcome=outcome)
-                 for r in recipients for c in channels]
+        batch = [
+            Decision(recipient=r, user_id=f"u{r}", channel=c, outcome=outcome) for r in recipients for c in channels
+        ]
         for d in batch:
             model.setdefault(d.recipient, {})[d.channel] = d.outcome
         batches.append(batch)
@@ -213,7 +224,7 @@ def test_decisions_read_back_in_order_last_write_wins(recordings, offset: int, l
             for batch in batches:
                 await s.settle_deferred("j", batch, [], 2.0)
             page = await s.decisions("j", offset, limit)
-            assert [(d.recipient, d.channel, d.outcome) for d in page] == expected[offset:offset + limit]
+            assert [(d.recipient, d.channel, d.outcome) for d in page] == expected[offset : offset + limit]
             assert await s.outcome_counts("j") == dict(Counter(o for _, _, o in expected))
             await s.close()
 
@@ -237,7 +248,13 @@ async def test_a_database_with_a_row_per_decision_is_migrated(tmp_path) -> None:
     await store.open()
     first, second = await store.decisions("j", 0, 10)
     assert (first.recipient, first.outcome, first.reason, first.invalid_tokens, first.flags, first.at) == (
-        0, "invalid_token", "Unregistered", ["tok"], ["timezone_fallback"], 4.0)
+        0,
+        "invalid_token",
+        "Unregistered",
+        ["tok"],
+        ["timezone_fallback"],
+        4.0,
+    )
     assert (second.recipient, second.channel, second.variant) == (1, "email", "default")
     assert await store.outcome_counts("j") == {"sent": 1, "invalid_token": 1}
     assert await store.outcome_counts("k") == {"sent": 1}

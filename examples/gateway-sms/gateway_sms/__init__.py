@@ -70,8 +70,11 @@ class SmsChannel(Channel):
         text = ": ".join(part for part in (content.title, content.body) if part)
         body = {"from": self.config.sender, "to": delivery.to.token, "text": text, "reference": delivery.id}
         try:
-            async with self.session.post(f"{self.config.api_url.rstrip('/')}/messages", json=body,
-                                         headers={"Authorization": f"Bearer {self.key}"}) as response:
+            async with self.session.post(
+                f"{self.config.api_url.rstrip('/')}/messages",
+                json=body,
+                headers={"Authorization": f"Bearer {self.key}"},
+            ) as response:
                 reply = await response.json(content_type=None)
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), 0)
