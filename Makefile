@@ -16,6 +16,9 @@ demo: $(BIN)/.installed
 	$(BIN)/gateway demo
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed

@@ -1,4 +1,4 @@
-"""HTTP/2 alone, per APNs request: our connection (`gateway.dispatch.http2`, the APNs
+"""HTTP/2 alone, per APNs request: our connection (`gateway.transport.http2`, the APNs
 plugin's client and its fake's server) against the h2 library (the reference), in the same
 process, with no sockets, TLS or gateway around either.
 
@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.dispatch.http2 import Http2ClientConnection, Http2Pool, Response, Stream  # noqa: E402
 from gateway.testing._http2 import Http2ServerConnection, MemoryTransport  # noqa: E402
+from gateway.transport.http2 import Http2ClientConnection, Http2Pool, Response, Stream  # noqa: E402
 
 AUTHORIZATION = "bearer " + "e" * 240  # an ES256 provider token is about this long
 PAYLOAD = json.dumps({"aps": {"alert": {"title": "Hi", "body": "x" * 60}}}).encode()

@@ -30,15 +30,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import stages  # noqa: E402
 
-from gateway.channel import Channel, Delivery, Result, Sent  # noqa: E402
+from gateway.channel import Channel  # noqa: E402
 from gateway.clock import FakeClock  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.dispatch.retry import Retrier  # noqa: E402
-from gateway.intake.model import JOB_DECODER  # noqa: E402
+from gateway.loader import channel_classes, plugin_manager  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
+from gateway.model.delivery import Delivery, Result, Sent  # noqa: E402
+from gateway.model.job import JOB_DECODER  # noqa: E402
 from gateway.personalize.templates import compile_job  # noqa: E402
 from gateway.pipeline import Pipeline, RunningJob  # noqa: E402
-from gateway.plugins import channel_classes, plugin_manager  # noqa: E402
 from gateway.policy.engine import load_policy  # noqa: E402
 from gateway.store.sqlite import SQLiteStore  # noqa: E402
 

@@ -22,13 +22,13 @@ NOW = 1_764_331_200.0  # 2026-11-28T12:00:00Z: within the cart example's expires
 sys.path.insert(0, str(REPO))
 
 from gateway.config import GatewayConfig, LimitsConfig  # noqa: E402
-from gateway.demo.run import example_jobs  # noqa: E402
-from gateway.intake.model import JOB_DECODER  # noqa: E402
 from gateway.intake.validate import check_job  # noqa: E402
+from gateway.loader import channel_classes, plugin_manager  # noqa: E402
+from gateway.model.job import JOB_DECODER  # noqa: E402
 from gateway.personalize.render import Personalizer, context  # noqa: E402
 from gateway.personalize.templates import compile_job  # noqa: E402
-from gateway.plugins import channel_classes, plugin_manager  # noqa: E402
 from gateway.policy.engine import Screening, defaults  # noqa: E402
+from gateway.testing.examples import example_jobs  # noqa: E402
 
 
 def scaled_cart(n: int) -> bytes:

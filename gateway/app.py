@@ -10,9 +10,9 @@ from gateway.channel import Channel
 from gateway.clock import Clock
 from gateway.config import GatewayConfig, seconds
 from gateway.dispatch.retry import Retrier
+from gateway.loader import channel_classes, configure_channels, plugin_manager
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.plugins import channel_classes, configure_channels, plugin_manager
 from gateway.policy.engine import load_policy
 from gateway.runner import Admission, Runner
 from gateway.scheduler import Scheduler

@@ -1,70 +1,25 @@
-"""The channel contract: what a channel plugin receives and what it returns.
-
-A channel gets a *batch* of rendered deliveries and returns exactly one result per
-delivery, in the same order. Results are data, not exceptions, so one dead token or one
-refused request never aborts the rest of the batch:
-
-    Result
-     +-- Sent                 accepted by the provider
-     +-- PermanentFailure     do not retry (payload refused, configuration, unknown target)
-     +-- TransientFailure     retry later; `retry_after` seconds when the provider said so
-     +-- InvalidToken         the token or subscription is dead: upstream should delete it
+"""The channel contract: a channel plugin's behaviour (this class) over the data of
+`gateway.model.delivery` (a batch of `Delivery` in, one `Result` per delivery out, in the
+same order).
 
 Retries, backoff and concurrency across batches belong to the core (`gateway.dispatch`),
 not to each plugin: a channel makes one attempt per delivery and says what happened.
+Plugin authors import all of this from `gateway.plugin`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from gateway.intake.model import Device, EmailContent, PushContent, Recipient, SpeakerContent
+from gateway.model.delivery import Delivery, RenderedContent, Result
+from gateway.model.job import Device, PushContent, Recipient
 
 ContentKind = Literal["push", "email", "speaker"]
-RenderedContent = PushContent | EmailContent | SpeakerContent
-
-
-class Delivery(msgspec.Struct, kw_only=True):
-    """One message to one device or address."""
-
-    id: str  # stable across retries and restarts: use it as the provider idempotency key
-    job_id: str
-    campaign: str
-    category: str
-    recipient: int  # index in the job's recipient list
-    user_id: str
-    channel: str
-    to: Device | str  # the device, or the address (email) for address-based channels
-    content: Any  # the RenderedContent of the channel's content kind
-    tags: list[str] = []
-    expires_at: datetime | None = None
-    attempt: int = 1
-
-
-class Sent(msgspec.Struct, tag="sent"):
-    provider_id: str | None = None
-
-
-class PermanentFailure(msgspec.Struct, tag="failed"):
-    reason: str
-    detail: str | None = None
-
-
-class TransientFailure(msgspec.Struct, tag="transient"):
-    reason: str
-    retry_after: float | None = None
-
-
-class InvalidToken(msgspec.Struct, tag="invalid_token"):
-    reason: str
-
-
-Result = Sent | PermanentFailure | TransientFailure | InvalidToken
+__all__ = ["Channel", "ContentKind", "NoConfig", "RenderedContent", "map_bounded", "parse_retry_after"]
 
 
 class NoConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.loader import channel_classes, configure_channels, plugin_manager
     from gateway.store import make_store
 
     path = args.file or args.config
@@ -66,7 +66,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from gateway.plugins import channel_classes, configure_channels, describe, plugin_manager
+    from gateway.loader import channel_classes, configure_channels, describe, plugin_manager
 
     config = _config(args)
     pm = plugin_manager(config)
@@ -106,7 +106,7 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
     import msgspec
 
     from gateway.intake.validate import JobError, accept_job
-    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.loader import channel_classes, configure_channels, plugin_manager
     from gateway.policy.engine import load_policy
     from gateway.preview import preview, table
 

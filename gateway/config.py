@@ -176,7 +176,7 @@ class GatewayConfig(_Section):
     # Frequency caps, as [[caps]] tables; see config/gateway.toml.
     caps: list[Any] = []
     # One table per channel, checked against that channel's own Config Struct once the
-    # plugins are loaded (`gateway.plugins.configure_channels`).
+    # plugins are loaded (`gateway.loader.configure_channels`).
     channels: dict[str, dict[str, Any]] = {}
 
 

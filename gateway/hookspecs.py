@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from gateway.channel import Channel, Delivery, Result
-    from gateway.decision import Decision
+    from gateway.channel import Channel
+    from gateway.model.decision import Decision
+    from gateway.model.delivery import Delivery, Result
 
 hookspec = pluggy.HookspecMarker("gateway")
 hookimpl = pluggy.HookimplMarker("gateway")
 
 
 @hookspec
-def register_channels() -> Sequence[type[Channel]]:
+def register_channels() -> Sequence[type[Channel]]:  # type: ignore[empty-body]
     """Return the channel classes this plugin provides.
 
     Called once at start-up. Each class names its channel (`Channel.name`), its content

@@ -15,7 +15,7 @@ import msgspec
 from gateway.channel import Channel
 from gateway.intake.validate import AcceptedJob
 from gateway.personalize.render import Personalizer
-from gateway.planning import Ready, plan_recipient
+from gateway.pipeline.plan import Ready, plan_recipient
 from gateway.policy.engine import Policy
 
 WOULD_SEND = "would_send"

@@ -6,7 +6,7 @@ made again every 30 minutes (inside Apple's 20-60 minute window), and its own co
 (a team's token may not be good for another team's topics): one carries up to the 1,000
 streams Apple allows, more open as needed, up to `max_connections`.
 
-The HTTP/2 client is our own (`gateway.dispatch.http2`), not aioapns and h2: h2 alone
+The HTTP/2 client is our own (`gateway.transport.http2`), not aioapns and h2: h2 alone
 cost ~100 us of CPU per request and aioapns about as much again, where one APNs provider
 is expected to reach 10,000 requests/s on two cores (`benchmarks/http2.py`). A 429/5xx
 comes back as a result and the core retries it; the `apns-id` is derived from the
@@ -31,19 +31,24 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from gateway.channel import (
+from gateway.plugin import (
     Channel,
+    ConfigError,
     Delivery,
+    Device,
+    Duration,
+    Http2Pool,
+    Http2Response,
     InvalidToken,
     PermanentFailure,
+    PushContent,
     Result,
+    SecretRef,
     Sent,
     TransientFailure,
+    hookimpl,
+    seconds,
 )
-from gateway.config import ConfigError, Duration, SecretRef, seconds
-from gateway.dispatch.http2 import Http2Pool, Response
-from gateway.hookspecs import hookimpl
-from gateway.intake.model import Device, PushContent
 
 log = logging.getLogger(__name__)
 HOSTS = {False: "api.push.apple.com", True: "api.sandbox.push.apple.com"}
@@ -125,7 +130,7 @@ class ProviderToken:
         self.key = load_pem_private_key(key_pem.encode(), password=None)
         self.now = now
         self.header = b""
-        self.made = -TOKEN_SECONDS
+        self.made: float = -TOKEN_SECONDS
 
     def current(self) -> bytes:
         """The `authorization` header's value."""
@@ -277,7 +282,7 @@ class ApnsChannel(Channel):
         return app_name, apns_id, headers, _encode(self.payload(content))
 
     @staticmethod
-    def _result(apns_id: bytes, outcome: Response | Exception) -> Result:
+    def _result(apns_id: bytes, outcome: Http2Response | Exception) -> Result:
         if isinstance(outcome, TimeoutError):
             return TransientFailure("timeout")
         if isinstance(outcome, Exception):  # Http2Error, OSError: the connection, not the message

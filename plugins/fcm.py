@@ -20,21 +20,24 @@ import aiohttp
 import jwt
 import msgspec
 
-from gateway.channel import (
+from gateway.plugin import (
     Channel,
+    ConfigError,
     Delivery,
+    Duration,
+    Http1Pool,
     InvalidToken,
     PermanentFailure,
+    PushContent,
     Result,
+    SecretRef,
     Sent,
     TransientFailure,
+    hookimpl,
     map_bounded,
     parse_retry_after,
+    seconds,
 )
-from gateway.config import ConfigError, Duration, SecretRef, seconds
-from gateway.dispatch.http1 import Http1Pool
-from gateway.hookspecs import hookimpl
-from gateway.intake.model import PushContent
 
 log = logging.getLogger(__name__)
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -118,10 +121,11 @@ class _Tokens:
                 body = await response.json(content_type=None)
                 if response.status != 200:
                     raise _AuthFailed(f"token endpoint answered {response.status}: {body.get('error')}")
-            self.token = body["access_token"]
+            token: str = body["access_token"]
+            self.token = token
             self.expires_at = now + float(body.get("expires_in", 3600))
             self.refreshes += 1
-            return self.token  # type: ignore[return-value]
+            return token
 
 
 class _AuthFailed(Exception):
@@ -143,7 +147,7 @@ class FcmChannel(Channel):
         project = config.project_id or account.project_id
         self.url = f"{config.endpoint.rstrip('/')}/v1/projects/{project}/messages:send"
         # Sends are small POSTs to one origin: the lean HTTP/1.1 client (see
-        # gateway/dispatch/http1.py); the rare token refresh keeps aiohttp.
+        # gateway/transport/http1.py); the rare token refresh keeps aiohttp.
         self.pool = Http1Pool(self.url, max_idle=config.concurrency)
         self.timeout = seconds(config.timeout)
 

@@ -25,19 +25,25 @@ from typing import Literal
 import aiosmtplib
 import msgspec
 
-from gateway.channel import (
+from gateway.plugin import (
     Channel,
+    ConfigError,
     Delivery,
+    Device,
+    Duration,
+    EmailContent,
     InvalidToken,
     PermanentFailure,
+    Recipient,
     Result,
+    Secret,
+    SecretRef,
     Sent,
     TransientFailure,
+    hookimpl,
     map_bounded,
+    seconds,
 )
-from gateway.config import ConfigError, Duration, Secret, SecretRef, seconds
-from gateway.hookspecs import hookimpl
-from gateway.intake.model import Device, EmailContent, Recipient
 from plugins.mime import compose
 
 DEAD_MAILBOX_CODES = frozenset({550, 551, 553})

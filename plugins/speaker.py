@@ -24,21 +24,25 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from gateway.channel import (
+from gateway.plugin import (
     Channel,
+    ConfigError,
     Delivery,
+    Device,
+    Duration,
+    Http1Pool,
     InvalidToken,
     PermanentFailure,
+    Recipient,
     Result,
+    SecretRef,
     Sent,
     TransientFailure,
+    hookimpl,
     map_bounded,
     parse_retry_after,
+    seconds,
 )
-from gateway.config import ConfigError, Duration, SecretRef, seconds
-from gateway.dispatch.http1 import Http1Pool
-from gateway.hookspecs import hookimpl
-from gateway.intake.model import Device
 
 SECRET_PREFIX = "whsec_"
 # Statuses the Standard Webhooks guidance treats as "slow down", not "broken".
@@ -89,7 +93,7 @@ class _Target:
         self.name = name
         self.url = config.url
         # Kept-alive HTTP/1.1 to the hub: the lean client, as every request is a small POST
-        # to this one origin (gateway/dispatch/http1.py says why not aiohttp's).
+        # to this one origin (gateway/transport/http1.py says why not aiohttp's).
         self.pool = Http1Pool(config.url, max_idle=connections)
         self.key = key
         self.timeout = seconds(config.timeout)
@@ -135,7 +139,7 @@ class SpeakerChannel(Channel):
         }
         return cls(config, targets)
 
-    def destinations(self, recipient) -> list[Device | str]:  # type: ignore[no-untyped-def]
+    def destinations(self, recipient: Recipient) -> list[Device | str]:
         return [d for d in recipient.devices if d.channel == "speaker"]
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:

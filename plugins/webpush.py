@@ -34,21 +34,24 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
-from gateway.channel import (
+from gateway.plugin import (
     Channel,
+    ConfigError,
     Delivery,
+    Duration,
+    Http1Pool,
     InvalidToken,
     PermanentFailure,
+    PushContent,
     Result,
+    SecretRef,
     Sent,
     TransientFailure,
+    hookimpl,
     map_bounded,
     parse_retry_after,
+    seconds,
 )
-from gateway.config import ConfigError, Duration, SecretRef, seconds
-from gateway.dispatch.http1 import Http1Pool
-from gateway.hookspecs import hookimpl
-from gateway.intake.model import PushContent
 
 log = logging.getLogger(__name__)
 # RFC 8291 with one 4096-byte record: 4096 - 16 (tag) - 1 (padding delimiter) - 86 (header).

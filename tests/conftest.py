@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -10,6 +11,11 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+
+try:
+    import uvloop
+except ImportError:  # not on Windows
+    uvloop = None  # type: ignore[assignment]
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
@@ -48,6 +54,26 @@ def make_config(tmp_path: Path, receiver_url: str | None = None, **sections: Any
         else:
             data.setdefault(name, {}).update(values)
     return msgspec.convert(data, GatewayConfig)
+
+
+# Where the event loop matters (connections, channels, the pipeline), tests run on both the
+# default loop and uvloop, which `gateway serve` uses.
+BOTH_LOOPS = (
+    "tests/dispatch/",
+    "tests/plugins/",
+    "tests/test_pipeline.py",
+    "tests/test_isolation.py",
+    "tests/test_all_channels.py",
+    "tests/policy/test_policy_pipeline.py",
+)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    factories: dict[str, Callable[[], Any]] = {"asyncio": asyncio.new_event_loop}
+    path = item.nodeid.split("::")[0]
+    if uvloop is not None and path.startswith(BOTH_LOOPS):
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 @pytest.fixture

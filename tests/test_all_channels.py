@@ -15,8 +15,8 @@ from pathlib import Path
 import trustme
 
 from gateway.clock import FakeClock
-from gateway.demo.run import example_jobs
 from gateway.testing import ApnsFake, FcmFake, SmtpFake, WebhookReceiver, WebPushFake
+from gateway.testing.examples import example_jobs
 from tests.conftest import make_config
 
 NOON = 1_764_331_200.0  # 2026-11-28T12:00:00Z

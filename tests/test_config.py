@@ -136,7 +136,7 @@ secret = { env = "HUB_SECRET" }
 """,
     )
     with pytest.raises(ConfigError) as err:
-        from gateway.plugins import channel_classes, configure_channels, plugin_manager
+        from gateway.loader import channel_classes, configure_channels, plugin_manager
 
         config = load_config(path)
         configure_channels(config, channel_classes(plugin_manager(config)))

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.plugins import channel_classes, describe, plugin_manager
+from gateway.loader import channel_classes, describe, plugin_manager
 from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dispatch.http1 import Http1Pool
 from gateway.testing._http1 import Request, Response, json_response, serve_http1
+from gateway.transport.http1 import Http1Pool
 
 
 class Echo:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import ClassVar
 
 import pytest
 
-from gateway.channel import Channel, Delivery, Result, Sent, TransientFailure, map_bounded
+from gateway.channel import Channel, map_bounded
 from gateway.clock import FakeClock
 from gateway.hookspecs import hookimpl
+from gateway.model.delivery import Delivery, Result, Sent, TransientFailure
 from tests.conftest import make_config
 
 
@@ -81,14 +81,13 @@ async def test_a_timing_out_provider_does_not_slow_another(start, tmp_path) -> N
         delivery={"breaker_failures": 3, "breaker_cooldown": "60s", "max_attempts": 3},
     )
     running = await start(config, clock=clock, extra_plugins=(Plugin(),))
-    started = time.perf_counter()
     _, body, _ = await running.post(job(40, ["slow", "fast"]))
     status = await running.wait(body["job_id"], states=("waiting",))
-    elapsed = time.perf_counter() - started
-    # Without the breaker: 8 batches x 3 attempts x 0.3 s of the slow provider = 7.2 s.
-    assert elapsed < 1.5, elapsed
-    assert sorted(Fast.sent) == sorted(f"u{i}" for i in range(40))  # all at full speed
-    assert Slow.attempts == 5  # one attempt of the first batch opened the circuit
+    assert sorted(Fast.sent) == sorted(f"u{i}" for i in range(40))
+    # One attempt of the first batch opened the circuit: the job waited on the slow provider
+    # once (0.3 s), not for 8 batches x 3 attempts (7.2 s); counted, not timed, so a loaded
+    # machine cannot make it fail.
+    assert Slow.attempts == 5
     slow = [d for d in status["decisions"] if d["channel"] == "slow"]
     assert {(d["outcome"], d["reason"]) for d in slow} == {("deferred", "provider_unavailable")}
     assert {d["until"] for d in slow} == {1_800_000_060}
@@ -142,7 +141,7 @@ async def test_a_channels_default_concurrency_applies_unless_configured(start, t
 
 
 async def test_the_budget_is_first_come_first_served_and_survives_cancellation() -> None:
-    from gateway.dispatch.retry import InFlight
+    from gateway.dispatch.budget import InFlight
 
     budget = InFlight(10)
     await budget.acquire(6)

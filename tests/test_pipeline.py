@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway.channel import Channel, Delivery, InvalidToken, PermanentFailure, Result, Sent, TransientFailure
+from gateway.channel import Channel
 from gateway.clock import FakeClock
 from gateway.hookspecs import hookimpl
+from gateway.model.delivery import Delivery, InvalidToken, PermanentFailure, Result, Sent, TransientFailure
 from tests.conftest import make_config
 
 

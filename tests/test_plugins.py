@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from gateway import hookspecs
-from gateway.channel import Channel, Delivery, Result, Sent
+from gateway.channel import Channel
 from gateway.config import GatewayConfig, PluginsConfig
 from gateway.hookspecs import hookimpl
-from gateway.plugins import channel_classes, describe, plugin_manager
+from gateway.loader import channel_classes, describe, plugin_manager
+from gateway.model.delivery import Delivery, Result, Sent
 from tests.conftest import make_config, speaker_job
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import aiohttp
@@ -27,7 +27,7 @@ from py_vapid import Vapid02
 
 from gateway.config import load_config
 from gateway.server import start_server
-from gateway.testing import WebhookReceiver, new_secret
+from gateway.testing import WebhookReceiver, example_jobs, new_secret
 from gateway.testing.apns import ApnsFake
 from gateway.testing.fcm import FcmFake
 from gateway.testing.smtp import SmtpFake
@@ -37,11 +37,6 @@ RECEIVER_HOST = "http://demo-receiver"
 SMTP_HOST = "demo-smtp"
 FCM_HOST = "http://demo-fcm"
 SETTLED = ("completed", "waiting")  # waiting: deferred messages (quiet hours...) are scheduled
-
-
-def example_jobs() -> list[tuple[str, bytes]]:
-    folder = resources.files("gateway.demo") / "jobs"
-    return sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def synthetic_jobs(total: int, per_job: int = 1000) -> list[tuple[str, bytes]]:
@@ -139,7 +134,7 @@ async def demo(config_path: str, synthetic: int) -> int:
         config.store.url = f"sqlite:{tmp}/demo.db"
         server = await start_server(config)
         if email is not None and "unsubscribe" in email:
-            server.gateway.channels["email"].config.unsubscribe.url = server.url  # type: ignore[attr-defined]
+            server.gateway.channels["email"].config.unsubscribe.url = server.url
         try:
             return await _run(server.url, api_key, Fakes(receiver, smtp, fcm, apns, push), synthetic)
         finally:
@@ -367,7 +362,7 @@ async def _throughput(http: aiohttp.ClientSession, receiver: WebhookReceiver, to
     return sent == delivered
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

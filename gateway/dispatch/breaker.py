@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-PROVIDER_UNAVAILABLE = "provider_unavailable"
-
 
 @dataclass
 class Breaker:

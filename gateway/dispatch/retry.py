@@ -7,21 +7,21 @@ delivery id on every attempt (it is the provider idempotency key).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-from collections import deque
 from collections.abc import Sequence
 
 import msgspec
 import pluggy
 
-from gateway.channel import Channel, Delivery, PermanentFailure, Result, Sent, TransientFailure
+from gateway.channel import Channel
 from gateway.clock import Clock
 from gateway.config import DeliveryConfig, seconds
-from gateway.decision import RETRIES_EXHAUSTED
 from gateway.dispatch.breaker import Breaker
+from gateway.dispatch.budget import InFlight
 from gateway.metrics import Metrics
+from gateway.model.decision import RETRIES_EXHAUSTED
+from gateway.model.delivery import Delivery, PermanentFailure, Result, Sent, TransientFailure
 
 log = logging.getLogger(__name__)
 
@@ -153,38 +153,3 @@ class Retrier:
             log.error("channel %s returned %d results for %d deliveries", channel.name, len(results), len(batch))
             return [PermanentFailure("channel_contract_violation")] * len(batch)
         return list(results)
-
-
-class InFlight:
-    """A budget of deliveries in flight, taken and given back a chunk at a time, first come
-    first served (a large chunk is not overtaken by smaller ones forever)."""
-
-    def __init__(self, limit: int):
-        self.free = limit
-        self.waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    async def acquire(self, count: int) -> None:
-        if count <= self.free and not self.waiting:
-            self.free -= count
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiting.append((count, waiter))
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(count)  # granted as we were cancelled: give it back
-            else:
-                if (count, waiter) in self.waiting:
-                    self.waiting.remove((count, waiter))
-                self.release(0)  # the next in line may fit now
-            raise
-
-    def release(self, count: int) -> None:
-        self.free += count
-        while self.waiting and self.waiting[0][0] <= self.free:
-            count, waiter = self.waiting.popleft()
-            if waiter.cancelled():
-                continue  # its task is on its way out
-            self.free -= count
-            waiter.set_result(None)

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.config import Secret
-from gateway.decision import OUTCOMES
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
+from gateway.model.decision import OUTCOMES
 from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 
 from gateway import __version__
-from gateway.decision import Decision
-from gateway.intake.model import Job
+from gateway.model.decision import Decision
+from gateway.model.job import Job
 
 _REF = "#/components/schemas/{name}"
 
@@ -68,7 +68,7 @@ def openapi_spec() -> dict[str, Any]:
         },
     }
     err = _ref("Error")
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Notification gateway", "version": __version__},

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.config import LimitsConfig
-from gateway.intake.model import JOB_DECODER, Device, Job
+from gateway.model.job import JOB_DECODER, Device, Job
 from gateway.personalize.templates import CompiledVariant, TemplateError, compile_job
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")

@@ -241,18 +241,17 @@ class _Compiler:
         default = self.block(node.default)
         if not alternatives and isinstance(consequence, str) and isinstance(default, str):
             # the usual `{% if x %}text{% else %}other{% endif %}`: one test, no calls
-            if negate_first:
-                consequence, default = default, consequence
-            return lambda scope: consequence if first(scope) else default
-        consequence, default = _callable(consequence), _callable(default)
+            yes, no = (default, consequence) if negate_first else (consequence, default)
+            return lambda scope: yes if first(scope) else no
+        then, otherwise = _callable(consequence), _callable(default)
 
         def render(scope: Scope) -> str:
             if first(scope) is not negate_first:
-                return consequence(scope)
+                return then(scope)
             for test, block in alternatives:
                 if test(scope):
                     return block(scope)
-            return default(scope)
+            return otherwise(scope)
 
         return render
 
@@ -282,7 +281,7 @@ class _Compiler:
             for whens, body in blocks:
                 if whens is None:
                     if not matched:  # every `else` renders while no `when` has matched
-                        out.append(body if body.__class__ is str else body(scope))
+                        out.append(body if isinstance(body, str) else body(scope))
                     continue
                 # python-liquid renders a `when` once per matching value, in place
                 for when in whens:
@@ -294,82 +293,37 @@ class _Compiler:
                         hit = _eq(v, w)
                     if hit:
                         matched = True
-                        out.append(body if body.__class__ is str else body(scope))
+                        out.append(body if isinstance(body, str) else body(scope))
             return "".join(out)
 
         return render
 
     def for_loop(self, node: ForNode) -> Render:
         expr = node.expression
-        if expr.cols is not None:
-            raise Unsupported("for with cols")
-        if isinstance(expr.offset, StringLiteral) and expr.offset.value == "continue":
-            raise Unsupported("offset: continue")  # needs state across loops
         name = str(expr.identifier)
-        for inner in _walk(node.block.nodes):
-            if isinstance(inner, (BreakNode, ContinueNode)):
-                raise Unsupported("break/continue")  # python-liquid keeps partial iteration output
-            if isinstance(inner, AssignNode) and str(inner.name) in (name, "forloop"):
-                raise Unsupported("assign to a loop variable")
+        _check_loop_compiles(node, name)
         iterable = self.primitive(expr.iterable)
         limit = self.primitive(expr.limit) if expr.limit is not None else None
         offset = self.primitive(expr.offset) if expr.offset is not None else None
-        loop_name = f"{name}-{expr.iterable}"
+        loop = _Loop(name, f"{name}-{expr.iterable}", _callable(self.block(node.block)))
         reverse = expr.reversed
-        body = _callable(self.block(node.block))
         default = _callable(self.block(node.default))
         string_sequences = self.env.string_sequences
-
         whole = limit is None and offset is None and not reverse
 
         def render(scope: Scope) -> str:
             obj = _defined(iterable(scope))
             if whole and obj.__class__ is list:  # the usual loop: every item of a list
-                if not obj:
-                    return default(scope)
-                return run(scope, obj, len(obj))
+                return loop.run(scope, obj, len(obj)) if obj else default(scope)
             items, length = _to_iter(obj, string_sequences)
             stop_at = None if limit is None else _to_int(_defined(limit(scope)))
             start = int(_to_int(_defined(offset(scope))) or 0) if offset is not None else 0
-            # python-liquid's LoopExpression._slice, quirks included (`stop or length`)
-            stop = None if stop_at is None else stop_at + start
-            start_ = min(max(start, 0), length)
-            stop_ = min(stop or length, length)
-            length_ = max(stop_ - start_, 0)
-            if not length_:
+            seq = _loop_window(items, length, start, stop_at)
+            if not seq:
                 return default(scope)
-            seq = items[start_:stop_] if items.__class__ is list else list(itertools.islice(items, start_, stop_))
             if reverse:
                 seq.reverse()
-            return run(scope, seq, length_)
-
-        def run(scope: Scope, seq: list[Any], length: int) -> str:
-            parent = scope.get("forloop", _ABSENT)
-            forloop = ForLoop(
-                name=loop_name,
-                it=_NO_ITEMS,
-                length=length,
-                parentloop=parent if parent.__class__ is ForLoop else Undefined("parentloop"),
-            )
-            saved_item = scope.get(name, _ABSENT)
-            scope["forloop"] = forloop
-            out = []
-            try:
-                # ForLoop.__next__ only steps `_index`: setting it directly is the same loop
-                for index, item in enumerate(seq):
-                    forloop._index = index
-                    scope[name] = item
-                    out.append(body(scope))
-            finally:
-                if saved_item is _ABSENT:
-                    scope.pop(name, None)
-                else:
-                    scope[name] = saved_item
-                if parent is _ABSENT:
-                    scope.pop("forloop", None)
-                else:
-                    scope["forloop"] = parent
-            return "".join(out)
+            return loop.run(scope, seq, len(seq))
 
         return render
 
@@ -491,8 +445,8 @@ class _Compiler:
             text = Markup(expr.value) if self.autoescape else expr.value
             return lambda scope: text
         if isinstance(expr, (IntegerLiteral, FloatLiteral, TrueLiteral, FalseLiteral)):
-            constant = expr.value
-            return lambda scope: constant
+            literal = expr.value
+            return lambda scope: literal
         if isinstance(expr, (Nil, Empty, Blank)):
             constant = expr.evaluate(None)  # type: ignore[arg-type]  # these ignore the context
             return lambda scope: constant
@@ -593,10 +547,11 @@ class _Compiler:
     def forloop_path(self, expr: Path) -> Eval:
         """`forloop.index`, `forloop.parentloop.last`...: read straight from the ForLoop
         (what its properties compute); anything else named `forloop` takes the general path."""
-        getters = [_FORLOOP_GETTERS[s] for s in expr.path[1:]]
+        keys = [str(s) for s in expr.path[1:]]  # checked by `path`: names of ForLoop properties
+        getters = [_FORLOOP_GETTERS[key] for key in keys]
         generic = self._general_path(expr)
         if len(getters) == 1:
-            return _FORLOOP_LOOKUPS[expr.path[1]](generic)
+            return _FORLOOP_LOOKUPS[keys[0]](generic)
 
         def lookup(scope: Scope) -> Any:
             obj = scope.get("forloop")
@@ -680,6 +635,70 @@ class _Compiler:
             token = expr.token
             return lambda s: comparison(token, _defined(left(s)), _defined(right(s)))
         return self.primitive(expr)
+
+
+def _check_loop_compiles(node: ForNode, name: str) -> None:
+    expr = node.expression
+    if expr.cols is not None:
+        raise Unsupported("for with cols")
+    if isinstance(expr.offset, StringLiteral) and expr.offset.value == "continue":
+        raise Unsupported("offset: continue")  # needs state across loops
+    for inner in _walk(node.block.nodes):
+        if isinstance(inner, (BreakNode, ContinueNode)):
+            raise Unsupported("break/continue")  # python-liquid keeps partial iteration output
+        if isinstance(inner, AssignNode) and str(inner.name) in (name, "forloop"):
+            raise Unsupported("assign to a loop variable")
+
+
+def _loop_window(items: Any, length: int, start: int, stop_at: int | None) -> list[Any]:
+    """The items a loop visits: python-liquid's LoopExpression._slice, quirks included
+    (`stop or length`)."""
+    stop = None if stop_at is None else stop_at + start
+    start_ = min(max(start, 0), length)
+    stop_ = min(stop or length, length)
+    if stop_ <= start_:
+        return []
+    return items[start_:stop_] if items.__class__ is list else list(itertools.islice(items, start_, stop_))
+
+
+class _Loop:
+    """A compiled loop body, run over a sequence with the loop variable and `forloop`
+    set in the scope and restored afterwards."""
+
+    __slots__ = ("body", "loop_name", "name")
+
+    def __init__(self, name: str, loop_name: str, body: Render):
+        self.name, self.loop_name, self.body = name, loop_name, body
+
+    def run(self, scope: Scope, seq: list[Any], length: int) -> str:
+        name, body = self.name, self.body
+        parent = scope.get("forloop", _ABSENT)
+        forloop = ForLoop(
+            name=self.loop_name,
+            it=_NO_ITEMS,
+            length=length,
+            parentloop=parent if parent.__class__ is ForLoop else Undefined("parentloop"),
+        )
+        saved_item = scope.get(name, _ABSENT)
+        scope["forloop"] = forloop
+        out = []
+        try:
+            # ForLoop.__next__ only steps `_index`: setting it directly is the same loop
+            for index, item in enumerate(seq):
+                forloop._index = index
+                scope[name] = item
+                out.append(body(scope))
+        finally:
+            _restore(scope, name, saved_item)
+            _restore(scope, "forloop", parent)
+        return "".join(out)
+
+
+def _restore(scope: Scope, key: str, saved: Any) -> None:
+    if saved is _ABSENT:
+        scope.pop(key, None)
+    else:
+        scope[key] = saved
 
 
 def _callable(part: Render | str) -> Render:
@@ -788,7 +807,7 @@ _FORLOOP_GETTERS: dict[str, Callable[[ForLoop], Any]] = {
 def _forloop_lookup(source: str) -> Callable[[Eval], Eval]:
     """`forloop.KEY` as one function (a lookup runs once per item per use, and in a loop
     body a call is the main cost); a `forloop` that is not a loop goes the general way."""
-    namespace = {"ForLoop": ForLoop}
+    namespace: dict[str, Any] = {"ForLoop": ForLoop}
     exec(  # the source is one of the fixed expressions above, never template text
         "def make(generic):\n"
         "    def lookup(scope):\n"
@@ -799,7 +818,8 @@ def _forloop_lookup(source: str) -> Callable[[Eval], Eval]:
         "    return lookup\n",
         namespace,
     )
-    return namespace["make"]
+    make: Callable[[Eval], Eval] = namespace["make"]
+    return make
 
 
 _FORLOOP_LOOKUPS = {key: _forloop_lookup(source) for key, source in _FORLOOP_EXPRESSIONS.items()}

@@ -63,17 +63,17 @@ def _arithmetic(op: Callable[[Any, Any], Any]) -> Callable[..., Fast | None]:
 def _round(args: list[Any], kwargs: dict[str, Any], env: Any) -> Fast | None:
     if kwargs or len(args) > 1:
         return None
-    if not args:
-        ndigits = None
-    else:
+    ndigits: int | None = None
+    if args:
         try:
-            ndigits = num_arg(args[0])
+            number = num_arg(args[0])
         except Exception:
             return None  # python-liquid's own error/fallback handling applies
-        if isinstance(ndigits, float):
-            ndigits = int(ndigits)
-        if not isinstance(ndigits, int) or isinstance(ndigits, bool):
+        if isinstance(number, float):
+            number = int(number)
+        if not isinstance(number, int) or isinstance(number, bool):
             return None
+        ndigits = number
 
     def fast(v: Any) -> Any:
         cls = v.__class__
@@ -96,6 +96,7 @@ def _date(args: list[Any], kwargs: dict[str, Any], env: Any) -> Fast | None:
     to_date = liquid_misc._to_date  # python-liquid's parser, with its own small cache
 
     def fast(v: Any) -> Any:
+        date_: dt.datetime | None
         if v.__class__ is dt.datetime:
             date_ = v
         elif v.__class__ is str and v not in ("now", "today"):

@@ -12,10 +12,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from gateway.intake.model import PushContent
+from gateway.model.job import PushContent
 
 ELLIPSIS = "\u2026"
-PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 class PayloadTooLarge(Exception):

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.channel import RenderedContent
-from gateway.intake.model import EmailContent, Job, PushContent, Recipient, SpeakerContent
+from gateway.model import decision as d
+from gateway.model.delivery import RenderedContent
+from gateway.model.job import EmailContent, Job, PushContent, Recipient, SpeakerContent
 from gateway.personalize.compiler import Missing
 from gateway.personalize.templates import (
     PUSH_OVERRIDES,
@@ -26,8 +27,6 @@ from gateway.personalize.templates import (
 
 _KIND_TYPES = {"push": PushContent, "email": EmailContent, "speaker": SpeakerContent}
 CONDITION_FALSE = "condition_false"
-MISSING_DATA = "missing_data"
-RENDER_ERROR = "render_error"
 
 
 @dataclass
@@ -177,7 +176,7 @@ def _render_content(compiled: CompiledContent, scope: dict[str, Any], variant: s
         error = render_error(exc)
         if not isinstance(error, (Missing, RenderFailed)):
             raise
-        reason = MISSING_DATA if isinstance(error, Missing) else RENDER_ERROR
+        reason = d.MISSING_DATA if isinstance(error, Missing) else d.RENDER_ERROR
         skipped = Skipped(variant, reason, f"content.{kind}.{name}", str(error))
         # Missing data is an everyday outcome, not a fault. Raising from inside this
         # clause would keep `exc` bound in this frame while its traceback holds the

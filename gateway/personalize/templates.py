@@ -16,7 +16,7 @@ from liquid import Environment, StrictDefaultUndefined
 from liquid.exceptions import LiquidError, UndefinedError
 from liquid.template import BoundTemplate
 
-from gateway.intake.model import Content, Job
+from gateway.model.job import Content, Job
 from gateway.personalize.compiler import Missing, Render, compile_template
 from gateway.personalize.conditions import ConditionError, compile_condition
 from gateway.personalize.filters import default

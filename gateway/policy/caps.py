@@ -1,24 +1,20 @@
-"""Frequency caps: rules from config, and the ledger that enforces them exactly.
+"""Frequency caps: rules from config, compiled into the checks each message must pass.
 
 A rule counts messages delivered to a *user* on a channel (three iPhones of one user count
 once for apns) over a rolling window (`90m`, `24h`, `7d`) or a calendar day or week in the
 user's local time. A rule targets channels (a channel, the `push` group, or `any`), tags
 and/or campaigns; every rule that matches a message applies, and all must admit it.
 
-The ledger keeps, per (rule, user), the instants of admitted sends. `reserve` checks every
-rule of a request and records it in all of them or in none, in one step with no await in
-between, so concurrent jobs cannot both take the last slot. A permanent failure refunds
-its reservation, so it does not count.
+The stores enforce the checks exactly (`gateway.store.caps` in memory for the embedded
+store, a Lua script on Redis): every rule of a message is checked and taken in one step,
+all or none, and a permanent failure refunds its reservation, so it does not count.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
-import itertools
-import secrets
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -26,7 +22,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from gateway.config import Duration, seconds
-from gateway.intake.model import Job
+from gateway.model.job import Job
 from gateway.policy.zones import instants_of, local_day
 
 GROUPS = {"push": frozenset({"apns", "fcm", "webpush"})}
@@ -113,15 +109,6 @@ def _local_midnight(tz: ZoneInfo, day: date) -> float:
     return instants_of(tz, datetime.combine(day, time(0, 0)))[0]
 
 
-# Reservation ids: unique across processes and restarts, far cheaper than uuid4 per send.
-_ID_PREFIX = secrets.token_hex(6)
-_ids = itertools.count()
-
-
-def new_reservation_id() -> str:
-    return f"{_ID_PREFIX}{next(_ids):x}"
-
-
 def validate_rules(rules: Sequence[CapRule]) -> list[str]:
     problems = []
     seen: set[str] = set()
@@ -133,132 +120,3 @@ def validate_rules(rules: Sequence[CapRule]) -> list[str]:
             problems.append(f"{where}.name: duplicate rule name {rule.name!r}")
         seen.add(rule.name)
     return problems
-
-
-@dataclass(slots=True)
-class Check:
-    """One rule to satisfy for one message."""
-
-    rule: str
-    since: float  # window start
-    limit: int
-    period: float | None
-    reset: float | None  # calendar: when the window restarts
-    action: str
-
-
-@dataclass(slots=True)
-class CapRequest:
-    user: str
-    checks: list[Check]
-
-
-@dataclass(slots=True)
-class Granted:
-    reservation: str | None  # None when no rule applied
-
-
-@dataclass(slots=True)
-class Denied:
-    rule: str
-    action: str  # drop | defer
-    free_at: float  # when a slot frees
-
-
-CapOutcome = Granted | Denied
-_NO_RULES = Granted(None)
-
-
-@dataclass
-class CapLedger:
-    """Per (rule, user): sorted instants of admitted sends, with their reservation ids."""
-
-    logs: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
-    where: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # reservation -> its logs
-
-    def reserve(
-        self, requests: Sequence[CapRequest], now: float
-    ) -> tuple[list[CapOutcome], list[tuple[str, str, str, float]]]:
-        """Outcomes, and the ledger rows added: (id, rule, user, at)."""
-        outcomes: list[CapOutcome] = []
-        added: list[tuple[str, str, str, float]] = []
-        check_one = self._check
-        for request in requests:
-            checks = request.checks
-            if not checks:
-                outcomes.append(_NO_RULES)
-                continue
-            user = request.user
-            denied: Denied | None = None
-            for check in checks:
-                found = check_one(user, check)
-                # The strictest decides: a dropping rule over a deferring one, then the
-                # latest time a slot frees.
-                if found is not None and (
-                    denied is None
-                    or (found.action == "drop", found.free_at) > (denied.action == "drop", denied.free_at)
-                ):
-                    denied = found
-            if denied is not None:
-                outcomes.append(denied)
-                continue
-            reservation = new_reservation_id()
-            for check in checks:
-                self._add(check.rule, user, now, reservation)
-                added.append((reservation, check.rule, user, now))
-            outcomes.append(Granted(reservation))
-        return outcomes, added
-
-    def _check(self, user: str, check: Check) -> Denied | None:
-        log = self.logs.get((check.rule, user), [])
-        # A rolling window is (now - period, now]: a send exactly one period ago has left
-        # it. A calendar window includes its first instant (local midnight).
-        first = _after(log, check.since) if check.period is not None else bisect.bisect_left(log, (check.since, ""))
-        count = len(log) - first
-        if count < check.limit:
-            return None
-        if check.reset is not None:
-            free_at = check.reset
-        elif check.limit == 0:
-            free_at = float("inf")
-        else:
-            # The slot frees when enough of the oldest entries leave the rolling window.
-            free_at = log[first + count - check.limit][0] + (check.period or 0)
-        return Denied(check.rule, check.action, free_at)
-
-    def _add(self, rule: str, user: str, at: float, reservation: str) -> None:
-        bisect.insort(self.logs.setdefault((rule, user), []), (at, reservation))
-        self.where.setdefault(reservation, []).append((rule, user))
-
-    def refund(self, reservations: Iterable[str]) -> None:
-        for reservation in reservations:
-            for key in self.where.pop(reservation, ()):
-                log = self.logs.get(key)
-                if log is not None:
-                    log[:] = [(at, r) for at, r in log if r != reservation]
-
-    def load(self, rows: Iterable[tuple[str, str, str, float]]) -> None:
-        for reservation, rule, user, at in rows:
-            self._add(rule, user, at, reservation)
-
-    def prune(self, before: float) -> None:
-        """Forget sends older than any window can reach."""
-        for key in list(self.logs):
-            log = self.logs[key]
-            cut = bisect.bisect_left(log, (before, ""))
-            for _, reservation in log[:cut]:
-                self.where.pop(reservation, None)
-            if cut < len(log):
-                self.logs[key] = log[cut:]
-            else:
-                del self.logs[key]
-
-    def count(self, rule: str, user: str, since: float) -> int:
-        """Sends after `since` (a rolling window's count)."""
-        log = self.logs.get((rule, user), [])
-        return len(log) - _after(log, since)
-
-
-def _after(log: list[tuple[float, str]], since: float) -> int:
-    """Index of the first entry later than `since` (reservation ids are hex, below "~")."""
-    return bisect.bisect_right(log, (since, "~"))

@@ -15,19 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
-from gateway import decision as d
 from gateway.channel import Channel
 from gateway.config import ConfigError, GatewayConfig, QuietHoursConfig, convert_section, seconds
-from gateway.intake.model import Device, Job, Recipient
-from gateway.policy.caps import GROUPS, Cap, CapRequest, CapRule, Check, validate_rules
+from gateway.model import decision as d
+from gateway.model.caps import CapRequest, Check
+from gateway.model.job import Device, Job, Recipient
+from gateway.policy.caps import GROUPS, Cap, CapRule, validate_rules
 from gateway.policy.quiet import Window, spread_offset
 from gateway.policy.zones import TIMEZONE_FALLBACK, next_wall_time, parse_hhmm, resolve, zone
 
 SUBSCRIBED = frozenset({"opted_in", "subscribed"})
-QUIET_HOURS = "quiet_hours"
-DELIVER_AT_LOCAL = "deliver_at_local"
-FREQUENCY_CAP = "frequency_cap"
-OPTED_OUT = "opted_out"
 
 
 @dataclass(slots=True)
@@ -130,7 +127,7 @@ class Policy:
             ):
                 return Verdict(
                     "suppressed",
-                    OPTED_OUT,
+                    d.OPTED_OUT,
                     flags=flags,
                     detail="one-click unsubscribe; upstream clears it with DELETE /v1/opt-outs/{address}",
                 )
@@ -140,15 +137,15 @@ class Policy:
         if rules.deliver_at is not None and not released:
             at = next_wall_time(tz, now, rules.deliver_at)
             if at > now:
-                return _defer(at, DELIVER_AT_LOCAL, f"{job.deliver_at_local} in {tz.key}", expires, flags)
+                return _defer(at, d.DELIVER_AT_LOCAL, f"{job.deliver_at_local} in {tz.key}", expires, flags)
         if name in rules.quiet_channels:
             release = self.window.release(tz, now)
             if release is not None:
                 window = f"{self.quiet.start}-{self.quiet.end} {tz.key}"
                 if rules.quiet_action == "drop":
-                    return Verdict("suppressed", QUIET_HOURS, window, flags=flags)
+                    return Verdict("suppressed", d.QUIET_HOURS, window, flags=flags)
                 release += spread_offset(f"{recipient.user_id}/{job.campaign}", self.spread)
-                return _defer(release, QUIET_HOURS, window, expires, flags)
+                return _defer(release, d.QUIET_HOURS, window, expires, flags)
         return Screening(destinations, tz, flags)
 
     def caps_request(self, job: Job, recipient: Recipient, name: str, tz: ZoneInfo, now: float) -> CapRequest:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from gateway.decision import Decision
-from gateway.policy.caps import CapOutcome, CapRequest
+from gateway.model.caps import CapOutcome, CapRequest
+from gateway.model.decision import Decision
 
 JobState = str  # "accepted" | "running" | "waiting" (deferred messages left) | "completed"
 

@@ -30,8 +30,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.decision import Decision
-from gateway.policy.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
+from gateway.model.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
+from gateway.model.decision import Decision
 from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreBusy, StoreUnavailable
 
 _pack = msgspec.msgpack.encode
@@ -264,8 +264,17 @@ return out
 """
 
 
-def _job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
-    f = {k.decode(): v.decode() for k, v in raw.items()}
+def _bytes(value: bytes | str) -> bytes:
+    """A reply value: bytes, as the client never decodes (redis-py types it bytes | str)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _job_record(job_id: str, raw: dict[bytes | str, bytes | str]) -> JobRecord:
+    f = {_text(k): _text(v) for k, v in raw.items()}
     return JobRecord(
         id=job_id,
         campaign=f["campaign"],
@@ -414,7 +423,7 @@ class RedisStore(Store):
     @_unavailable_on_error
     async def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
         raw = await self._r.get(self._k("idem", key))
-        record = _idem.decode(raw) if raw else None
+        record = _idem.decode(_bytes(raw)) if raw else None
         return record if record is not None and record.expires_at > now else None
 
     async def resumable_jobs(self) -> list[JobRecord]:
@@ -466,7 +475,7 @@ class RedisStore(Store):
         body = await self._r.get(self._k(f"job:{{{job_id}}}", "body"))
         if body is None:
             raise KeyError(job_id)
-        return bytes(body)
+        return _bytes(body)
 
     def _decision_args(self, decisions: Sequence[Decision], now: float) -> list[Any]:
         args: list[Any] = [len(decisions)]
@@ -505,15 +514,15 @@ class RedisStore(Store):
     @_unavailable_on_error
     async def outcome_counts(self, job_id: str) -> dict[str, int]:
         raw = await self._r.hgetall(self._k(f"job:{{{job_id}}}", "counts"))
-        return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+        return {_text(k): int(v) for k, v in raw.items() if int(v)}
 
     @_unavailable_on_error
     async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
         keys = self._job_keys(job_id)
-        fields = await self._r.zrange(keys[4], offset, offset + limit - 1)
+        fields: list[bytes] = await self._r.zrange(keys[4], offset, offset + limit - 1)  # type: ignore[assignment]
         if not fields:
             return []
-        return [_decision.decode(blob) for blob in await self._r.hmget(keys[1], fields) if blob is not None]
+        return [_decision.decode(_bytes(blob)) for blob in await self._r.hmget(keys[1], fields) if blob is not None]
 
     async def purge_expired(self, now: float) -> int:
         return 0  # idempotency keys carry a Redis TTL
@@ -574,7 +583,7 @@ class RedisStore(Store):
 
     @_unavailable_on_error
     async def opt_outs(self) -> set[str]:
-        return {a.decode() for a in await self._r.smembers(self._k("optouts"))}
+        return {_text(a) for a in await self._r.smembers(self._k("optouts"))}
 
     # -- deferred messages -----------------------------------------------------------
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:

@@ -22,10 +22,11 @@ from typing import Any
 
 import msgspec
 
-from gateway.decision import Decision
-from gateway.policy.caps import CapLedger, CapOutcome, CapRequest
+from gateway.model.caps import CapOutcome, CapRequest
+from gateway.model.decision import Decision
 from gateway.store import sqlite_decisions as decision_rows
 from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
+from gateway.store.caps import CapLedger
 
 SCHEMA = (
     """
@@ -341,7 +342,7 @@ def _cap_history(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
     refunded = {row[0] for row in conn.execute("SELECT id FROM cap_refunds")}
     entries: list[tuple[str, str, str, float]] = []
     for (blob,) in conn.execute("SELECT entries FROM cap_batches ORDER BY at"):
-        entries += [tuple(e) for e in _msgpack.decode(blob) if e[0] not in refunded]  # type: ignore[misc]
+        entries += [(e[0], e[1], e[2], e[3]) for e in _msgpack.decode(blob) if e[0] not in refunded]
     return entries
 
 

@@ -18,7 +18,7 @@ from operator import attrgetter
 
 import msgspec
 
-from gateway.decision import Decision
+from gateway.model.decision import Decision
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decision_batches (
@@ -56,7 +56,7 @@ def put(conn: sqlite3.Connection, job_id: str, decisions: Sequence[Decision], no
     for d in decisions:
         if not d.at:
             d.at = now
-    counts = Counter(d.outcome for d in decisions)
+    counts: Counter[str] = Counter(d.outcome for d in decisions)
     recipients = sorted({d.recipient for d in decisions})
     lo, hi = recipients[0], recipients[-1]
     contiguous = len(recipients) == hi - lo + 1
@@ -118,12 +118,12 @@ def _merge(
             row.decisions[position] = d
             row.changed = True
             continue
-        row = next((row for row in rows if row.first <= d.recipient <= row.last), None)
-        if row is None:
+        holder = next((row for row in rows if row.first <= d.recipient <= row.last), None)
+        if holder is None:
             outside.append(d)
         else:  # a channel this recipient had no decision on yet: after its others (sorted below)
-            row.decisions.append(d)
-            row.changed = True
+            holder.decisions.append(d)
+            holder.changed = True
     for row in rows:
         if row.changed:  # stable: each recipient's decisions keep their order
             row.decisions.sort(key=_by_recipient)

@@ -2,6 +2,7 @@
 and plugin authors. Each can inject faults (statuses, Retry-After, latency, drops)."""
 
 from gateway.testing.apns import ApnsFake, ApnsFault, ApnsNotification
+from gateway.testing.examples import example_jobs
 from gateway.testing.fcm import FcmFake, FcmFault
 from gateway.testing.smtp import ReceivedMail, SmtpFake
 from gateway.testing.webhook import Fault, Received, WebhookReceiver, new_secret
@@ -21,5 +22,6 @@ __all__ = [
     "WebPushFake",
     "WebPushFault",
     "WebhookReceiver",
+    "example_jobs",
     "new_secret",
 ]

@@ -22,12 +22,11 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import msgspec
 
-from gateway.dispatch.http1 import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpError, read_chunks
+from gateway.transport.http1 import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpError, read_chunks
 
 log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
@@ -40,7 +39,7 @@ _json = msgspec.json.Encoder()
 class Headers(dict[str, str]):
     """Request headers by lower-case name (repeats joined with ", "); lookups ignore case."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return dict.get(self, key.lower(), default)
 
     def __getitem__(self, key: str) -> str:
@@ -177,8 +176,11 @@ class _Connection(asyncio.Protocol):
             previous = dict.get(headers, key)
             headers[key] = value if previous is None else f"{previous}, {value}"
         start = end + 4
-        get = partial(dict.get, headers)  # names below are lower case already
-        if "chunked" in get("transfer-encoding", "").lower():
+
+        def get(name: str) -> str:  # names here are lower case already
+            return dict.get(headers, name) or ""
+
+        if "chunked" in get("transfer-encoding").lower():
             body = bytearray()
             rest = buffer[start:]
             try:
@@ -192,7 +194,7 @@ class _Connection(asyncio.Protocol):
             buffer += rest
         else:
             try:
-                length = int(get("content-length", "0"))
+                length = int(get("content-length") or "0")
             except ValueError:
                 raise _BadRequest(400, "malformed content-length") from None
             if not 0 <= length <= MAX_BODY_BYTES:
@@ -203,7 +205,7 @@ class _Connection(asyncio.Protocol):
             body = buffer[start : start + length]
             del buffer[: start + length]
         self.continued = False
-        connection = get("connection", "").lower()
+        connection = get("connection").lower()
         keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
         path, _, query = target.partition("?")
         assert self.transport is not None

@@ -1,4 +1,4 @@
-"""The server side of `gateway.dispatch.http2`'s connection, for fakes that speak HTTP/2.
+"""The server side of `gateway.transport.http2`'s connection, for fakes that speak HTTP/2.
 
 A fake is where a client's mistakes should show: each request's header block is checked as
 RFC 9113 8.2-8.3 asks of a server (pseudo-headers first and known, names in lower case, no
@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import ClassVar
 
-from gateway.dispatch.http2 import (
+from gateway.transport.http2 import (
     INITIAL_WINDOW_SIZE,
     MAX_BODY_BYTES,
     MAX_CONCURRENT_STREAMS,

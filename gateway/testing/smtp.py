@@ -42,7 +42,7 @@ class ReceivedMail:
         """Parsed on first use: parsing every mail as it arrives made this fake, not the
         gateway, most of the CPU in the email benchmarks."""
         if self._parsed is None:
-            self._parsed = email.message_from_bytes(self.raw, policy=email.policy.default)  # type: ignore[assignment]
+            self._parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
         assert self._parsed is not None
         return self._parsed
 

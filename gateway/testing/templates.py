@@ -57,7 +57,7 @@ CORPUS: dict[str, str] = {
 def example_templates() -> dict[str, str]:
     import json
 
-    from gateway.demo.run import example_jobs
+    from gateway.testing.examples import example_jobs
 
     found: dict[str, str] = {}
     for name, body in example_jobs():

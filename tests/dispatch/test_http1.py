@@ -14,7 +14,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dispatch.http1 import Http1Pool, HttpError
+from gateway.transport.http1 import Http1Pool, HttpError
+from tests.waiting import until
 
 
 async def serve_routes(
@@ -179,7 +180,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
         await pool.post("/hook", [], b"1", timeout=5)
         for w in server.writers:  # the server drops its idle keep-alive connection
             w.close()
-        await asyncio.sleep(0.05)
+        await until(lambda: all(c.closed for c in pool._idle), what="the pool saw the close")
         assert (await pool.post("/hook", [], b"2", timeout=5)).status == 200
         await pool.aclose()
     assert server.connections == 2 and len(server.requests) == 2

@@ -29,10 +29,11 @@ from hpack import Decoder, Encoder
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.dispatch.hpack_codec import HeaderDecoder, HeaderEncoder
-from gateway.dispatch.http2 import ConnectionClosed, Http2Pool
-from gateway.dispatch.http2 import StreamReset as Reset
 from gateway.testing._http2 import Http2ServerConnection, MemoryTransport
+from gateway.transport.hpack import HeaderDecoder, HeaderEncoder
+from gateway.transport.http2 import ConnectionClosed, Http2Pool
+from gateway.transport.http2 import StreamReset as Reset
+from tests.waiting import until
 
 
 # -- an h2 server, to test the client against --------------------------------------------
@@ -244,8 +245,7 @@ async def test_a_request_past_its_deadline_is_reset(serve) -> None:
     pool = await serve(silent)
     with pytest.raises(TimeoutError):
         await pool.request(request(), b"{}", 0.2)
-    await asyncio.sleep(0.05)
-    assert [e.error_code for e in silent.events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
+    await until(lambda: [e.error_code for e in silent.events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL])
     silent.answer = echo
     assert (await pool.request(request(), b"", 10)).status == 200
     assert not pool.connections[0].streams  # the cancelled stream was freed
@@ -258,8 +258,7 @@ async def test_pings_are_answered(serve) -> None:
     server = origin.connections[0]
     server.conn.ping(b"12345678")
     server.flush()
-    await asyncio.sleep(0.1)
-    assert any(isinstance(e, PingAckReceived) and e.ping_data == b"12345678" for e in origin.events)
+    await until(lambda: any(isinstance(e, PingAckReceived) and e.ping_data == b"12345678" for e in origin.events))
 
 
 async def test_a_lost_connection_fails_its_requests(serve) -> None:
@@ -451,7 +450,7 @@ async def test_a_batch_past_its_deadline_times_out_queued_and_open_requests(serv
     pool = await serve(silent, max_connections=1)
     outcomes = await pool.request_all([(request(), b"") for _ in range(3)], 0.3)
     assert all(isinstance(o, TimeoutError) for o in outcomes)
-    await asyncio.sleep(0.05)
+    await until(lambda: any(isinstance(e, StreamReset) for e in silent.events))
     assert len([e for e in silent.events if isinstance(e, StreamReset)]) == 1  # only one was ever started
     assert not pool.deadlines and not pool.starved
 
@@ -460,12 +459,11 @@ async def test_a_cancelled_batch_frees_its_streams(serve) -> None:
     silent = H2Origin(lambda *a: None)
     pool = await serve(silent)
     task = asyncio.create_task(pool.request_all([(request(), b"") for _ in range(4)], 10))  # noqa: RUF006
-    await asyncio.sleep(0.2)
+    await until(lambda: len([e for e in silent.events if isinstance(e, RequestReceived)]) == 4)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.05)
-    assert [e.error_code for e in silent.events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL] * 4
+    await until(lambda: [e.error_code for e in silent.events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL] * 4)
     assert not pool.connections[0].streams and not pool.deadlines
 
 
@@ -486,7 +484,7 @@ frames = st.builds(
 def test_any_frames_end_in_an_answer_or_a_goaway_never_an_exception(sequence, cut) -> None:
     """Whatever a peer sends, in whatever pieces, the connection answers, refuses the
     stream, or ends with GOAWAY: a parsing error never escapes into the event loop."""
-    from gateway.dispatch.http2 import PREFACE
+    from gateway.transport.http2 import PREFACE
 
     def answer(conn: Http2ServerConnection, stream_id: int, *_: Any) -> None:
         conn.respond(stream_id, [(b":status", b"200")], b"")

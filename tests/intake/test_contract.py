@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import LimitsConfig
-from gateway.demo.run import example_jobs
 from gateway.intake.validate import accept_job
+from gateway.testing.examples import example_jobs
 from tests.conftest import SHARED_EXAMPLES, make_config, require_shared, speaker_job
 
 

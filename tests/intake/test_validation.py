@@ -19,7 +19,7 @@ CART = SHARED_EXAMPLES / "job-cart-reminder.json"
 
 
 def cart() -> dict[str, Any]:
-    from gateway.demo.run import example_jobs
+    from gateway.testing.examples import example_jobs
 
     return json.loads(dict(example_jobs())["job-cart-reminder.json"])
 

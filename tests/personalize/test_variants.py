@@ -13,14 +13,15 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gateway.channel import Channel, Delivery, Result, Sent
+from gateway.channel import Channel
 from gateway.config import LimitsConfig
-from gateway.demo.run import example_jobs
 from gateway.hookspecs import hookimpl
 from gateway.intake.validate import JobError, accept_job
+from gateway.model.delivery import Delivery, Result, Sent
 from gateway.personalize.conditions import compile_condition
 from gateway.personalize.render import Personalizer
 from gateway.personalize.templates import ENV
+from gateway.testing.examples import example_jobs
 from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -161,7 +161,7 @@ async def test_oversize_body_is_shortened_and_oversize_title_fails(start, tmp_pa
 
 def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
     from gateway.config import ConfigError, GatewayConfig
-    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.loader import channel_classes, configure_channels, plugin_manager
 
     monkeypatch.setenv("TEST_APNS_KEY", "not a pem")
     app = {"team_id": "T", "key_id": "K", "key": {"env": "TEST_APNS_KEY"}, "topic": "a"}

@@ -136,7 +136,7 @@ async def test_long_body_is_shortened_to_fit_4096_bytes(start, tmp_path, fcm) ->
 
 async def test_bad_service_account_is_a_config_error(tmp_path) -> None:
     from gateway.config import ConfigError, GatewayConfig
-    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.loader import channel_classes, configure_channels, plugin_manager
 
     (tmp_path / "sa.json").write_text("{not json")
     config = GatewayConfig(channels={"fcm": {"service_account": {"file": str(tmp_path / "sa.json")}}})

@@ -148,7 +148,7 @@ async def test_long_body_is_shortened_to_fit(start, tmp_path, push, ca, vapid_en
 
 def test_a_bad_vapid_key_is_a_config_error(tmp_path, monkeypatch) -> None:
     from gateway.config import ConfigError, GatewayConfig
-    from gateway.plugins import channel_classes, configure_channels, plugin_manager
+    from gateway.loader import channel_classes, configure_channels, plugin_manager
 
     monkeypatch.setenv("TEST_VAPID_KEY", "not a key")
     config = GatewayConfig(

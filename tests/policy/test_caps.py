@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, GatewayConfig
-from gateway.intake.model import Job
-from gateway.policy.caps import Cap, CapLedger, CapRequest, CapRule, Check, Denied, Granted
+from gateway.model.caps import CapRequest, Check, Denied, Granted
+from gateway.model.job import Job
+from gateway.policy.caps import Cap, CapRule
 from gateway.policy.engine import load_policy
+from gateway.store.caps import CapLedger
 
 
 def job(**fields: object) -> Job:

@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 import pytest
 
 from gateway.app import Gateway
-from gateway.channel import Channel, Delivery, PermanentFailure, Result, Sent
+from gateway.channel import Channel
 from gateway.clock import FakeClock
-from gateway.demo.run import example_jobs
 from gateway.hookspecs import hookimpl
+from gateway.model.delivery import Delivery, PermanentFailure, Result, Sent
+from gateway.testing.examples import example_jobs
 from tests.conftest import make_config
 
 

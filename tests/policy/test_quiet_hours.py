@@ -151,10 +151,10 @@ def test_the_policy_keeps_no_finished_job_alive() -> None:
     import sys
 
     from gateway.config import GatewayConfig
-    from gateway.demo.run import example_jobs
-    from gateway.intake.model import JOB_DECODER
-    from gateway.plugins import channel_classes, plugin_manager
+    from gateway.loader import channel_classes, plugin_manager
+    from gateway.model.job import JOB_DECODER
     from gateway.policy.engine import defaults
+    from gateway.testing.examples import example_jobs
 
     policy = defaults()
     job = JOB_DECODER.decode(dict(example_jobs())["job-cart-reminder.json"])

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.decision import OUTCOMES, Decision
+from gateway.model.decision import OUTCOMES, Decision
 from gateway.store.base import IdempotencyRecord, JobRecord
 from gateway.store.sqlite import SQLiteStore
+from tests.waiting import until
 
 
 def record(job_id: str, n: int = 3) -> JobRecord:
@@ -93,7 +94,7 @@ async def test_idempotency_first_writer_wins(store) -> None:
 
 
 async def test_caps_reserve_and_refund(store) -> None:
-    from gateway.policy.caps import CapRequest, Check, Denied, Granted
+    from gateway.model.caps import CapRequest, Check, Denied, Granted
 
     def req(user: str, now: float) -> CapRequest:
         return CapRequest(
@@ -286,16 +287,25 @@ async def test_redis_queue_take_hold_claim_and_bound(redis_url) -> None:
 
         # A waiting take returns as soon as a job is accepted.
         waiting = asyncio.create_task(a.take_jobs(1, wait=5))
-        await asyncio.sleep(0.1)
+
+        async def blocked_in_xread() -> bool:
+            return any(c.get("cmd") == "xread" for c in await b.redis.client_list())
+
+        await until(blocked_in_xread, what="the take waits in XREAD")
         await b.accept_job(record("j3"), b"{}", None, 3.0)
         assert [j.id for j in await asyncio.wait_for(waiting, 2)] == ["j3"]
 
         # a stops renewing; b renews its own and claims a's once their idle time passes the lease.
         await b.heartbeat(0.3)
         assert await b.claim_orphaned_jobs() == []
-        await asyncio.sleep(0.4)
-        await b.heartbeat(0.3)
-        assert sorted(j.id for j in await b.claim_orphaned_jobs()) == ["j1", "j3"]
+        claimed: list[str] = []
+
+        async def all_claimed() -> bool:  # each entry once its idle time passes the lease
+            await b.heartbeat(0.3)
+            claimed.extend(j.id for j in await b.claim_orphaned_jobs())
+            return sorted(claimed) == ["j1", "j3"]
+
+        await until(all_claimed, what="a's entries claimed by b")
         assert await a.resumable_jobs() == []
         assert sorted(j.id for j in await b.resumable_jobs()) == ["j1", "j2", "j3"]
 

@@ -11,19 +11,20 @@ from collections.abc import Sequence
 import aiohttp
 import msgspec
 
-from gateway.channel import (
+from gateway.plugin import (
     Channel,
+    ConfigError,
     Delivery,
     InvalidToken,
     PermanentFailure,
     Result,
+    SecretRef,
     Sent,
     TransientFailure,
+    hookimpl,
     map_bounded,
     parse_retry_after,
 )
-from gateway.config import SecretRef
-from gateway.hookspecs import hookimpl
 
 
 class SmsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -46,8 +47,6 @@ class SmsChannel(Channel):
 
     @classmethod
     def check_config(cls, config: SmsConfig, path: str) -> list[str]:
-        from gateway.config import ConfigError
-
         try:
             config.api_key.resolve(f"{path}.api_key")
         except ConfigError as exc:

@@ -4,7 +4,7 @@ The h2 library costs ~100 us of CPU per APNs request in a client and ~125 us in 
 on the development machine, with no sockets or TLS: 2.25 cores at the 10,000 requests/s
 one APNs provider is expected to reach on a 2-core machine. This module does what a client
 of one origin (and a small server) needs, at a sixth to a quarter of that
-(`benchmarks/http2.py` measures both in one run): the frames, HPACK (`hpack_codec.py`),
+(`benchmarks/http2.py` measures both in one run): the frames, HPACK (`hpack.py`),
 both sides of flow control, SETTINGS, PING, GOAWAY, RST_STREAM and CONTINUATION. Not
 supported, as no channel needs them: server push (refused through SETTINGS_ENABLE_PUSH =
 0), priorities (ignored), trailers (read and dropped), bodies over `MAX_BODY_BYTES`.
@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
-from gateway.dispatch.deadlines import SWEEP_SECONDS, Deadlines
-from gateway.dispatch.hpack_codec import MAX_HEADER_LIST, CompressionError, HeaderDecoder, HeaderEncoder
+from gateway.transport.deadlines import SWEEP_SECONDS, Deadlines
+from gateway.transport.hpack import MAX_HEADER_LIST, CompressionError, HeaderDecoder, HeaderEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)

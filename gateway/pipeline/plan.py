@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from gateway import decision as d
-from gateway.channel import Channel, RenderedContent
-from gateway.intake.model import Device, Job, PushContent, Recipient
-from gateway.personalize.fit import PAYLOAD_TOO_LARGE, PayloadTooLarge, fit_push
+from gateway.channel import Channel
+from gateway.model import decision as d
+from gateway.model.delivery import RenderedContent
+from gateway.model.job import Device, Job, PushContent, Recipient
+from gateway.personalize.fit import PayloadTooLarge, fit_push
 from gateway.personalize.render import Choice, Personalizer
 from gateway.policy.engine import Policy, Screening, Verdict
 
@@ -90,7 +91,7 @@ def plan_recipient(
             try:
                 content, note = fit_push(content, channel.max_payload_bytes, channel.payload_size)
             except PayloadTooLarge as exc:
-                steps[name] = Verdict("failed", PAYLOAD_TOO_LARGE, str(exc), flags=screening.flags)
+                steps[name] = Verdict("failed", d.PAYLOAD_TOO_LARGE, str(exc), flags=screening.flags)
                 continue
         steps[name] = Ready(screening.destinations, content, screening.tz, note, screening.flags)
     order = only if only is not None else job.channels

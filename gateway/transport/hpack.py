@@ -1,4 +1,4 @@
-"""HPACK (RFC 7541), both directions of one HTTP/2 connection, for `gateway.dispatch.http2`.
+"""HPACK (RFC 7541), both directions of one HTTP/2 connection, for `gateway.transport.http2`.
 
 The encoder never Huffman-codes (the sender may choose, RFC 7541 5.2, and coding in Python
 costs more than the bytes it saves on a loopback or a LAN) and keeps headers that differ on

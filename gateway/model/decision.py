@@ -41,3 +41,10 @@ NOT_SUBSCRIBED = "not_subscribed"  # marketing, and no subscription state given 
 NO_CONTENT = "no_content"
 NOT_NEEDED = "fallback_not_needed"  # routing "first": an earlier channel succeeded (or is deferred)
 RETRIES_EXHAUSTED = "retries_exhausted"
+RENDER_ERROR = "render_error"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+OPTED_OUT = "opted_out"  # one-click unsubscribe recorded for the address
+QUIET_HOURS = "quiet_hours"
+DELIVER_AT_LOCAL = "deliver_at_local"
+FREQUENCY_CAP = "frequency_cap"  # deferred by a cap rule with action = "defer"
+PROVIDER_UNAVAILABLE = "provider_unavailable"  # deferred: the provider's circuit is open

@@ -22,7 +22,7 @@ import ssl as ssl_module
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from gateway.dispatch.deadlines import Deadlines
+from gateway.transport.deadlines import Deadlines
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024

@@ -1,4 +1,4 @@
-"""Loading plugins and turning their channel classes into configured channels."""
+"""Loading plugins (pluggy, the `gateway` entry-point group) and configuring their channels."""
 
 from __future__ import annotations
 
