@@ -125,7 +125,8 @@ def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int) -> Ga
                 "vapid_private_key": {"env": "BENCH_VAPID"},
                 "subject": "mailto:ops@shop.example",
                 "encrypt_workers": encrypt_workers,
-                "allowed_hosts": ["127.0.0.1"],
+                "allowed_hosts": ["127.0.0.1:*"],
+                "allow_private_networks": True,
                 "ca_file": info["ca_file"],
             }
     return msgspec.convert(

@@ -10,16 +10,27 @@ Plugin authors import all of this from `gateway.plugin`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from gateway.model.delivery import Delivery, RenderedContent, Result
+from gateway.model.decision import INVALID_REQUEST
+from gateway.model.delivery import Delivery, PermanentFailure, RenderedContent, Result
 from gateway.model.job import Device, PushContent, Recipient
 
 ContentKind = Literal["push", "email", "speaker"]
-__all__ = ["Channel", "ContentKind", "NoConfig", "RenderedContent", "map_bounded", "parse_retry_after"]
+__all__ = [
+    "Channel",
+    "ContentKind",
+    "NoConfig",
+    "RenderedContent",
+    "invalid_request",
+    "map_bounded",
+    "parse_retry_after",
+]
+log = logging.getLogger(__name__)
 
 
 class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,6 +74,19 @@ class Channel:
         Override with the channel's real payload builder."""
         return len(_encode(content))
 
+    def provider(self, delivery: Delivery) -> str:
+        """Who answers this delivery, for the circuit breaker: a provider that keeps failing
+        is held back alone, not the channel's other providers (a push service's origin, an
+        APNs app, a webhook target). Default: the channel is one provider."""
+        return self.name
+
+    def check_recipient(self, recipient: Recipient) -> list[tuple[str, str]]:
+        """Problems with a recipient's devices or address that this channel's config makes
+        unusable (a push service not allowed, an address its relay cannot take), found at
+        intake: (path below the recipient, e.g. `devices[0].token`, message). Each is a 400
+        naming the field, before anything is stored."""
+        return []
+
     def destinations(self, recipient: Recipient) -> list[Device | str]:
         """Where this recipient can be reached on this channel; empty means no_device."""
         return [d for d in recipient.devices if d.channel == self.name]
@@ -81,11 +105,12 @@ class Channel:
 
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
-R = TypeVar("R")
 
 
-async def map_bounded(items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit: int) -> list[R]:
-    """`[await fn(x) for x in items]` with at most `limit` in flight.
+async def map_bounded(items: Sequence[T], fn: Callable[[T], Awaitable[Result]], limit: int) -> list[Result]:
+    """`[await fn(x) for x in items]` with at most `limit` in flight, where whatever `fn`
+    raises for one item becomes that item's result (`invalid_request`), never its
+    neighbours': a request that cannot be built fails alone.
 
     A fixed set of `limit` workers pulls from a shared cursor, so a batch of 10,000
     deliveries costs `limit` tasks, not 10,000.
@@ -95,7 +120,10 @@ async def map_bounded(items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit
 
     async def worker() -> None:
         for i in cursor:
-            results[i] = await fn(items[i])
+            try:
+                results[i] = await fn(items[i])
+            except Exception as exc:
+                results[i] = invalid_request(exc)
 
     workers = min(limit, len(items))
     if workers == 1:
@@ -103,6 +131,13 @@ async def map_bounded(items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit
     elif workers:
         await asyncio.gather(*(worker() for _ in range(workers)))
     return results
+
+
+def invalid_request(exc: BaseException) -> PermanentFailure:
+    """The result of a delivery whose request could not be built (an encoding, an address,
+    key material): our side, so permanent for it alone and no fault of the provider."""
+    log.debug("a request could not be built", exc_info=exc)
+    return PermanentFailure(INVALID_REQUEST, f"{type(exc).__name__}: {exc}"[:300])
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

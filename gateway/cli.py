@@ -117,13 +117,13 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         return 2
     specs = configure_channels(config, channel_classes(plugin_manager(config)))
     policy = load_policy(config)
-    try:
-        accepted = accept_job(body, config.limits, set(specs))
-    except JobError as exc:
-        print(f"{job_path}: {exc.status}: {exc.path}: {exc.message}", file=sys.stderr)
-        return 1
     channels = {name: await cls.create(cfg) for name, (cls, cfg) in specs.items()}
     try:
+        try:
+            accepted = accept_job(body, config.limits, channels)
+        except JobError as exc:
+            print(f"{job_path}: {exc.status}: {exc.path}: {exc.message}", file=sys.stderr)
+            return 1
         result = preview(accepted, channels, policy, now if now is not None else time.time())
     finally:
         for channel in channels.values():

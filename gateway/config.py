@@ -96,6 +96,7 @@ class LimitsConfig(_Section):
     max_variants: Annotated[int, msgspec.Meta(ge=1)] = 20
     max_template_chars: Annotated[int, msgspec.Meta(ge=1)] = 20_000
     max_devices: Annotated[int, msgspec.Meta(ge=1)] = 50
+    max_channels: Annotated[int, msgspec.Meta(ge=1)] = 16
 
 
 class IntakeConfig(_Section):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.channel import Channel, ContentKind, NoConfig, map_bounded, parse_retry_after
+from gateway.channel import Channel, ContentKind, NoConfig, invalid_request, map_bounded, parse_retry_after
 from gateway.config import ConfigError, Duration, Secret, SecretRef, seconds
 from gateway.hookspecs import hookimpl
+from gateway.model.address import AddressError, EmailAddress, parse_email
 from gateway.model.decision import Decision
 from gateway.model.delivery import (
     Delivery,
@@ -28,6 +29,7 @@ from gateway.model.delivery import (
     TransientFailure,
 )
 from gateway.model.job import Device, EmailContent, PushContent, Recipient, SpeakerContent, WebPushSubscription
+from gateway.transport.errors import AddressNotAllowed, RequestError
 from gateway.transport.http1 import Http1Pool, HttpError
 from gateway.transport.http1 import Response as Http1Response
 from gateway.transport.http2 import Http2Error, Http2Pool
@@ -53,6 +55,7 @@ __all__ = [
     "Channel",
     "ContentKind",
     "NoConfig",
+    "invalid_request",
     "map_bounded",
     "parse_retry_after",
     # what a channel is handed, and what it answers
@@ -69,6 +72,9 @@ __all__ = [
     "SpeakerContent",
     "TransientFailure",
     "WebPushSubscription",
+    "AddressError",
+    "EmailAddress",
+    "parse_email",
     # hooks
     "Decision",
     "hookimpl",
@@ -85,6 +91,8 @@ __all__ = [
     "Http2Pool",
     "Http2Response",
     "HttpError",
+    "RequestError",
+    "AddressNotAllowed",
     # fake providers for tests
     *_TESTING,
 ]

@@ -47,6 +47,7 @@ from gateway.plugin import (
     Sent,
     TransientFailure,
     hookimpl,
+    invalid_request,
     seconds,
 )
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 HOSTS = {False: "api.push.apple.com", True: "api.sandbox.push.apple.com"}
 TOKEN_SECONDS = 30 * 60  # Apple: refresh no more often than every 20 minutes, at least every 60
 MAX_PAYLOAD_BYTES = 4096
+MAX_COLLAPSE_ID_BYTES = 64
 _TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")  # a bundle id, maybe with .voip and the like
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed in an HTTP/2 header value
 _IDS = uuid.UUID("6f1c5a34-8a0d-4c55-9d0e-5a3a7c2f4b10")  # namespace for apns-id from delivery ids
@@ -241,7 +243,10 @@ class ApnsChannel(Channel):
         apns_ids: list[bytes] = [b""] * len(deliveries)
         by_app: dict[str, tuple[list[int], list[tuple[list[tuple[bytes, bytes]], bytes]]]] = {}
         for i, delivery in enumerate(deliveries):
-            request = self._request(delivery)
+            try:
+                request = self._request(delivery)
+            except Exception as exc:  # this delivery's request cannot be built: it fails alone
+                request = invalid_request(exc)
             if isinstance(request, tuple):
                 app_name, apns_ids[i], headers, body = request
                 indexes, requests = by_app.setdefault(app_name, ([], []))
@@ -256,6 +261,13 @@ class ApnsChannel(Channel):
             for i, outcome in zip(indexes, outcomes, strict=True):
                 results[i] = self._result(apns_ids[i], outcome)
         return results  # type: ignore[return-value]  # every slot was filled
+
+    def provider(self, delivery: Delivery) -> str:
+        """An app in its environment: each has its own key, topic and connections."""
+        device = delivery.to
+        app = (device.app if isinstance(device, Device) else None) or self.default_app
+        sandbox = app in self.config.apps and self.config.apps[app].sandbox
+        return f"{app}:{'sandbox' if sandbox else 'production'}"
 
     def _request(self, delivery: Delivery) -> tuple[str, bytes, list[tuple[bytes, bytes]], bytes] | Result:
         """(app, apns-id, headers, body) for the delivery, or why it cannot be sent."""
@@ -276,9 +288,11 @@ class ApnsChannel(Channel):
         if delivery.expires_at is not None:
             headers.append((b"apns-expiration", b"%d" % max(0, int(delivery.expires_at.timestamp()))))
         if content.collapse_key:
-            if _CONTROL.search(content.collapse_key):  # no header may carry one: this message alone fails
-                return PermanentFailure("invalid_header", "collapse_key has a control character")
-            headers.append((b"apns-collapse-id", content.collapse_key.encode()))
+            collapse_id = content.collapse_key.encode()
+            if _CONTROL.search(content.collapse_key) or len(collapse_id) > MAX_COLLAPSE_ID_BYTES:
+                # our side (no header may carry a control; Apple takes 64 bytes): this message alone fails
+                return PermanentFailure("invalid_request", "collapse_key has a control character or is over 64 bytes")
+            headers.append((b"apns-collapse-id", collapse_id))
         return app_name, apns_id, headers, _encode(self.payload(content))
 
     @staticmethod

@@ -29,11 +29,13 @@ from gateway.plugin import (
     InvalidToken,
     PermanentFailure,
     PushContent,
+    RequestError,
     Result,
     SecretRef,
     Sent,
     TransientFailure,
     hookimpl,
+    invalid_request,
     map_bounded,
     parse_retry_after,
     seconds,
@@ -118,9 +120,15 @@ class _Tokens:
             )
             form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
             async with self.session.post(self.account.token_uri, data=form) as response:
-                body = await response.json(content_type=None)
-                if response.status != 200:
-                    raise _AuthFailed(f"token endpoint answered {response.status}: {body.get('error')}")
+                status, raw = response.status, await response.read()
+            try:
+                body = msgspec.json.decode(raw, type=dict[str, Any])
+            except msgspec.DecodeError:
+                raise _AuthFailed(f"token endpoint answered {status} without JSON") from None
+            if 400 <= status < 500 and status not in (408, 429):
+                raise _AuthRefused(f"token endpoint answered {status}: {body.get('error')}")
+            if status != 200 or not isinstance(body.get("access_token"), str):
+                raise _AuthFailed(f"token endpoint answered {status}: {body.get('error')}")
             token: str = body["access_token"]
             self.token = token
             self.expires_at = now + float(body.get("expires_in", 3600))
@@ -129,7 +137,11 @@ class _Tokens:
 
 
 class _AuthFailed(Exception):
-    pass
+    """The token endpoint could not be reached or failed: transient."""
+
+
+class _AuthRefused(Exception):
+    """The token endpoint refused the service account's assertion: configuration."""
 
 
 class FcmChannel(Channel):
@@ -220,6 +232,9 @@ class FcmChannel(Channel):
         for _ in range(2):  # a second try only after refreshing a refused token
             try:
                 token = await self.tokens.get(stale)
+            except _AuthRefused as exc:  # the service account itself: no retry fixes it
+                log.error("fcm: the token endpoint refused the service account: %s", exc)
+                return PermanentFailure("credentials", str(exc)[:200])
             except (_AuthFailed, aiohttp.ClientError, TimeoutError) as exc:
                 log.error("fcm: cannot get an OAuth token: %s", exc)
                 return TransientFailure("oauth_unavailable")
@@ -232,9 +247,11 @@ class FcmChannel(Channel):
                 )
                 payload = msgspec.json.decode(response.body) if response.body else {}
                 status = response.status
+            except RequestError as exc:  # our side: a value that cannot go in a header
+                return invalid_request(exc)
             except TimeoutError:
                 return TransientFailure("timeout")
-            except (OSError, ValueError, msgspec.DecodeError) as exc:  # refused, reset, TLS, cut, not JSON
+            except (OSError, msgspec.DecodeError) as exc:  # refused, reset, TLS, cut, not JSON
                 return TransientFailure(f"connection_error: {type(exc).__name__}")
             if status == 200:
                 return Sent(payload.get("name"))

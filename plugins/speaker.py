@@ -34,11 +34,13 @@ from gateway.plugin import (
     InvalidToken,
     PermanentFailure,
     Recipient,
+    RequestError,
     Result,
     SecretRef,
     Sent,
     TransientFailure,
     hookimpl,
+    invalid_request,
     map_bounded,
     parse_retry_after,
     seconds,
@@ -97,7 +99,6 @@ class _Target:
         self.pool = Http1Pool(config.url, max_idle=connections)
         self.key = key
         self.timeout = seconds(config.timeout)
-        self.gone = False  # a 410 disables the target for the rest of this process
 
 
 class SpeakerChannel(Channel):
@@ -139,6 +140,11 @@ class SpeakerChannel(Channel):
         }
         return cls(config, targets)
 
+    def provider(self, delivery: Delivery) -> str:
+        """Each hub is its own provider: one that is down holds back only its devices."""
+        device = delivery.to
+        return device.target or "" if isinstance(device, Device) else ""
+
     def destinations(self, recipient: Recipient) -> list[Device | str]:
         return [d for d in recipient.devices if d.channel == "speaker"]
 
@@ -151,8 +157,6 @@ class SpeakerChannel(Channel):
         target = self.targets.get(device.target or "")
         if target is None:
             return PermanentFailure("unknown_target", f"no target {device.target!r} in [channels.speaker.targets]")
-        if target.gone:
-            return InvalidToken("target_gone")
         body = _encode(
             {
                 "type": "speaker.announce",
@@ -173,16 +177,17 @@ class SpeakerChannel(Channel):
         )
         try:
             response = await target.pool.post(target.pool.path, headers, body, timeout=target.timeout)
+        except RequestError as exc:  # our side: a value that cannot go in a header
+            return invalid_request(exc)
         except TimeoutError:
             return TransientFailure("timeout")
         except OSError as exc:  # refused, reset, TLS, a malformed or cut response
             return TransientFailure(f"connection_error: {type(exc).__name__}")
         if 200 <= response.status < 300:  # the common case reads no header: they are parsed on first read
             return Sent()
-        result = classify(response.status, parse_retry_after(response.headers.get("retry-after"), time.time()))
-        if isinstance(result, InvalidToken):
-            target.gone = True
-        return result
+        # A 410 is the hub saying this device is gone: it is reported for this delivery alone
+        # (its decision lists the device), never for the hub's other devices.
+        return classify(response.status, parse_retry_after(response.headers.get("retry-after"), time.time()))
 
     async def aclose(self) -> None:
         for target in self.targets.values():

@@ -63,7 +63,8 @@ async def test_cart_example_through_every_channel(start, tmp_path: Path, monkeyp
                 "webpush": {
                     "vapid_private_key": {"env": "T_VAPID"},
                     "subject": "mailto:ops@shop.example",
-                    "allowed_hosts": ["127.0.0.1"],
+                    "allowed_hosts": ["127.0.0.1:*"],
+                    "allow_private_networks": True,
                     "ca_file": ca_file,
                 },
                 "email": {

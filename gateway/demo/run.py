@@ -130,7 +130,11 @@ async def demo(config_path: str, synthetic: int) -> int:
         if config.channels.get("apns", {}).get("endpoint") == "demo-apns":
             config.channels["apns"].update(endpoint=f"127.0.0.1:{apns.port}", ca_file=f"{tmp}/ca.pem")
         if config.channels.get("webpush", {}).get("allowed_hosts") == ["demo-push"]:
-            config.channels["webpush"].update(allowed_hosts=["127.0.0.1"], ca_file=f"{tmp}/ca.pem")
+            config.channels["webpush"].update(
+                allowed_hosts=[push.origin.removeprefix("https://")],
+                allow_private_networks=True,
+                ca_file=f"{tmp}/ca.pem",
+            )
         config.store.url = f"sqlite:{tmp}/demo.db"
         server = await start_server(config)
         if email is not None and "unsubscribe" in email:

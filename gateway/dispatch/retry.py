@@ -20,8 +20,8 @@ from gateway.config import DeliveryConfig, seconds
 from gateway.dispatch.breaker import Breaker
 from gateway.dispatch.budget import InFlight
 from gateway.metrics import Metrics
-from gateway.model.decision import RETRIES_EXHAUSTED
-from gateway.model.delivery import Delivery, PermanentFailure, Result, Sent, TransientFailure
+from gateway.model.decision import CHANNEL_ERROR, RETRIES_EXHAUSTED
+from gateway.model.delivery import Delivery, PermanentFailure, Result, TransientFailure
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +50,51 @@ class Retrier:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
-        self._breakers: dict[str, Breaker] = {}
+        self._breakers: dict[tuple[str, str], Breaker] = {}
         self._budgets: dict[str, InFlight] = {}
 
-    def breaker(self, channel: str) -> Breaker:
-        found = self._breakers.get(channel)
+    def breaker(self, channel: Channel, delivery: Delivery) -> Breaker:
+        """The circuit of the provider that answers `delivery`."""
+        key = (channel.name, channel.provider(delivery))
+        found = self._breakers.get(key)
         if found is None:
-            found = self._breakers[channel] = Breaker(
-                channel, self.config.breaker_failures, seconds(self.config.breaker_cooldown)
+            name = key[0] if key[1] == key[0] else f"{key[0]}:{key[1]}"
+            found = self._breakers[key] = Breaker(
+                name, self.config.breaker_failures, seconds(self.config.breaker_cooldown)
             )
         return found
 
+    def any_open(self, channel: str) -> bool:
+        """Is any of this channel's providers' circuits open (or probing)?"""
+        return any(b.is_open for (name, _), b in self._breakers.items() if name == channel)
+
+    def held(self, channel: Channel, delivery: Delivery, now: float) -> Postponed | None:
+        """Postponed when the delivery's provider is open: it is not attempted."""
+        breaker = self.breaker(channel, delivery)
+        return None if breaker.allows(now) else Postponed(breaker.retry_at())
+
     async def send(self, job_id: str, channel: Channel, deliveries: Sequence[Delivery]) -> list[Result | Postponed]:
         """One final result per delivery: never a TransientFailure; Postponed when the
-        provider's circuit opened before the delivery could be retried."""
+        provider's circuit is open (or opened before the delivery could be retried)."""
         final: list[Result | Postponed | None] = [None] * len(deliveries)
         pending = list(range(len(deliveries)))
         attempt = 1
-        breaker = self.breaker(channel.name)
         deadline = self.clock.now() + self.budget
         while pending:
-            if not breaker.allows(self.clock.now()):
-                for i in pending:
-                    final[i] = Postponed(breaker.retry_at())
+            now = self.clock.now()
+            for i in pending:
+                final[i] = self.held(channel, deliveries[i], now)
+            pending = [i for i in pending if final[i] is None]
+            if not pending:
                 break
             batch = [deliveries[i] for i in pending]
             for delivery in batch:
                 delivery.attempt = attempt
             results = await self._attempt(channel, batch)
             self.pm.hook.delivery_results(job_id=job_id, channel=channel.name, deliveries=batch, results=results)
-            breaker.record(
-                sum(isinstance(r, Sent) for r in results),
-                sum(isinstance(r, TransientFailure) for r in results),
-                self.clock.now(),
-            )
+            now = self.clock.now()
+            for delivery, result in zip(batch, results, strict=True):
+                self.breaker(channel, delivery).record(delivery.id, result, now)
             retry: list[int] = []
             waits: list[float] = []
             for i, result in zip(pending, results, strict=True):
@@ -146,9 +157,14 @@ class Retrier:
     async def _call(self, channel: Channel, batch: list[Delivery]) -> list[Result]:
         try:
             results = await channel.send_batch(batch)
-        except Exception as exc:  # a plugin bug must not take down the batch, nor go unseen
-            log.exception("channel %s raised on a batch of %d", channel.name, len(batch))
-            return [TransientFailure(f"channel_error: {type(exc).__name__}")] * len(batch)
+        except Exception as exc:
+            # A plugin bug (a request error escaping its per-delivery code): which deliveries
+            # went out is unknown, so none is sent again (a retry could double them), and it
+            # is no fault of the provider. Each delivery's failure says so; the log has the trace.
+            log.exception(
+                "channel %s raised on a batch of %d deliveries; they fail as channel_error", channel.name, len(batch)
+            )
+            return [PermanentFailure(CHANNEL_ERROR, f"{type(exc).__name__}: {exc}"[:300])] * len(batch)
         if len(results) != len(batch):
             log.error("channel %s returned %d results for %d deliveries", channel.name, len(results), len(batch))
             return [PermanentFailure("channel_contract_violation")] * len(batch)

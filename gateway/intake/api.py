@@ -116,7 +116,7 @@ async def post_preview(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
     try:
-        accepted = accept_job(body, gw.config.limits, set(gw.channels))
+        accepted = accept_job(body, gw.config.limits, gw.channels)
     except JobError as exc:
         return json_response(exc.status, exc.body())
     return json_response(200, preview(accepted, gw.channels, gw.policy, now))

@@ -62,7 +62,7 @@ class Intake:
     async def _accept(self, body: bytes, idempotency: tuple[str, str] | None) -> Reply:
         gw = self.gw
         try:
-            accepted = accept_job(body, gw.config.limits, set(gw.channels))
+            accepted = accept_job(body, gw.config.limits, gw.channels)
         except JobError as exc:
             gw.metrics.jobs_rejected.inc(str(exc.status))
             return Reply(exc.status, _json.encode(exc.body()), {})

@@ -6,18 +6,21 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.channel import Channel
 from gateway.config import LimitsConfig
+from gateway.model.address import AddressError, parse_email
 from gateway.model.job import JOB_DECODER, Device, Job
 from gateway.personalize.templates import CompiledVariant, TemplateError, compile_job
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
@@ -50,6 +53,8 @@ def decode_job(body: bytes, limits: LimitsConfig) -> Job:
         raise JobError(413, "$", f"body is {len(body)} bytes, the limit is {limits.max_body_bytes}")
     try:
         return JOB_DECODER.decode(body)
+    except RecursionError:
+        raise JobError(400, "$", "JSON nested too deeply") from None
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
@@ -72,7 +77,7 @@ def name_dict_keys(body: bytes, path: str) -> str:
     `$.recipients[0].subscriptions.push`. Falls back to msgspec's path."""
     try:
         node: Any = msgspec.json.decode(body)
-    except msgspec.DecodeError:  # the type error came before a syntax error further on
+    except (msgspec.DecodeError, RecursionError):  # the type error came before a syntax error further on
         return path
     tp: Any = Job
     out = "$"
@@ -120,10 +125,12 @@ def _converts(value: Any, target: Any) -> bool:
     return True
 
 
-def accept_job(body: bytes, limits: LimitsConfig, channels_available: set[str]) -> AcceptedJob:
-    """Decode, check every cross-field rule, compile the templates (once per job)."""
+def accept_job(body: bytes, limits: LimitsConfig, channels: Mapping[str, Channel]) -> AcceptedJob:
+    """Decode, check every cross-field rule and what the configured channels require,
+    compile the templates (once per job)."""
     job = decode_job(body, limits)
     check_job(job, limits)
+    check_for_channels(job, channels)
     try:
         variants = compile_job(job, limits.max_template_chars)
     except TemplateError as exc:
@@ -131,9 +138,22 @@ def accept_job(body: bytes, limits: LimitsConfig, channels_available: set[str]) 
     warnings = [
         f"channel '{c}' is not available on this gateway: its decisions will be suppressed: channel_unavailable"
         for c in job.channels
-        if c not in channels_available
+        if c not in channels
     ]
     return AcceptedJob(job, variants, warnings)
+
+
+def check_for_channels(job: Job, channels: Mapping[str, Channel]) -> None:
+    """What the job's configured channels make of its recipients (`Channel.check_recipient`)."""
+    checking = [c for name in job.channels if (c := channels.get(name)) is not None and _checks_recipients(c)]
+    for r, recipient in enumerate(job.recipients):
+        for channel in checking:
+            for path, message in channel.check_recipient(recipient):
+                raise JobError(400, f"$.recipients[{r}].{path}", message)
+
+
+def _checks_recipients(channel: Channel) -> bool:
+    return type(channel).check_recipient is not Channel.check_recipient
 
 
 def check_job(job: Job, limits: LimitsConfig) -> None:
@@ -143,6 +163,8 @@ def check_job(job: Job, limits: LimitsConfig) -> None:
         )
     if len(job.variants) > limits.max_variants:
         raise JobError(400, "$.variants", f"{len(job.variants)} variants, the limit is {limits.max_variants}")
+    if len(job.channels) > limits.max_channels:
+        raise JobError(400, "$.channels", f"{len(job.channels)} channels, the limit is {limits.max_channels}")
     _check_unique(job.channels, "$.channels", "channel")
     _check_unique([v.name for v in job.variants], "$.variants", "variant name")
     for i, variant in enumerate(job.variants[:-1]):
@@ -159,18 +181,42 @@ def check_job(job: Job, limits: LimitsConfig) -> None:
             f"$.variants[{last}].when",
             "the last variant is the default and must not have `when` (add a default variant without a condition)",
         )
-    if job.expires_at is not None and job.expires_at.tzinfo is None:
-        raise JobError(400, "$.expires_at", "expected an instant with a time zone offset, e.g. 2026-12-05T00:00:00Z")
+    if job.expires_at is not None:
+        problem = instant_problem(job.expires_at)
+        if problem:
+            raise JobError(400, "$.expires_at", problem)
     for r, recipient in enumerate(job.recipients):
         where = f"$.recipients[{r}]"
-        if recipient.email is not None and not _EMAIL.match(recipient.email):
-            raise JobError(400, f"{where}.email", "expected an email address")
+        if recipient.email is not None:
+            try:
+                parse_email(recipient.email)
+            except AddressError as exc:
+                raise JobError(400, f"{where}.email", str(exc)) from None
         if len(recipient.devices) > limits.max_devices:
             raise JobError(
                 400, f"{where}.devices", f"{len(recipient.devices)} devices, the limit is {limits.max_devices}"
             )
         for d, device in enumerate(recipient.devices):
             _check_device(device, f"{where}.devices[{d}]")
+
+
+# Instants are checked well inside the years datetime can hold, so that adding a zone's
+# offset, a day or a week to one (quiet hours, local time, calendar caps) stays valid.
+EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 1, 1, tzinfo=UTC)
+
+
+def instant_problem(instant: datetime) -> str | None:
+    """Why an instant from upstream cannot be used, or None."""
+    if instant.tzinfo is None:
+        return "expected an instant with a time zone offset, e.g. 2026-12-05T00:00:00Z"
+    try:
+        utc = instant.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        return "expected an instant between the years 0002 and 9997 (UTC)"
+    return None
 
 
 def _check_unique(values: list[str], path: str, what: str) -> None:
@@ -214,3 +260,5 @@ def _check_device(device: Device, path: str) -> None:
             hostname = None
         if not hostname or url.scheme != "https":
             raise JobError(400, f"{path}.subscription.endpoint", "expected an https:// push service URL")
+        if url.username is not None or url.password is not None:
+            raise JobError(400, f"{path}.subscription.endpoint", "a push service URL carries no user name or password")

@@ -24,6 +24,7 @@ from gateway.personalize.filters import default
 CONTENT_KINDS = ("push", "email", "speaker")
 PUSH_OVERRIDES = ("apns", "fcm", "webpush")
 # The template context, exactly (PRODUCT.md).
+UNSUPPORTED_TAGS = ("include", "render")
 CONTEXT_ROOTS = frozenset({"user_id", "attributes", "events", "properties", "campaign", "channel"})
 
 
@@ -33,6 +34,8 @@ def _environment(autoescape: bool) -> Environment:
     # so a template cannot reach Python attributes or callables.
     env = Environment(undefined=StrictDefaultUndefined, autoescape=autoescape)
     env.filters["default"] = default
+    for tag in UNSUPPORTED_TAGS:  # no template loader: a job's templates are all it has
+        del env.tags[tag]
     return env
 
 
@@ -72,7 +75,7 @@ class CompiledField:
             raise render_error(exc) from None
 
 
-def render_error(exc: Exception) -> Exception:
+def render_error(exc: Exception) -> Missing | RenderFailed:
     """Map a render exception to Missing (data the recipient lacks) or RenderFailed."""
     if isinstance(exc, Missing):
         return exc
@@ -81,9 +84,11 @@ def render_error(exc: Exception) -> Exception:
         if message.endswith(" is undefined"):
             return Missing(message.removesuffix(" is undefined"))
         return Missing(message, message)
-    if isinstance(exc, (LiquidError, TypeError, ValueError, ArithmeticError)):
-        return RenderFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    return exc
+    # Anything else a template raises (python-liquid's errors, a filter given a value it
+    # cannot take, data nested past the interpreter's recursion limit) is this variant's
+    # render error: a template is upstream's code and must not end the job.
+    text = str(exc)
+    return RenderFailed(text.splitlines()[0] if text else type(exc).__name__)
 
 
 @dataclass(eq=False)
@@ -158,7 +163,10 @@ def _compile(source: str, path: str, limit: int, env: Environment) -> CompiledFi
     try:
         template = env.from_string(source)
     except LiquidError as exc:
-        raise TemplateError(path, f"template syntax error: {_first_line(exc)}") from None
+        message = _first_line(exc)
+        if any(f"unexpected tag '{tag}'" in message for tag in UNSUPPORTED_TAGS):
+            message += "; templates cannot include other templates"
+        raise TemplateError(path, f"template syntax error: {message}") from None
     # Caught here, a typo costs the sender one 400 instead of every recipient's message.
     analysis = template.analyze()
     for name, spans in analysis.filters.items():

@@ -17,6 +17,7 @@ of each observer hook.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,11 +36,16 @@ from gateway.personalize.render import Personalizer
 from gateway.personalize.templates import compile_job
 from gateway.pipeline.batch import Batch, BatchOutcome, RunningJob, Target
 from gateway.pipeline.fold import Answer, fold_devices, token_of
-from gateway.pipeline.plan import Ready, Verdict, plan_recipient
+from gateway.pipeline.plan import Ready, RecipientPlan, Verdict, plan_recipient
 from gateway.pipeline.routing import ROUTES, route_all
 from gateway.policy.engine import Policy
 from gateway.store import Store
 from gateway.store.base import DeferredItem
+
+log = logging.getLogger(__name__)
+_INTERNAL_ERROR = Verdict(
+    "failed", d.INTERNAL_ERROR, "the gateway could not plan this recipient; the log has the trace"
+)
 
 
 async def load_job(store: Store, job_id: str, cursor: int, accepted_at: float) -> RunningJob:
@@ -126,13 +132,28 @@ class Pipeline:
                 assert channels is not None
                 channels.append(one)
         batch = Batch(running, self.clock, now)
+        failed: list[int] = []
         for i, only in wanted.items():
-            plan = batch.plans[i] = plan_recipient(
-                job, personalizer, self.channels, self.policy, job.recipients[i], now, only=only, released=released
-            )
+            try:
+                plan = plan_recipient(
+                    job, personalizer, self.channels, self.policy, job.recipients[i], now, only=only, released=released
+                )
+            except Exception:  # a bug met by this recipient's data: its decision, not the job's end
+                if not failed:
+                    log.exception("job %s: recipient %d could not be planned", running.id, i)
+                failed.append(i)
+                plan = RecipientPlan(None, {c: _INTERNAL_ERROR for c in (only or job.channels)})
+            batch.plans[i] = plan
             for channel, step in plan.channels.items():
                 if isinstance(step, Verdict):
                     batch.decide((i, channel), step)
+        if len(failed) > 1:
+            log.error(
+                "job %s: %d recipients could not be planned in this batch (%s): failed: internal_error",
+                running.id,
+                len(failed),
+                ", ".join(map(str, failed[:10])) + (" ..." if len(failed) > 10 else ""),
+            )
         return batch
 
     def _personalizer(self, running: RunningJob) -> Personalizer:
@@ -143,30 +164,76 @@ class Pipeline:
 
     async def deliver(self, batch: Batch, targets: list[Target]) -> None:
         """One routing round: every ready target in `targets` ends with a decision."""
-        targets = self.hold(batch, targets)
-        if not targets:
-            return
-        granted = await self.reserve(batch, targets)
-        outgoing = self.build(batch, granted)
-        if outgoing:
-            answers = await self.send(batch, outgoing)
-            for name, results in answers.items():
-                self.fold(batch, name, outgoing[name], results)
+        shares = self.build(batch, targets)
+        answers = self.hold(batch, shares)
+        granted = await self.reserve(batch, list(answers))
+        outgoing: dict[str, list[Delivery]] = {}
+        slots: dict[str, list[tuple[Target, int]]] = {}  # where each outgoing answer goes
+        for target, _ in granted:
+            held = answers[target]
+            for k, delivery in enumerate(shares[target]):
+                if held[k] is None:
+                    outgoing.setdefault(target[1], []).append(delivery)
+                    slots.setdefault(target[1], []).append((target, k))
+        for name, results in (await self.send(batch, outgoing)).items():
+            for (target, k), result in zip(slots[name], results, strict=True):
+                answers[target][k] = result
+        by_channel: dict[str, list[tuple[Target, list[tuple[Delivery, Answer]]]]] = {}
+        for target, _ in granted:
+            pairs: list[tuple[Delivery, Answer]] = list(zip(shares[target], answers[target], strict=True))  # type: ignore[arg-type]
+            by_channel.setdefault(target[1], []).append((target, pairs))
+        for name, folded in by_channel.items():
+            self.fold(batch, name, folded)
         await self.refund(batch, granted)
 
-    def hold(self, batch: Batch, targets: list[Target]) -> list[Target]:
-        """Stage `hold`: a provider whose circuit is open is not attempted; its messages
-        are deferred to when the circuit lets a probe through."""
-        open_now = {name for _, name in targets if not self.retrier.breaker(name).allows(batch.now)}
-        if not open_now:
-            return targets
-        for target in [t for t in targets if t[1] in open_now]:
-            name = target[1]
-            until = self.retrier.breaker(name).retry_at()
-            flags = batch.ready(target).flags
-            verdict = Verdict("deferred", d.PROVIDER_UNAVAILABLE, f"{name} is failing: circuit open", until, flags)
-            batch.decide(target, verdict)
-        return [t for t in targets if t[1] not in open_now]
+    def build(self, batch: Batch, targets: list[Target]) -> dict[Target, list[Delivery]]:
+        """Stage `build`: one Delivery per device, with the id every attempt reuses (its
+        last part is the device's index)."""
+        running = batch.running
+        job = running.job
+        plans = batch.plans
+        shares: dict[Target, list[Delivery]] = {}
+        for target in targets:
+            i, name = target
+            step = plans[i].channels[name]
+            assert isinstance(step, Ready)
+            user_id = job.recipients[i].user_id
+            shares[target] = [
+                Delivery(
+                    id=f"{running.id}.{i}.{name}.{k}",
+                    job_id=running.id,
+                    campaign=job.campaign,
+                    category=job.category,
+                    recipient=i,
+                    user_id=user_id,
+                    channel=name,
+                    to=to,
+                    content=step.content,
+                    tags=job.tags,
+                    expires_at=job.expires_at,
+                )
+                for k, to in enumerate(step.destinations)
+            ]
+        return shares
+
+    def hold(self, batch: Batch, shares: dict[Target, list[Delivery]]) -> dict[Target, list[Answer | None]]:
+        """Stage `hold`: a delivery whose provider's circuit is open is not attempted
+        (Postponed); a target with nothing left to attempt is deferred until the circuit
+        lets a probe through. The rest go on, each with its held deliveries marked."""
+        answers: dict[Target, list[Answer | None]] = {}
+        open_channels = {name for name in {t[1] for t in shares} if self.retrier.any_open(name)}
+        for target, deliveries in shares.items():
+            if target[1] not in open_channels:  # the usual case: nothing held
+                answers[target] = [None] * len(deliveries)
+                continue
+            channel = self.channels[target[1]]
+            held: list[Answer | None] = [self.retrier.held(channel, dv, batch.now) for dv in deliveries]
+            if any(h is None for h in held):
+                answers[target] = held
+                continue
+            pairs: list[tuple[Delivery, Answer]] = list(zip(deliveries, held, strict=True))  # type: ignore[arg-type]
+            batch.decide(target, fold_devices(target[1], batch.ready(target), pairs))
+        return answers
 
     async def reserve(self, batch: Batch, targets: list[Target]) -> list[tuple[Target, Ready]]:
         """Stage `reserve`: frequency-cap slots for the whole round at once; what a rule
@@ -186,59 +253,30 @@ class Pipeline:
             granted.append((target, step))
         return granted
 
-    def build(self, batch: Batch, granted: list[tuple[Target, Ready]]) -> dict[str, list[Delivery]]:
-        """Stage `build`: one Delivery per device, with the id every attempt reuses."""
-        running = batch.running
-        job = running.job
-        outgoing: dict[str, list[Delivery]] = {}
-        for (i, name), step in granted:
-            queue = outgoing.setdefault(name, [])
-            user_id = job.recipients[i].user_id
-            for k, to in enumerate(step.destinations):
-                queue.append(
-                    Delivery(
-                        id=f"{running.id}.{i}.{name}.{k}",
-                        job_id=running.id,
-                        campaign=job.campaign,
-                        category=job.category,
-                        recipient=i,
-                        user_id=user_id,
-                        channel=name,
-                        to=to,
-                        content=step.content,
-                        tags=job.tags,
-                        expires_at=job.expires_at,
-                    )
-                )
-        return outgoing
-
     async def send(self, batch: Batch, outgoing: dict[str, list[Delivery]]) -> dict[str, list[Answer]]:
         """Stage `send`: each channel's share through dispatch, the channels side by side."""
-        names = list(outgoing)
+        names = [name for name, deliveries in outgoing.items() if deliveries]
         answers = await asyncio.gather(
             *(self.retrier.send(batch.running.id, self.channels[n], outgoing[n]) for n in names)
         )
-        return dict(zip(names, answers, strict=True))
+        return {**{name: [] for name in outgoing}, **dict(zip(names, answers, strict=True))}
 
-    def fold(self, batch: Batch, channel: str, deliveries: list[Delivery], results: list[Answer]) -> None:
+    def fold(self, batch: Batch, channel: str, folded: list[tuple[Target, list[tuple[Delivery, Answer]]]]) -> None:
         """Stage `fold`: the devices of one recipient on one channel make one decision."""
-        by_recipient: dict[int, list[tuple[Delivery, Answer]]] = {}
-        for delivery, result in zip(deliveries, results, strict=True):
-            by_recipient.setdefault(delivery.recipient, []).append((delivery, result))
         sent = 0
         dead_all: list[Delivery] = []
         plans = batch.plans
-        for i, pairs in by_recipient.items():
-            step = plans[i].channels[channel]
+        for target, pairs in folded:
+            step = plans[target[0]].channels[channel]
             assert isinstance(step, Ready)
             if len(pairs) == 1 and type(pairs[0][1]) is Sent:  # the common case
-                batch.sent((i, channel), step)
+                batch.sent(target, step)
                 sent += 1
                 continue
             dead = [delivery for delivery, r in pairs if isinstance(r, InvalidToken)]
             dead_all += dead
             sent += sum(isinstance(r, Sent) for _, r in pairs)
-            decision = batch.decide((i, channel), fold_devices(channel, step, pairs))
+            decision = batch.decide(target, fold_devices(channel, step, pairs))
             decision.invalid_tokens = [token_of(delivery.to) for delivery in dead] or None
         if sent:  # one histogram update per batch: the deliveries share `elapsed`
             elapsed = self.clock.monotonic() - batch.running.accepted_at

@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import functools
 import math
+import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 TIMEZONE_FALLBACK = "timezone_fallback"
 
 
+@functools.cache
+def iana_names() -> frozenset[str]:
+    """The zone names tzdata ships (no directories such as `America`, no `posix/` or
+    `right/` copies): the only names a recipient's `timezone` may use."""
+    return frozenset(zoneinfo.available_timezones())
+
+
 @functools.lru_cache(maxsize=4096)
 def zone(name: str | None) -> ZoneInfo | None:
-    """The zone, or None when the name is not a valid IANA zone."""
-    if not name:
+    """The zone, or None when the name is not an IANA zone (the caller falls back);
+    never an exception, whatever upstream sends."""
+    if not name or name not in iana_names():
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # an unreadable or damaged zone file
         return None
 
 

@@ -18,15 +18,21 @@ that did see the first copy drops the second.
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import ssl as ssl_module
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from gateway.transport.deadlines import Deadlines
+from gateway.transport.errors import AddressNotAllowed, RequestError, check_header
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 USER_AGENT = "notification-gateway"
+# RFC 9112 3.2.1 origin-form: an absolute path and an optional query, visible ASCII only.
+_TARGET = re.compile(r"/[!-~]*")
 
 
 class HttpError(OSError):
@@ -231,10 +237,20 @@ class _Connection(asyncio.Protocol):
 
 
 class Http1Pool:
-    """Kept-alive connections to the origin of `url` (http or https)."""
+    """Kept-alive connections to the origin of `url` (http or https): at most
+    `max_connections` of them (requests beyond wait for one), `max_idle` kept between
+    requests. With `address_allowed`, a host name is resolved first and only addresses
+    it accepts are connected to (the check and the connection use the same address, so
+    a name cannot be re-pointed in between)."""
 
     def __init__(
-        self, url: str, ssl: ssl_module.SSLContext | None = None, connect_timeout: float = 10.0, max_idle: int = 64
+        self,
+        url: str,
+        ssl: ssl_module.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        max_idle: int = 64,
+        max_connections: int | None = None,
+        address_allowed: Callable[[str], bool] | None = None,
     ):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -249,15 +265,24 @@ class Http1Pool:
         self.ssl = (ssl or ssl_module.create_default_context()) if self.tls else None
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.max_connections = max_connections
+        self.address_allowed = address_allowed
+        self.in_flight = 0
+        self.last_used = 0.0  # loop time of the last request's end (idle pools are closed by their owner)
         self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()  # idle or busy
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._deadlines: Deadlines[_Connection] = Deadlines(self._expired)
 
     def request_bytes(self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+        """The request on the wire; RequestError when it cannot be built (a header that
+        would break it or inject another, a target with spaces or controls)."""
+        if not _TARGET.fullmatch(target):
+            raise RequestError(f"request target {target[:60]!r} is not an origin-form path and query")
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}", f"User-Agent: {USER_AGENT}"]
         for name, value in headers:
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-                raise ValueError(f"header {name!r} has a line break or a colon")  # no header injection
+            check_header(name, value)
             lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -267,21 +292,53 @@ class Http1Pool:
     ) -> Response:
         """POST `body` to `target` (path and query) on this origin."""
         request = self.request_bytes("POST", target, headers, body)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        while self._idle:  # the most recently used first: the least likely to be stale
-            connection = self._idle.pop()
-            if connection.closed:
-                continue
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        self.in_flight += 1
+        try:
+            while True:
+                async with asyncio.timeout_at(deadline):  # waiting for, or opening, a connection
+                    connection, reused = await self._acquire()
+                try:
+                    return self._done(connection, await self._send(connection, request, deadline))
+                except _Stale:
+                    if not reused:
+                        raise
+                    # closed by the server while idle, before any answer: nothing was processed
+        finally:
+            self.in_flight -= 1
+            self.last_used = loop.time()
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        """(a connection, whether it was kept from an earlier request)."""
+        while True:
+            while self._idle:  # the most recently used first: the least likely to be stale
+                connection = self._idle.pop()
+                if not connection.closed:
+                    return connection, True
+                self._discard(connection)
+            if self.max_connections is None or len(self._open) < self.max_connections:
+                return await self._connect(), False
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             try:
-                return self._done(connection, await self._send(connection, request, deadline))
-            except _Stale:
-                continue  # closed by the server while idle: nothing was processed
-        if timeout is None:
-            connection = await self._connect()
-        else:
-            async with asyncio.timeout_at(deadline):
-                connection = await self._connect()
-        return self._done(connection, await self._send(connection, request, deadline))
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        if connection in self._open:
+            self._open.discard(connection)
+            self._wake()
 
     async def _send(self, connection: _Connection, request: bytes, deadline: float | None) -> Response:
         if deadline is not None:
@@ -289,7 +346,7 @@ class Http1Pool:
         try:
             return await connection.send(request)
         except BaseException:
-            connection.close()  # a request cut short leaves the connection out of step
+            self._discard(connection)  # a request cut short leaves the connection out of step
             raise
         finally:
             self._deadlines.forget(connection)
@@ -303,22 +360,47 @@ class Http1Pool:
     def _done(self, connection: _Connection, response: Response) -> Response:
         if connection.reusable and not connection.closed and not self._closed and len(self._idle) < self.max_idle:
             self._idle.append(connection)
+            self._wake()
         else:
-            connection.close()
+            self._discard(connection)
         return response
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        sni = self.host if self.tls else None
         async with asyncio.timeout(self.connect_timeout):  # within the request's own deadline, if any
-            _, connection = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.tls else None
-            )
+            if self.address_allowed is None:
+                _, connection = await loop.create_connection(
+                    _Connection, self.host, self.port, ssl=self.ssl, server_hostname=sni
+                )
+            else:
+                connection = await self._connect_checked(loop, sni)
+        self._open.add(connection)
         return connection
+
+    async def _connect_checked(self, loop: asyncio.AbstractEventLoop, sni: str | None) -> _Connection:
+        assert self.address_allowed is not None
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        addresses = [str(info[4][0]) for info in infos]
+        allowed = [a for a in dict.fromkeys(addresses) if self.address_allowed(a)]
+        if not allowed:
+            raise AddressNotAllowed(f"{self.host} resolves only to addresses that are not allowed ({addresses[0]})")
+        error: OSError | None = None
+        for address in allowed:
+            try:
+                _, connection = await loop.create_connection(
+                    _Connection, address, self.port, ssl=self.ssl, server_hostname=sni
+                )
+                return connection
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error
 
     async def aclose(self) -> None:
         self._closed = True
         self._deadlines.close()
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        self._idle.clear()
+        for connection in list(self._open):
+            self._discard(connection)
         await asyncio.sleep(0)

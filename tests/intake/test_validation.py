@@ -213,7 +213,7 @@ async def test_limits_are_configurable(start, tmp_path) -> None:
 def test_template_error_names_line_and_column() -> None:
     body = mutate(setter("variants.1.content.email.text", "Hi\n{% if %}x{% endif %}"))
     with pytest.raises(JobError) as err:
-        accept_job(body, LimitsConfig(), set())
+        accept_job(body, LimitsConfig(), {})
     assert err.value.path == "$.variants[1].content.email.text"
     assert "line:column 2:3" in err.value.message
 
@@ -221,7 +221,7 @@ def test_template_error_names_line_and_column() -> None:
 def test_template_length_limit() -> None:
     body = mutate(setter("variants.2.content.speaker.speech", "x" * 1001))
     with pytest.raises(JobError) as err:
-        accept_job(body, LimitsConfig(max_template_chars=1000), set())
+        accept_job(body, LimitsConfig(max_template_chars=1000), {})
     assert err.value.path == "$.variants[2].content.speaker.speech"
 
 
@@ -256,7 +256,7 @@ json_values = st.recursive(
 def test_any_value_anywhere_is_accepted_or_a_clear_400(path: str, value: Any) -> None:
     """Whatever JSON lands in a field, intake answers with a job or a JobError, never a crash."""
     try:
-        accept_job(mutate(setter(path, value)), LimitsConfig(), set())
+        accept_job(mutate(setter(path, value)), LimitsConfig(), {})
     except JobError as exc:
         assert exc.status in (400, 413)
         assert exc.path.startswith("$")
@@ -265,7 +265,7 @@ def test_any_value_anywhere_is_accepted_or_a_clear_400(path: str, value: Any) ->
 def test_unknown_context_root_is_rejected_at_intake() -> None:
     body = mutate(setter("variants.0.content.push.title", "Hi {{ attribute.first_name }}"))
     with pytest.raises(JobError) as err:
-        accept_job(body, LimitsConfig(), set())
+        accept_job(body, LimitsConfig(), {})
     assert err.value.path == "$.variants[0].content.push.title"
     assert "unknown variable 'attribute'" in err.value.message
 
@@ -274,11 +274,11 @@ def test_assigned_variables_are_not_context_roots() -> None:
     body = mutate(
         setter("variants.2.content.push.body", "{% assign n = attributes.first_name | default: 'you' %}{{ n }}")
     )
-    accept_job(body, LimitsConfig(), set())
+    accept_job(body, LimitsConfig(), {})
 
 
 def test_type_error_before_a_syntax_error_is_still_a_400() -> None:
     body = mutate(setter("recipients.1.events", {"x": [float("inf")]}))  # json.dumps writes Infinity
     with pytest.raises(JobError) as err:
-        accept_job(body, LimitsConfig(), set())
+        accept_job(body, LimitsConfig(), {})
     assert err.value.status == 400 and err.value.path.startswith("$.recipients[1].events")

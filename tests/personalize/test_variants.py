@@ -33,7 +33,7 @@ def cart() -> dict[str, Any]:
 
 
 def choose(job: dict[str, Any], channels: dict[str, str] | None = None) -> list[Any]:
-    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), set())
+    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), {})
     personalizer = Personalizer(accepted.job, accepted.variants, channels or {})
     return [personalizer.choose(r) for r in accepted.job.recipients]
 
@@ -147,7 +147,7 @@ def test_a_skipped_variant_leaves_no_cyclic_garbage(template: str) -> None:
         "variants": [variant("named", template, when="true"), variant("plain", "Hi")],
         "recipients": [{"user_id": f"u{i}", "attributes": {"n": 1}} for i in range(3)],
     }
-    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), set())
+    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), {})
     personalizer = Personalizer(accepted.job, accepted.variants, {})
     gc.collect()
     gc.disable()
@@ -202,7 +202,7 @@ def test_bad_conditions_are_400_at_intake(when: str, message: str) -> None:
     job = cart()
     job["variants"][0]["when"] = when
     with pytest.raises(JobError) as err:
-        accept_job(json.dumps(job).encode(), LimitsConfig(), set())
+        accept_job(json.dumps(job).encode(), LimitsConfig(), {})
     assert err.value.path == "$.variants[0].when"
     assert message in err.value.message
 
@@ -250,7 +250,7 @@ def test_templates_are_parsed_once_per_job_not_per_recipient(monkeypatch) -> Non
     monkeypatch.setattr(ENV, "from_string", lambda source, **kw: (calls.append(source), original(source, **kw))[1])
     job = cart()
     job["recipients"] = job["recipients"] * 50
-    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), set())
+    accepted = accept_job(json.dumps(job).encode(), LimitsConfig(), {})
     parsed = len(calls)
     personalizer = Personalizer(accepted.job, accepted.variants, {})
     for r in accepted.job.recipients:

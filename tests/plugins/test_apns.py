@@ -211,7 +211,7 @@ async def test_a_collapse_key_with_a_line_break_fails_alone(start, tmp_path, apn
     _, body, _ = await running.post(job)
     done = await running.wait(body["job_id"])
     assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [
-        ("failed", "invalid_header"),
+        ("failed", "invalid_request"),
         ("sent", None),
     ]
     assert [n.token for n in apns.received] == ["b2" * 32]

@@ -140,7 +140,9 @@ async def test_unknown_target_fails_without_a_request(start, receiver, tmp_path)
     assert not receiver.attempts
 
 
-async def test_410_disables_the_target_and_reports_the_device(start, receiver, tmp_path) -> None:
+async def test_a_410_is_the_gone_device_alone_not_its_hub(start, receiver, tmp_path) -> None:
+    """A hub answering 410 for one device: that device is reported dead; the hub's other
+    devices are still sent to (each with its own request) and never listed as dead."""
     from gateway.hookspecs import hookimpl
 
     reported: list[Any] = []
@@ -150,13 +152,19 @@ async def test_410_disables_the_target_and_reports_the_device(start, receiver, t
         def tokens_invalidated(self, channel, deliveries):
             reported.extend((channel, d.to.device_id) for d in deliveries)
 
-    receiver.fault = lambda payload, attempt: Fault(410)
+    receiver.fault = lambda payload, attempt: Fault(410) if payload["device_id"] == "d1" else None
     running = await start(
         make_config(tmp_path, receiver.url, pipeline={"batch_size": 1, "workers": 1}), extra_plugins=(Observer(),)
     )
     _, body, _ = await running.post(speaker_job(3))
     done = await running.wait(body["job_id"])
-    assert [d["outcome"] for d in done["decisions"]] == ["invalid_token"] * 3
-    assert done["decisions"][0]["invalid_tokens"] == ["home-hub/d0"]
-    assert sum(receiver.attempts.values()) == 1  # later deliveries to a gone target make no request
-    assert reported == [("speaker", "d0"), ("speaker", "d1"), ("speaker", "d2")]
+    assert [d["outcome"] for d in done["decisions"]] == ["sent", "invalid_token", "sent"]
+    assert [d.get("invalid_tokens") for d in done["decisions"]] == [None, ["home-hub/d1"], None]
+    assert sum(receiver.attempts.values()) == 3
+    assert reported == [("speaker", "d1")]
+    _, again, _ = await running.post(speaker_job(3))  # and the next job to the same hub too
+    assert [d["outcome"] for d in (await running.wait(again["job_id"]))["decisions"]] == [
+        "sent",
+        "invalid_token",
+        "sent",
+    ]

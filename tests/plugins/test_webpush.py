@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from py_vapid import Vapid02
 
 from gateway.clock import FakeClock
 from gateway.testing.webpush import WebPushFake, WebPushFault
+from plugins.webpush import topic_for
 from tests.conftest import make_config
 from tests.plugins.tables import decide
 
@@ -43,7 +45,8 @@ def push_config(tmp_path: Path, ca: trustme.CA, **extra: Any) -> Any:
     config.channels["webpush"] = {
         "vapid_private_key": {"env": "TEST_VAPID_KEY"},
         "subject": "mailto:ops@shop.example",
-        "allowed_hosts": ["127.0.0.1"],
+        "allowed_hosts": ["127.0.0.1:*"],
+        "allow_private_networks": True,
         "ca_file": str(tmp_path / "ca.pem"),
         **extra,
     }
@@ -84,7 +87,9 @@ async def test_encrypted_payload_and_vapid_per_origin(start, tmp_path, push, ca,
     (first,) = push.to(subscriptions[0])
     assert first.payload == {"title": "Hi N0", "body": "Your cart", "url": "https://shop.example/cart", "tag": "cart:1"}
     assert first.headers["Urgency"] == "high"  # transactional
-    assert first.headers["Topic"] == "cart1"  # URL-safe characters only
+    # RFC 8030: "cart:1" is outside the Topic alphabet, so it is hashed into 32 of its characters
+    assert first.headers["Topic"] == topic_for("cart:1")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", first.headers["Topic"])
     assert int(first.headers["TTL"]) == 2419200
     assert first.vapid_claims["sub"] == "mailto:ops@shop.example"
     assert running.gateway.channels["webpush"].signatures == 1  # one VAPID token for the origin
@@ -128,12 +133,58 @@ async def test_status_table(start, tmp_path, push, ca, vapid_env, fault, outcome
         assert all(s >= 5 for s in clock.slept)
 
 
-async def test_hosts_outside_the_allow_list_are_never_requested(start, tmp_path, push, ca, vapid_env) -> None:
-    running = await start(push_config(tmp_path, ca, allowed_hosts=["*.push.example.net"]))
+@pytest.mark.parametrize(
+    ("allowed", "endpoint_of", "message"),
+    [
+        (["*.push.example.net"], lambda e: e, "is not in [channels.webpush] allowed_hosts"),
+        (["127.0.0.1"], lambda e: e, "is not in [channels.webpush] allowed_hosts"),  # port 443 only
+        (["127.0.0.1:*"], lambda e: e.replace("https://", "https://u:p@"), "no user name or password"),
+        (["127.0.0.1:*"], lambda e: e.replace("https://", "http://"), "expected an https://"),
+    ],
+)
+async def test_endpoints_the_config_does_not_allow_are_400s_at_intake(
+    start, tmp_path, push, ca, vapid_env, allowed, endpoint_of, message
+) -> None:
+    running = await start(push_config(tmp_path, ca, allowed_hosts=allowed))
     subscription = push.subscription()
-    _, body, _ = await running.post(push_job([subscription]))
-    decision = (await running.wait(body["job_id"]))["decisions"][0]
-    assert (decision["outcome"], decision["reason"]) == ("failed", "endpoint_not_allowed")
+    subscription["endpoint"] = endpoint_of(subscription["endpoint"])
+    status, body, _ = await running.post(push_job([subscription]))
+    assert status == 400 and body["path"] == "$.recipients[0].devices[0].subscription.endpoint", body
+    assert message in body["message"]
+    assert not push.attempts
+
+
+async def test_the_channel_refuses_endpoints_outside_its_allow_list_at_send_time(push, ca, vapid_env) -> None:
+    """The backstop for a job accepted elsewhere under another config: a permanent failure
+    for that delivery alone, and no request."""
+    from gateway.model.delivery import Delivery
+    from gateway.model.job import Device, PushContent, WebPushSubscription
+    from plugins.webpush import WebPushChannel, WebPushConfig
+
+    config = WebPushConfig(
+        vapid_private_key={"env": "TEST_VAPID_KEY"},
+        subject="mailto:o@x.example",  # type: ignore[arg-type]
+        allowed_hosts=["push.example.net"],
+    )
+    import msgspec
+
+    config = msgspec.convert(msgspec.to_builtins(config), WebPushConfig)
+    channel = await WebPushChannel.create(config)
+    sub = msgspec.convert(push.subscription(), WebPushSubscription)
+    delivery = Delivery(
+        id="j.0.webpush.0",
+        job_id="j",
+        campaign="c",
+        category="marketing",
+        recipient=0,
+        user_id="u",
+        channel="webpush",
+        to=Device(channel="webpush", subscription=sub),
+        content=PushContent(title="t"),
+    )
+    (result,) = await channel.send_batch([delivery])
+    await channel.aclose()
+    assert result.reason == "endpoint_not_allowed"  # type: ignore[union-attr]
     assert not push.attempts
 
 
