@@ -111,7 +111,7 @@ class Gateway:
         if self.runner.has(record.id):
             return
         self.admission.force(record.recipients - record.cursor)
-        self.runner.submit(record)
+        self.runner.submit(record, again=how != "took")
         log.log(level, "%s job %s at recipient %d of %d", how, record.id, record.cursor, record.recipients)
 
     async def _take_over_orphans(self) -> None:

@@ -88,6 +88,10 @@ class ServerConfig(_Section):
     api_keys_env: str = "GATEWAY_API_KEYS"
     api_keys_file: str | None = None
     shutdown_timeout: Duration = "30s"
+    # A client must send a request's headers within this, and its body within `body_timeout`
+    # of the headers: a client that trickles bytes holds a connection for no longer.
+    header_timeout: Duration = "10s"
+    body_timeout: Duration = "60s"
 
 
 class LimitsConfig(_Section):

@@ -56,6 +56,15 @@ def plugin_manager(config: GatewayConfig, extra: tuple[Any, ...] = ()) -> pluggy
     return pm
 
 
+def observe(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> None:
+    """Call an observer hook; a plugin that raises is logged, and delivery goes on: what an
+    observer does with a batch must not change what happens to it."""
+    try:
+        getattr(pm.hook, hook)(**kwargs)
+    except Exception:
+        log.exception("a %s hook implementation raised; delivery goes on", hook)
+
+
 def channel_classes(pm: pluggy.PluginManager) -> dict[str, type[Channel]]:
     """Channel name -> class. pluggy calls the last registered plugin first, and
     `trylast` built-ins come after everyone, so the first name seen wins."""

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from gateway.channel import Channel
-from gateway.intake.validate import AcceptedJob
+from gateway.intake.validate import AcceptedJob, instant_problem
 from gateway.personalize.render import Personalizer
 from gateway.pipeline.plan import Ready, plan_recipient
 from gateway.policy.engine import Policy
@@ -127,6 +127,7 @@ def table(result: Preview) -> str:
 def parse_instant(value: str) -> float:
     """RFC 3339 (`2026-11-28T12:00:00Z`) to epoch seconds; an offset is required."""
     instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if instant.tzinfo is None:
-        raise ValueError("expected an instant with a time zone offset, e.g. 2026-11-28T12:00:00Z")
+    problem = instant_problem(instant)
+    if problem:
+        raise ValueError(problem)
     return instant.timestamp()

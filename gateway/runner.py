@@ -15,6 +15,11 @@ from gateway.pipeline import Pipeline, RunningJob, load_job
 from gateway.store import JobRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
+# A job failing at the same recipient again and again is finished, not retried forever:
+# after this many failures of its worker there, or this many starts there (a process that
+# died there each time: a kill -9 in mid-batch counts once, a job that crashes it every time).
+RETRIES_BEFORE_GIVING_UP = 2
+RESUMES_BEFORE_GIVING_UP = 3
 
 
 class Admission:
@@ -52,14 +57,19 @@ class Runner:
         self._workers = [asyncio.create_task(self._work(n), name=f"job-worker-{n}") for n in range(workers)]
         self.active: dict[str, RunningJob | JobRecord] = {}
         self._queued: set[str] = set()
+        self._again: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
         self._changed = asyncio.Event()
 
-    def submit(self, item: RunningJob | JobRecord) -> None:
-        """A job just accepted (decoded), or a stored one (loaded when a worker starts it)."""
+    def submit(self, item: RunningJob | JobRecord, again: bool = False) -> None:
+        """A job just accepted (decoded), or a stored one (loaded when a worker starts it).
+        `again`: it ran before and did not finish (resumed after a stop or a crash, taken
+        over from a process that died): counted, so one that keeps dying is finished."""
         self.idle.clear()
         self._queued.add(item.id)
+        if again:
+            self._again.add(item.id)
         self.queue.put_nowait(item)
 
     def has(self, job_id: str) -> bool:
@@ -89,8 +99,9 @@ class Runner:
                 await self._run(item)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the job stays in the store at its cursor; retried on restart
-                log.exception("job %s failed; it resumes from its stored cursor on the next start", item.id)
+            except Exception:
+                log.exception("job %s failed at recipient %d", item.id, item.cursor)
+                await self._after_failure(item)
             finally:
                 self.admission.release(held)
                 del self.active[item.id]
@@ -99,6 +110,23 @@ class Runner:
                 if not self.active and self.queue.empty():
                     self.idle.set()
 
+    async def _after_failure(self, item: RunningJob | JobRecord) -> None:
+        """Failed at this cursor once: run again now. Twice in a row: give up on the rest
+        of the job (each of its remaining recipients gets a decision), never a job that
+        fails at every restart."""
+        try:
+            if await self.pipeline.store.count_retry(item.id, item.cursor) < RETRIES_BEFORE_GIVING_UP:
+                log.warning("job %s runs again from recipient %d", item.id, item.cursor)
+                self.submit(item)
+                return
+            running = item if isinstance(item, RunningJob) else await self._load(item)
+            await self.pipeline.give_up(running, f"the job failed twice at recipient {item.cursor}")
+        except Exception:  # the store too: it stays at its cursor, for the next start
+            log.exception("job %s: could not record its failure; it resumes on the next start", item.id)
+
+    async def _load(self, record: JobRecord) -> RunningJob:
+        return await load_job(self.pipeline.store, record.id, record.cursor, self.clock.monotonic())
+
     async def _run(self, item: RunningJob | JobRecord) -> None:
         """Run a job; while the store is unreachable, pause and go on from the last recorded
         batch (a batch sent but not recorded goes again with the same delivery ids)."""
@@ -106,8 +134,16 @@ class Runner:
         while True:
             try:
                 if isinstance(item, JobRecord):
-                    item = await load_job(self.pipeline.store, item.id, item.cursor, self.clock.monotonic())
+                    item = await self._load(item)
                     self.active[item.id] = item
+                if item.id in self._again:  # its process died here before: how many times?
+                    self._again.discard(item.id)
+                    if await self.pipeline.store.count_retry(item.id, item.cursor) >= RESUMES_BEFORE_GIVING_UP:
+                        await self.pipeline.give_up(
+                            item,
+                            f"the job stopped its process {RESUMES_BEFORE_GIVING_UP} times at recipient {item.cursor}",
+                        )
+                        return
                 await self.pipeline.run(item, self.stopping)
                 return
             except StoreUnavailable as exc:

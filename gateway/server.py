@@ -6,14 +6,15 @@ import asyncio
 import ipaddress
 import logging
 import signal
-import socket
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import ConfigError, GatewayConfig, Secret, api_keys
+from gateway.config import ConfigError, GatewayConfig, Secret, api_keys, seconds
 from gateway.intake.api import make_app
+from gateway.intake.guard import GuardedProtocol
+from gateway.intake.guard import log as http_log
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def keys_for(config: GatewayConfig, host: str) -> list[Secret]:
 class RunningServer:
     gateway: Gateway
     runner: web.AppRunner
-    site: web.TCPSite
+    server: asyncio.Server
     url: str
     stopped: bool = False
 
@@ -55,7 +56,8 @@ class RunningServer:
             return
         self.stopped = True
         self.gateway.accepting = False
-        await self.site.stop()
+        self.server.close()
+        await self.server.wait_closed()
         await self.gateway.stop()
         await self.runner.cleanup()
 
@@ -68,14 +70,18 @@ async def start_server(
     keys = keys_for(config, host)
     gateway = gateway or Gateway(config)
     await gateway.start()
-    runner = web.AppRunner(make_app(gateway, keys), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(gateway, keys), access_log=None, handle_signals=False, logger=http_log)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    sock: socket.socket = site._server.sockets[0]  # type: ignore[union-attr]
-    bound = sock.getsockname()[1]
+    assert runner.server is not None
+    handlers, header_timeout = runner.server, seconds(config.server.header_timeout)
+    # Our own listening socket rather than aiohttp's TCPSite: each connection goes through
+    # the header clock (intake/guard.py), which aiohttp's server does not have.
+    server = await asyncio.get_running_loop().create_server(
+        lambda: GuardedProtocol(handlers(), header_timeout), host, port, reuse_address=True
+    )
+    bound = server.sockets[0].getsockname()[1]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
-    return RunningServer(gateway, runner, site, url)
+    return RunningServer(gateway, runner, server, url)
 
 
 async def serve(config: GatewayConfig, host: str | None = None, port: int | None = None) -> None:

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from email.utils import formataddr, formatdate
 from typing import Literal
@@ -26,6 +27,7 @@ import aiosmtplib
 import msgspec
 
 from gateway.plugin import (
+    AddressError,
     Channel,
     ConfigError,
     Delivery,
@@ -41,7 +43,9 @@ from gateway.plugin import (
     Sent,
     TransientFailure,
     hookimpl,
+    invalid_request,
     map_bounded,
+    parse_email,
     seconds,
 )
 from plugins.mime import compose
@@ -69,6 +73,9 @@ class MailConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_size: int = 8  # connections, each sending one message at a time
     timeout: Duration = "30s"
     unsubscribe: UnsubscribeConfig | None = None
+    # The relay takes internationalized addresses (RFC 6531): addresses with non-ASCII
+    # before the @ are accepted at intake and sent with SMTPUTF8; otherwise they are 400s.
+    smtputf8: bool = False
 
 
 def sign_token(key: bytes, address: str, campaign: str) -> str:
@@ -79,7 +86,10 @@ def sign_token(key: bytes, address: str, campaign: str) -> str:
 
 def read_token(key: bytes, token: str) -> tuple[str, str] | None:
     """(address, campaign) for an authentic token, else None."""
-    payload, _, mac = token.encode().partition(b".")
+    try:
+        payload, _, mac = token.encode("ascii").partition(b".")
+    except UnicodeEncodeError:  # a token of ours is base64url: this one was not made here
+        return None
     expected = base64.urlsafe_b64encode(hmac.new(key, payload, hashlib.sha256).digest()[:18])
     if not mac or not hmac.compare_digest(mac, expected):
         return None
@@ -88,6 +98,15 @@ def read_token(key: bytes, token: str) -> tuple[str, str] | None:
     except (ValueError, msgspec.DecodeError):
         return None
     return str(address), str(campaign)
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    """After a refused envelope: RSET, and the connection is clean only if it answers 250
+    (aiosmtplib tries one too, but swallows its failure)."""
+    try:
+        return (await client.rset()).code == 250
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        return False
 
 
 def classify_reply(code: int, message: str) -> Result:
@@ -99,25 +118,53 @@ def classify_reply(code: int, message: str) -> Result:
 
 
 class _Pool:
+    """Connected clients, at most `pool_size`. A client goes back only in a clean state
+    (no envelope open); any other is closed and another is opened when needed."""
+
     def __init__(self, config: MailConfig, password: Secret | None, tls: ssl.SSLContext | None):
         self.config = config
         self.password = password
         self.tls = tls
-        self.idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self.idle: list[aiosmtplib.SMTP] = []
         self.created = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> aiosmtplib.SMTP:
-        if self.idle.empty() and self.created < self.config.pool_size:
-            self.created += 1
+        while True:
+            if self.idle:
+                return self.idle.pop()
+            if self.created < self.config.pool_size:
+                self.created += 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self.discard(None)
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
             try:
-                return await self._connect()
-            except BaseException:
-                self.created -= 1
-                raise
-        return await self.idle.get()
+                await waiter
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
 
     def release(self, client: aiosmtplib.SMTP) -> None:
-        self.idle.put_nowait(client)
+        self.idle.append(client)
+        self._wake()
+
+    def discard(self, client: aiosmtplib.SMTP | None) -> None:
+        """Close a client whose state is unknown; its place may be taken by a new one."""
+        if client is not None:
+            client.close()
+        self.created -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def reconnect(self, client: aiosmtplib.SMTP) -> aiosmtplib.SMTP:
         client.close()
@@ -139,11 +186,11 @@ class _Pool:
         return client
 
     async def close(self) -> None:
-        while not self.idle.empty():
-            client = self.idle.get_nowait()
+        idle, self.idle = self.idle, []
+        for client in idle:
             try:
                 await client.quit()
-            except aiosmtplib.SMTPException:
+            except (aiosmtplib.SMTPException, OSError):
                 client.close()
 
 
@@ -193,7 +240,29 @@ class MailChannel(Channel):
         return cls(config, _Pool(config, password, tls), key)
 
     def destinations(self, recipient: Recipient) -> list[Device | str]:
-        return [recipient.email] if recipient.email else []
+        """The address as SMTP reads it (intake checked it; a job stored before that check
+        with an unusable address has nowhere to go)."""
+        if not recipient.email:
+            return []
+        try:
+            return [parse_email(recipient.email).address]
+        except AddressError:
+            return []
+
+    def check_recipient(self, recipient: Recipient) -> list[tuple[str, str]]:
+        if recipient.email and not self.config.smtputf8:
+            try:
+                if parse_email(recipient.email).utf8:
+                    return [
+                        (
+                            "email",
+                            "an address outside ASCII before the @ needs SMTPUTF8: set [channels.email] "
+                            "smtputf8 = true if the relay offers it",
+                        )
+                    ]
+            except AddressError:
+                pass  # intake reports it
+        return []
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return await map_bounded(deliveries, self._send, self.config.pool_size)
@@ -236,31 +305,54 @@ class MailChannel(Channel):
         return f"<{delivery.id}@{self.domain}>"
 
     async def _send(self, delivery: Delivery) -> Result:
+        """Build the message (what fails here is this delivery's alone), then send it on a
+        pooled connection that goes back only in a clean state."""
+        address = parse_email(str(delivery.to))
+        if address.utf8 and not self.config.smtputf8:
+            return PermanentFailure(
+                "invalid_request", "the address needs SMTPUTF8, which [channels.email] does not enable"
+            )
         msg = self.message(delivery)
-        assert isinstance(delivery.to, str)
+        options = ["SMTPUTF8"] if address.utf8 else []
         try:
             client = await self.pool.acquire()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             return TransientFailure(f"connect_failed: {type(exc).__name__}")
+        clean = False
+        try:
+            result, clean = await self._transaction(client, address.address, msg, options, self.message_id(delivery))
+            return result
+        finally:
+            if clean:
+                self.pool.release(client)
+            else:
+                self.pool.discard(client)
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, address: str, msg: bytes, options: list[str], message_id: str
+    ) -> tuple[Result, bool]:
+        """(the result, whether the connection is in a clean state afterwards)."""
         try:
             for attempt in (1, 2):
                 try:
-                    await client.sendmail(self.config.from_address, [delivery.to], msg)
-                    return Sent(self.message_id(delivery))
+                    await client.sendmail(self.config.from_address, [address], msg, mail_options=options)
+                    return Sent(message_id), True
                 except aiosmtplib.SMTPServerDisconnected:
                     if attempt == 2:
-                        return TransientFailure("disconnected")
+                        return TransientFailure("disconnected"), False
                     client = await self.pool.reconnect(client)
             raise AssertionError("unreachable")
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
-            return classify_reply(refused.code, refused.message)
+            return classify_reply(refused.code, refused.message), await _reset(client)
         except aiosmtplib.SMTPResponseException as exc:
-            return classify_reply(exc.code, exc.message)
+            return classify_reply(exc.code, exc.message), await _reset(client)
+        except aiosmtplib.SMTPNotSupported as exc:  # e.g. SMTPUTF8 asked of a relay without it
+            return invalid_request(exc), False
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return TransientFailure(f"smtp_error: {type(exc).__name__}")
-        finally:
-            self.pool.release(client)
+            return TransientFailure(f"smtp_error: {type(exc).__name__}"), False
+        except ValueError as exc:  # an address or message aiosmtplib will not put on the wire
+            return invalid_request(exc), False
 
     def read_unsubscribe_token(self, token: str) -> tuple[str, str] | None:
         return read_token(self.unsubscribe_key, token) if self.unsubscribe_key else None

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from email.header import Header
 
 _LINE_BREAKS = re.compile(r"[\r\n]+")
+# Other control characters in a rendered header value (a template's data) are dropped:
+# NUL, vertical tab, form feed... have no place in a header, and some relays choke on them.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Headers that hold addresses: only their display names may be encoded, and formataddr()
 # has already done that; the rest of the value must stay as it is.
 _ADDRESS_HEADERS = frozenset({"from", "to", "reply-to", "cc", "bcc", "sender"})
@@ -38,7 +41,7 @@ def compose(headers: Sequence[tuple[str, str]], text: str, html: str | None, bou
 
 
 def _header(name: str, value: str) -> str:
-    value = _LINE_BREAKS.sub(" ", value)
+    value = _CONTROLS.sub("", _LINE_BREAKS.sub(" ", value)).replace("\t", " ")
     if name.lower() in _ADDRESS_HEADERS or (value.isascii() and len(name) + len(value) < 76):
         return f"{name}: {value}"
     # Encoded words (or folding, for long ASCII values) as email.header does it

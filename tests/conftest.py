@@ -59,6 +59,7 @@ def make_config(tmp_path: Path, receiver_url: str | None = None, **sections: Any
 # Where the event loop matters (connections, channels, the pipeline), tests run on both the
 # default loop and uvloop, which `gateway serve` uses.
 BOTH_LOOPS = (
+    "tests/intake/",
     "tests/dispatch/",
     "tests/plugins/",
     "tests/test_pipeline.py",

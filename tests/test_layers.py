@@ -27,7 +27,14 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.personalize": {"gateway.model"},
     "gateway.policy": {"gateway.model", "gateway.config", "gateway.channel"},
     "gateway.store": {"gateway.model", "gateway.config"},
-    "gateway.dispatch": {"gateway.model", "gateway.channel", "gateway.config", "gateway.clock", "gateway.metrics"},
+    "gateway.dispatch": {
+        "gateway.model",
+        "gateway.channel",
+        "gateway.config",
+        "gateway.clock",
+        "gateway.metrics",
+        "gateway.loader",
+    },
     "gateway.testing": {"gateway.transport"},
     "gateway.plugin": {
         "gateway.channel",
@@ -39,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "gateway.loader": {"gateway.channel", "gateway.config", "gateway.hookspecs"},
     "gateway.pipeline": {
+        "gateway.loader",
         "gateway.model",
         "gateway.channel",
         "gateway.clock",

@@ -241,3 +241,71 @@ async def test_retries_stop_at_the_delivery_time_budget(start, tmp_path, provide
     assert (decision["outcome"], decision["reason"]) == ("failed", "retries_exhausted")
     assert "max_delivery_time" in decision["detail"]
     assert len(provider_calls["alpha"]) == 2  # at 0 s and 60 s; a third at 120 s would pass 90 s
+
+
+async def test_a_recipient_that_cannot_be_planned_is_a_decision_not_a_dead_job(start, tmp_path, provider_calls) -> None:
+    """Whatever planning one recipient raises (here a plugin's `destinations` meeting data it
+    did not expect) becomes `failed: internal_error` for that recipient; the rest of its
+    batch and of the job go out."""
+
+    class Picky(Channel):
+        name = "picky"
+        content_kind = "push"
+        subscription_group = "push"
+        requires_config = False
+
+        def destinations(self, recipient):
+            if recipient.user_id == "boom":
+                raise KeyError("a field the plugin assumed")
+            return [d for d in recipient.devices if d.channel == "picky"]
+
+        async def send_batch(self, deliveries):
+            provider_calls["alpha"].extend(deliveries)
+            return [Sent() for _ in deliveries]
+
+    running = await start(make_config(tmp_path), extra_plugins=(Channels(Picky),))
+    recipients = [recipient(u, ["picky:1"], properties={"order": "1"}) for u in ("a", "boom", "c")]
+    _, body, _ = await running.post(job(recipients, ["picky"]))
+    done = await running.wait(body["job_id"])
+    assert by_key(done["decisions"]) == {
+        ("a", "picky"): ("sent", None),
+        ("boom", "picky"): ("failed", "internal_error"),
+        ("c", "picky"): ("sent", None),
+    }
+    assert sorted(d.user_id for d in provider_calls["alpha"]) == ["a", "c"]
+
+
+async def test_a_job_that_fails_twice_at_one_place_is_finished_not_retried_forever(start, tmp_path) -> None:
+    """A fault no recipient-level guard catches (the store refusing one batch of one job,
+    again and again): the job runs once more, then its remaining recipients are decided
+    `failed: internal_error` and it completes; other jobs are untouched."""
+    from gateway.store.sqlite import SQLiteStore
+
+    class RefusingStore(SQLiteStore):
+        refused = 0
+
+        async def record_batch(self, job_id, cursor, decisions, now, deferred=()):
+            if any(d.user_id == "poison" for d in decisions) and decisions[0].outcome != "failed":
+                RefusingStore.refused += 1
+                raise RuntimeError("a write this store cannot make")
+            return await super().record_batch(job_id, cursor, decisions, now, deferred)
+
+    config = make_config(tmp_path, pipeline={"batch_size": 2, "workers": 1})
+    running = await start(
+        config,
+        store=RefusingStore(f"{tmp_path}/refusing.db"),
+        extra_plugins=(Channels(scripted("alpha", lambda d: Sent(), [])),),
+    )
+    recipients = [recipient(u, ["alpha:1"], properties={"order": "1"}) for u in ("a", "b", "poison", "d", "e")]
+    _, body, _ = await running.post(job(recipients, ["alpha"]))
+    done = await running.wait(body["job_id"])
+    assert RefusingStore.refused == 2
+    assert by_key(done["decisions"]) == {
+        ("a", "alpha"): ("sent", None),
+        ("b", "alpha"): ("sent", None),
+        ("poison", "alpha"): ("failed", "internal_error"),
+        ("d", "alpha"): ("failed", "internal_error"),
+        ("e", "alpha"): ("failed", "internal_error"),
+    }
+    _, other, _ = await running.post(job([recipient("z", ["alpha:1"], properties={"order": "1"})], ["alpha"]))
+    assert by_key((await running.wait(other["job_id"]))["decisions"]) == {("z", "alpha"): ("sent", None)}

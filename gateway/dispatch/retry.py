@@ -19,6 +19,7 @@ from gateway.clock import Clock
 from gateway.config import DeliveryConfig, seconds
 from gateway.dispatch.breaker import Breaker
 from gateway.dispatch.budget import InFlight
+from gateway.loader import observe
 from gateway.metrics import Metrics
 from gateway.model.decision import CHANNEL_ERROR, RETRIES_EXHAUSTED
 from gateway.model.delivery import Delivery, PermanentFailure, Result, TransientFailure
@@ -91,7 +92,7 @@ class Retrier:
             for delivery in batch:
                 delivery.attempt = attempt
             results = await self._attempt(channel, batch)
-            self.pm.hook.delivery_results(job_id=job_id, channel=channel.name, deliveries=batch, results=results)
+            observe(self.pm, "delivery_results", job_id=job_id, channel=channel.name, deliveries=batch, results=results)
             now = self.clock.now()
             for delivery, result in zip(batch, results, strict=True):
                 self.breaker(channel, delivery).record(delivery.id, result, now)

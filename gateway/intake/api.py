@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import Secret
+from gateway.config import Secret, seconds
+from gateway.intake.guard import GUARDS
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
+from gateway.model.address import opt_out_key
 from gateway.model.decision import OUTCOMES
 from gateway.store import StoreUnavailable
 
@@ -25,6 +29,7 @@ KEYS_KEY = web.AppKey("api_keys", list)
 SCOPE_KEY = web.RequestKey("key_scope", str)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 PUBLIC_PREFIXES = ("/v1/unsubscribe/",)  # recipients follow these links: no API key
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 MAX_PAGE = 1000
 
 
@@ -35,6 +40,57 @@ def json_response(status: int, body: object, headers: dict[str, str] | None = No
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return json_response(status, {"error": code, "message": message}, headers)
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every answer is JSON, aiohttp's own 404, 405 and 413 included, and no input makes
+    a 5xx: a path that is not UTF-8 is a 400; anything unexpected is logged with its trace
+    and answered 500 as JSON (a bug: the hostile-input tests assert it never happens)."""
+    try:
+        request.path.encode()
+    except UnicodeEncodeError:  # %-escapes that are not UTF-8
+        return error(400, "invalid_path", "the path is not valid UTF-8")
+    guard = GUARDS.get(id(request.transport))
+    if guard is not None:
+        guard.request_started()  # its body is the handler's to time, not the header clock's
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return error(exc.status, _CODES.get(exc.status, "error"), exc.reason, headers)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error(500, "internal_error", "the gateway failed to answer this request; the log has the trace")
+    finally:
+        if guard is not None:
+            guard.request_finished()
+
+
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
+_LOOPBACK_HOST = re.compile(r"^(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?$", re.I)
+
+
+@web.middleware
+async def local_only_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Without API keys the gateway listens on loopback, where a web page in the operator's
+    browser could still reach it: a request naming another host (DNS rebinding) is refused,
+    and a state-changing one must be `application/json`, which a cross-site form or a
+    simple fetch cannot send without a CORS preflight this server never grants."""
+    if request.app[KEYS_KEY]:
+        return await handler(request)
+    if not _LOOPBACK_HOST.match(request.headers.get("Host", "")):
+        return error(403, "forbidden", "without API keys only requests to a loopback Host are served")
+    changes_state = request.method not in ("GET", "HEAD", "OPTIONS") and not request.path.startswith(PUBLIC_PREFIXES)
+    if changes_state and request.content_type != "application/json":
+        return error(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    return await handler(request)
 
 
 @web.middleware
@@ -51,6 +107,8 @@ async def auth_middleware(
     challenge = {"WWW-Authenticate": 'Bearer realm="gateway"'}
     if scheme.lower() != "bearer" or not token:
         return error(401, "unauthorized", "missing `Authorization: Bearer <api key>` header", challenge)
+    if not _VISIBLE_ASCII.fullmatch(token):  # keys are visible ASCII; anything else is no key of ours
+        return error(401, "unauthorized", "unknown API key", challenge)
     # Compare against every key so the time taken does not reveal which prefix matched.
     matched = [hmac.compare_digest(token.encode(), k.reveal().encode()) for k in keys]
     if not any(matched):
@@ -90,13 +148,29 @@ async def post_job(request: web.Request) -> web.Response:
                 "message": f"body is {request.content_length} bytes, the limit is {limit}",
             },
         )
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        gw.metrics.jobs_rejected.inc("413")
-        return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
-    reply = await request.app[INTAKE_KEY].submit(body, request[SCOPE_KEY], request.headers.get("Idempotency-Key"))
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _VISIBLE_ASCII.fullmatch(key):
+        return error(400, "invalid_idempotency_key", "Idempotency-Key must be visible ASCII characters")
+    body = await read_body(request)
+    if isinstance(body, web.Response):
+        gw.metrics.jobs_rejected.inc(str(body.status))
+        return body
+    reply = await request.app[INTAKE_KEY].submit(body, request[SCOPE_KEY], key)
     return json_response(reply.status, reply.body, reply.headers)
+
+
+async def read_body(request: web.Request) -> bytes | web.Response:
+    """The body, or the error to answer: over the size limit (413), or not received within
+    `server.body_timeout` (408: a client trickling a body holds nothing for long)."""
+    gw = request.app[GATEWAY_KEY]
+    limit = gw.config.limits.max_body_bytes
+    try:
+        async with asyncio.timeout(seconds(gw.config.server.body_timeout)):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
+    except TimeoutError:
+        return error(408, "request_timeout", "the body did not arrive in time")
 
 
 async def post_preview(request: web.Request) -> web.Response:
@@ -110,11 +184,9 @@ async def post_preview(request: web.Request) -> web.Response:
             now = parse_instant(request.query["now"])
         except ValueError as exc:
             return error(400, "invalid_query", f"now: {exc}")
-    limit = gw.config.limits.max_body_bytes
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
+    body = await read_body(request)
+    if isinstance(body, web.Response):
+        return body
     try:
         accepted = accept_job(body, gw.config.limits, gw.channels)
     except JobError as exc:
@@ -137,8 +209,9 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
     if found is None:
         return error(404, "not_found", "unknown unsubscribe link")
     address, campaign = found
-    await gw.store.record_opt_out(address, campaign, gw.clock.now())
-    gw.policy.opt_outs.add(address.lower())
+    key = opt_out_key(address)
+    await gw.store.record_opt_out(key, campaign, gw.clock.now())
+    gw.policy.opt_outs.add(key)
     log.info("one-click unsubscribe recorded (campaign %s)", campaign)
     return web.Response(text="You are unsubscribed.", content_type="text/plain")
 
@@ -158,22 +231,19 @@ async def get_unsubscribe(request: web.Request) -> web.Response:
 async def delete_opt_out(request: web.Request) -> web.Response:
     """Upstream has a new subscription state for the address: stop suppressing it."""
     gw = request.app[GATEWAY_KEY]
-    address = request.match_info["address"]
-    existed = await gw.store.clear_opt_out(address)
-    gw.policy.opt_outs.discard(address.lower())
+    key = opt_out_key(request.match_info["address"])
+    existed = await gw.store.clear_opt_out(key)
+    gw.policy.opt_outs.discard(key)
     return web.Response(status=204 if existed else 404)
 
 
 async def get_job(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     job_id = request.match_info["job_id"]
-    try:
-        offset = int(request.query.get("offset", "0"))
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        return error(400, "invalid_query", "offset and limit must be integers")
-    if offset < 0 or not 1 <= limit <= MAX_PAGE:
-        return error(400, "invalid_query", f"offset must be >= 0 and limit between 1 and {MAX_PAGE}")
+    offset = _int_query(request, "offset", 0)
+    limit = _int_query(request, "limit", 100)
+    if offset is None or limit is None or offset < 0 or not 1 <= limit <= MAX_PAGE:
+        return error(400, "invalid_query", f"offset must be an integer >= 0 and limit one between 1 and {MAX_PAGE}")
     record = await gw.store.get_job(job_id)
     if record is None:
         return error(404, "not_found", f"no job {job_id}")
@@ -194,6 +264,14 @@ async def get_job(request: web.Request) -> web.Response:
         "next_offset": offset + limit if len(decisions) == limit else None,
     }
     return json_response(200, body)
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int | None:
+    """A query parameter as a small decimal integer (None when it is not one)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -219,23 +297,56 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(200, openapi_spec())
 
 
+ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("POST", "/v1/jobs", post_job),
+    ("GET", "/v1/jobs/{job_id}", get_job),
+    ("POST", "/v1/preview", post_preview),
+    ("POST", "/v1/unsubscribe/{token}", post_unsubscribe),
+    ("GET", "/v1/unsubscribe/{token}", get_unsubscribe),
+    ("DELETE", "/v1/opt-outs/{address}", delete_opt_out),
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+]
+
+
+async def expect(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue`, and a JSON 417 for anything else. aiohttp's own handler runs
+    before any middleware and answered 500 to an Expect value that is not UTF-8."""
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    return error(417, "expectation_failed", "the only Expect this server meets is 100-continue")
+
+
+def _no_such_route(known: list[tuple[re.Pattern[str], str]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        allowed = sorted({method for pattern, method in known if pattern.fullmatch(request.path)})
+        if allowed:
+            return error(
+                405, "method_not_allowed", f"{request.method} is not allowed here", {"Allow": ", ".join(allowed)}
+            )
+        return error(404, "not_found", "no such path")
+
+    return handler
+
+
 def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
     # One byte over the limit so aiohttp's own check fires only past it; our handler gives
     # the JSON error naming the limit.
     app = web.Application(
-        client_max_size=gateway.config.limits.max_body_bytes + 1, middlewares=[auth_middleware, store_errors_middleware]
+        client_max_size=gateway.config.limits.max_body_bytes + 1,
+        middlewares=[errors_middleware, local_only_middleware, auth_middleware, store_errors_middleware],
     )
     app[GATEWAY_KEY] = gateway
     app[INTAKE_KEY] = Intake(gateway)
     app[KEYS_KEY] = api_keys
-    app.router.add_post("/v1/jobs", post_job)
-    app.router.add_get("/v1/jobs/{job_id}", get_job)
-    app.router.add_post("/v1/preview", post_preview)
-    app.router.add_post("/v1/unsubscribe/{token}", post_unsubscribe)
-    app.router.add_get("/v1/unsubscribe/{token}", get_unsubscribe)
-    app.router.add_delete("/v1/opt-outs/{address}", delete_opt_out)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    known = []
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler, expect_handler=expect)
+        known.append((re.compile(re.sub(r"\{\w+\}", "[^/]+", path)), method))
+    # Every other path and method is ours too (JSON 404 and 405, and our Expect handling).
+    app.router.add_route("*", "/{tail:.*}", _no_such_route(known), expect_handler=expect)
     return app

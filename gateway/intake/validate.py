@@ -17,7 +17,7 @@ import msgspec
 from gateway.channel import Channel
 from gateway.config import LimitsConfig
 from gateway.model.address import AddressError, parse_email
-from gateway.model.job import JOB_DECODER, Device, Job
+from gateway.model.job import JOB_DECODER, Device, Job, Variant
 from gateway.personalize.templates import CompiledVariant, TemplateError, compile_job
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
@@ -174,6 +174,8 @@ def check_job(job: Job, limits: LimitsConfig) -> None:
                 f"$.variants[{i}].when",
                 "only the last variant (the default) may omit `when`; this one would hide every variant after it",
             )
+    for i, variant in enumerate(job.variants):
+        _check_header_fields(variant, f"$.variants[{i}].content")
     last = len(job.variants) - 1
     if job.variants[last].when is not None:
         raise JobError(
@@ -198,6 +200,21 @@ def check_job(job: Job, limits: LimitsConfig) -> None:
             )
         for d, device in enumerate(recipient.devices):
             _check_device(device, f"{where}.devices[{d}]")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_header_fields(variant: Variant, path: str) -> None:
+    """A collapse key travels in a header (apns-collapse-id, Topic): a literal one that no
+    header can carry is a 400 here; a rendered one that cannot is that delivery's failure."""
+    for kind in ("push", "apns", "fcm", "webpush"):
+        content = getattr(variant.content, kind)
+        key = content.collapse_key if content is not None else None
+        if key is None or "{{" in key or "{%" in key:
+            continue
+        if _CONTROL.search(key) or len(key.encode()) > 64:
+            raise JobError(400, f"{path}.{kind}.collapse_key", "expected at most 64 bytes and no control characters")
 
 
 # Instants are checked well inside the years datetime can hold, so that adding a zone's

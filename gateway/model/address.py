@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import NamedTuple
 
 import idna
 
@@ -28,12 +29,12 @@ class AddressError(ValueError):
     """Not an address SMTP would take as it stands; the message says what is wrong."""
 
 
-class EmailAddress(str):
-    """A parsed address: the string SMTP is given (domain in its ASCII form); `key` is
-    what opt-outs compare (lower case); `utf8` when the local part needs SMTPUTF8."""
+class EmailAddress(NamedTuple):
+    """A parsed address."""
 
-    key: str
-    utf8: bool
+    address: str  # what SMTP is given: the domain in its ASCII form
+    key: str  # what opt-outs compare: the address in lower case
+    utf8: bool  # the local part needs SMTPUTF8 (RFC 6531)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -53,12 +54,10 @@ def parse_email(raw: str) -> EmailAddress:
     if len(local.encode()) > 64:
         raise AddressError("the part before @ is longer than 64 bytes")
     ascii_domain = _domain(domain)
-    address = EmailAddress(f"{local}@{ascii_domain}")
+    address = f"{local}@{ascii_domain}"
     if len(address.encode()) > 254:
         raise AddressError("longer than 254 bytes")
-    address.key = address.lower()
-    address.utf8 = not local.isascii()
-    return address
+    return EmailAddress(address, address.lower(), not local.isascii())
 
 
 def _domain(domain: str) -> str:

@@ -27,6 +27,7 @@ through `assign` and into `default`; any other use (output, another filter, a te
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Mapping, Sequence, Sized
 from functools import partial
 from typing import Any
@@ -82,6 +83,7 @@ from markupsafe import escape
 from gateway.personalize.fastfilters import SLOW, fast_filter
 from gateway.personalize.filters import default as default_filter
 
+log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Eval = Callable[[Scope], Any]
 Render = Callable[[Scope], str]
@@ -113,10 +115,15 @@ class Unsupported(Exception):
 
 
 def compile_template(template: BoundTemplate, env: Environment) -> Render | None:
-    """A closure rendering `template` for a scope, or None to fall back to python-liquid."""
+    """A closure rendering `template` for a scope, or None to fall back to python-liquid:
+    for a construct outside the compiled subset, and for anything compiling raises (a
+    shortcut meeting an argument it did not foresee must cost speed, never a job)."""
     try:
         return _Compiler(env).template(template.nodes)
     except Unsupported:
+        return None
+    except Exception:
+        log.warning("a template could not be compiled; python-liquid renders it", exc_info=True)
         return None
 
 

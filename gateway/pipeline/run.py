@@ -26,6 +26,7 @@ import pluggy
 from gateway.channel import Channel
 from gateway.clock import Clock
 from gateway.dispatch.retry import Retrier
+from gateway.loader import observe
 from gateway.metrics import Metrics
 from gateway.model import decision as d
 from gateway.model.caps import Denied
@@ -94,6 +95,37 @@ class Pipeline:
         await self.store.finish_job(running.id, self.clock.now())
         return True
 
+    async def give_up(self, running: RunningJob, why: str) -> None:
+        """Finish a job that keeps failing at its cursor: every recipient from there on is
+        `failed: internal_error` (the log has the traces), so the job ends instead of
+        failing at every restart."""
+        job = running.job
+        at = self.clock.now()
+        decisions = [
+            Decision(
+                recipient=i,
+                user_id=job.recipients[i].user_id,
+                channel=channel,
+                outcome="failed",
+                reason=d.INTERNAL_ERROR,
+                detail=why,
+                at=at,
+            )
+            for i in range(running.cursor, len(job.recipients))
+            for channel in job.channels
+        ]
+        log.error(
+            "job %s: %s; recipients %d-%d are failed: internal_error",
+            running.id,
+            why,
+            running.cursor,
+            len(job.recipients) - 1,
+        )
+        await self.store.record_batch(running.id, len(job.recipients), decisions, at)
+        running.cursor = len(job.recipients)
+        self._observe(running.id, decisions)
+        await self.store.finish_job(running.id, at)
+
     async def release(self, running: RunningJob, items: Sequence[DeferredItem]) -> BatchOutcome:
         """Deferred messages coming due: policy again (a cap may have filled, quiet hours
         may still hold), then send."""
@@ -102,9 +134,13 @@ class Pipeline:
         return outcome
 
     def _observe(self, job_id: str, decisions: list[Decision]) -> None:
+        channels = self.channels
         for decision in decisions:
-            self.metrics.decisions.inc(decision.channel, decision.outcome)
-        self.pm.hook.decisions_recorded(job_id=job_id, decisions=decisions)
+            # A label per configured channel only: jobs may name any channel, and each new
+            # name would be another time series on /metrics.
+            label = decision.channel if decision.channel in channels else "other"
+            self.metrics.decisions.inc(label, decision.outcome)
+        observe(self.pm, "decisions_recorded", job_id=job_id, decisions=decisions)
 
     # -- one batch ---------------------------------------------------------------------
     async def process_batch(
@@ -282,7 +318,7 @@ class Pipeline:
             elapsed = self.clock.monotonic() - batch.running.accepted_at
             self.metrics.delivery_latency.observe(elapsed, channel, times=sent)
         if dead_all:
-            self.pm.hook.tokens_invalidated(channel=channel, deliveries=dead_all)
+            observe(self.pm, "tokens_invalidated", channel=channel, deliveries=dead_all)
 
     async def refund(self, batch: Batch, granted: list[tuple[Target, Ready]]) -> None:
         """Cap slots of messages that were not delivered do not count."""

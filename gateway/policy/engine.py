@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from gateway.channel import Channel
 from gateway.config import ConfigError, GatewayConfig, QuietHoursConfig, convert_section, seconds
 from gateway.model import decision as d
+from gateway.model.address import opt_out_key
 from gateway.model.caps import CapRequest, Check
 from gateway.model.job import Device, Job, Recipient
 from gateway.policy.caps import GROUPS, Cap, CapRule, validate_rules
@@ -64,8 +65,8 @@ class _JobRules:
 class Policy:
     def __init__(self, quiet: QuietHoursConfig, caps: Sequence[CapRule]):
         self.quiet = quiet
-        # Addresses that used one-click unsubscribe (lower case); the gateway keeps it
-        # in step with the store.
+        # Addresses that used one-click unsubscribe, by `opt_out_key` (the address as SMTP
+        # reads it, lower case); the gateway keeps it in step with the store.
         self.opt_outs: set[str] = set()
         fallback = zone(quiet.fallback_timezone)
         assert fallback is not None, "checked by load_policy"
@@ -123,7 +124,7 @@ class Policy:
                 self.opt_outs
                 and channel.subscription_group == "email"
                 and recipient.email
-                and recipient.email.lower() in self.opt_outs
+                and opt_out_key(recipient.email) in self.opt_outs
             ):
                 return Verdict(
                     "suppressed",

@@ -104,6 +104,12 @@ class Store(abc.ABC):
         atomically."""
 
     @abc.abstractmethod
+    async def count_retry(self, job_id: str, cursor: int) -> int:
+        """Once more, the job is being run again from `cursor` (its worker failed there, or
+        its process died there): how many times in a row at that cursor, this one included.
+        A job that keeps failing at one place is finished rather than retried forever."""
+
+    @abc.abstractmethod
     async def finish_job(self, job_id: str, now: float) -> None:
         """Every recipient has been through the pipeline: `completed`, or `waiting` while
         deferred messages remain."""

@@ -169,6 +169,16 @@ end
 return true
 """
 
+# KEYS: job hash. ARGV: cursor. Returns how many times in a row the job was retried there.
+RETRY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'retry_cursor') == ARGV[1] then
+  return redis.call('HINCRBY', KEYS[1], 'retries', 1)
+end
+redis.call('HSET', KEYS[1], 'retry_cursor', ARGV[1], 'retries', 1)
+return 1
+"""
+
 # KEYS: job hash, job's deferred set, open jobs zset, intake stream. ARGV: now, job id,
 # group.
 FINISH = """
@@ -345,6 +355,7 @@ class RedisStore(Store):
             r.register_script(TAKE),
             r.register_script(HOLD),
         )
+        self._retry = r.register_script(RETRY)
         await self._create_group()
 
     async def _create_group(self) -> None:
@@ -501,6 +512,9 @@ class RedisStore(Store):
             self._job_keys(job_id),
             [job_id, cursor, *self._decision_args(decisions, now), *self._deferred_args(job_id, deferred), repr(now)],
         )
+
+    async def count_retry(self, job_id: str, cursor: int) -> int:
+        return int(await self._call(self._retry, [self._job_keys(job_id)[0]], [cursor]))
 
     async def finish_job(self, job_id: str, now: float) -> None:
         keys = self._job_keys(job_id)

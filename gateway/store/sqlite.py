@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    retry_cursor INTEGER NOT NULL DEFAULT -1,
+    retries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(state, created_at) WHERE state != 'completed';
 CREATE TABLE IF NOT EXISTS deferred (
@@ -246,6 +248,18 @@ class SQLiteStore(Store):
 
         await self._write(write)
 
+    async def count_retry(self, job_id: str, cursor: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "UPDATE jobs SET retries = CASE WHEN retry_cursor = ? THEN retries + 1 ELSE 1 END, retry_cursor = ? "
+                "WHERE id = ?",
+                (cursor, cursor, job_id),
+            )
+            row = conn.execute("SELECT retries FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return int(await self._write(write))
+
     async def finish_job(self, job_id: str, now: float) -> None:
         await self._write(lambda c: _close_job(c, job_id, now))
 
@@ -347,7 +361,16 @@ def _cap_history(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """A database from before decisions were stored a batch per row: move them over."""
+    """Databases of earlier versions: columns added since, and decisions once stored a row
+    each moved to rows per batch."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, ddl in (("retry_cursor", "INTEGER NOT NULL DEFAULT -1"), ("retries", "INTEGER NOT NULL DEFAULT 0")):
+        if name not in columns:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")
+    _migrate_decision_rows(conn)
+
+
+def _migrate_decision_rows(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").fetchone() is None:
         return
     columns = "job_id, recipient, user_id, channel, outcome, reason, detail, variant, until, at, invalid_tokens, flags"

@@ -55,6 +55,7 @@ class SmtpFake(FakeServer):
     password: str | None = None
     fault: SmtpFault | None = None
     latency: float = 0.0  # seconds before answering each RCPT
+    smtputf8: bool = False  # offer SMTPUTF8 (RFC 6531): addresses outside ASCII
     received: list[ReceivedMail] = field(default_factory=list)
     # time.monotonic() of each first receipt, in the order of `received` (latency figures)
     arrivals: list[float] = field(default_factory=list)
@@ -99,6 +100,7 @@ class SmtpFake(FakeServer):
         def factory() -> SMTP:
             return SMTP(
                 self,
+                enable_SMTPUTF8=self.smtputf8,
                 hostname="smtp.test",
                 tls_context=self.tls_context,
                 require_starttls=self.require_starttls,

@@ -151,6 +151,18 @@ async def test_metrics_prometheus_text(start, receiver, tmp_path) -> None:
     assert "# TYPE gateway_delivery_latency_seconds histogram" in text
 
 
+async def test_metrics_label_only_configured_channels(start, receiver, tmp_path) -> None:
+    """Jobs may name any channel; each new name must not become another time series."""
+    running = await start(make_config(tmp_path, receiver.url))
+    for n in range(3):
+        _, body, _ = await running.post(speaker_job(1, channels=["speaker", f"made-up-{n}", f"other-{n}"]))
+        await running.wait(body["job_id"])
+    async with running.http.get("/metrics") as r:
+        text = await r.text()
+    assert "made-up" not in text and "other-" not in text
+    assert 'gateway_decisions_total{channel="other",outcome="suppressed"} 6' in text
+
+
 async def test_openapi_describes_the_job_schema(api) -> None:
     async with api.http.get("/openapi.json") as r:
         spec = await r.json()
@@ -173,14 +185,22 @@ def test_refuses_non_loopback_without_keys(monkeypatch) -> None:
     assert [k.reveal() for k in keys_for(config, "0.0.0.0")] == ["a", "b"]
 
 
-async def test_loopback_without_keys_is_open(tmp_path, monkeypatch) -> None:
+async def test_loopback_without_keys_is_open_to_local_json_requests_only(tmp_path, monkeypatch) -> None:
+    """Keyless mode: a JSON request to a loopback Host is served; a cross-site form post
+    (text/plain) and a request naming another host (DNS rebinding) are not."""
     monkeypatch.delenv("GATEWAY_TEST_API_KEYS", raising=False)
     config = make_config(tmp_path)
     server = await start_server(config)
     try:
         async with aiohttp.ClientSession(server.url) as anon:
-            async with anon.post("/v1/jobs", data=json.dumps(speaker_job(1))) as r:
+            async with anon.post("/v1/jobs", json=speaker_job(1)) as r:
                 assert r.status == 202
+            async with anon.post(
+                "/v1/jobs", data=json.dumps(speaker_job(1)), headers={"Content-Type": "text/plain"}
+            ) as r:
+                assert r.status == 415 and (await r.json())["error"] == "unsupported_media_type"
+            async with anon.get("/v1/jobs/x", headers={"Host": "attacker.example"}) as r:
+                assert r.status == 403 and (await r.json())["error"] == "forbidden"
     finally:
         await server.stop()
 
@@ -208,7 +228,7 @@ async def test_openapi_describes_every_route(api) -> None:
     routes = {
         (r.method.lower(), r.resource.canonical)
         for r in app.router.routes()  # type: ignore[union-attr]
-        if r.method != "HEAD"
+        if r.method not in ("HEAD", "*")  # the catch-all answers JSON 404s and 405s
     }
     async with api.http.get("/openapi.json") as r:
         spec = await r.json()

@@ -93,7 +93,7 @@ async def test_multipart_mail_over_starttls_with_auth(start, tmp_path, smtp, ca,
     running = await start(mail_config(tmp_path, smtp, ca))
     _, body, _ = await running.post(email_job(["ana@example.com", "ben@example.com"]))
     done = await running.wait(body["job_id"])
-    assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"]
+    assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"], [d.get("detail") for d in done["decisions"]]
     assert all(r.tls for r in smtp.received)  # STARTTLS happened before the mail
     (msg,) = smtp.to("ana@example.com")
     assert msg["From"] == "Shop <news@shop.example>" and msg["Subject"] == "Hello <N0>"
@@ -156,7 +156,7 @@ async def test_reconnects_after_the_server_drops_connections(start, tmp_path, sm
     await smtp.start()  # same port
     _, second, _ = await running.post(email_job(["d@example.com", "e@example.com"]))
     done = await running.wait(second["job_id"])
-    assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"]
+    assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"], [d.get("detail") for d in done["decisions"]]
 
 
 async def test_one_click_unsubscribe_suppresses_later_marketing(start, tmp_path, smtp, ca, mail_env) -> None:
@@ -184,6 +184,64 @@ async def test_one_click_unsubscribe_suppresses_later_marketing(start, tmp_path,
         assert r.status == 204  # upstream has a new subscription state
     _, again, _ = await running.post(email_job(["ana@example.com"]))
     assert (await running.wait(again["job_id"]))["decisions"][0]["outcome"] == "sent"
+
+
+async def test_a_refused_envelope_leaves_the_connection_clean_for_the_next(start, tmp_path, smtp, ca, mail_env) -> None:
+    """One connection (pool_size 1): the server refuses the first address; the next mail
+    on that connection goes out (a client back in the pool with an open envelope got
+    `503 nested MAIL command` for every later mail)."""
+    smtp.fault = lambda address, attempt: "501 5.1.3 bad destination" if address.startswith("bad") else None
+    running = await start(mail_config(tmp_path, smtp, ca, pool_size=1))
+    _, body, _ = await running.post(
+        email_job(
+            ["bad@example.com", "ana@example.com", "bad2@example.com", "ben@example.com"], category="transactional"
+        )
+    )
+    decisions = (await running.wait(body["job_id"]))["decisions"]
+    assert [(d["outcome"], d.get("reason")) for d in decisions] == [
+        ("failed", "smtp_501"),
+        ("sent", None),
+        ("failed", "smtp_501"),
+        ("sent", None),
+    ]
+    assert sorted(a for mail in smtp.received for a in mail.rcpt_tos) == ["ana@example.com", "ben@example.com"]
+
+
+async def test_addresses_outside_ascii_need_smtputf8(start, tmp_path, ca, mail_env) -> None:
+    """Without `smtputf8` such an address is a 400 naming it; with it, it goes out with
+    SMTPUTF8 to a relay that offers it, and fails alone (permanently) at one that does not.
+    Domains always go out in their ASCII form."""
+    job = email_job(["ü@example.com", "ana@bücher.de"], category="transactional")
+    async with SmtpFake(smtputf8=True) as relay:
+        running = await start(mail_config(tmp_path, relay, ca, security="none", username=None, password=None))
+        status, body, _ = await running.post(job)
+        assert status == 400 and body["path"] == "$.recipients[0].email" and "SMTPUTF8" in body["message"]
+        await running.server.stop()
+        running = await start(
+            mail_config(tmp_path, relay, ca, security="none", username=None, password=None, smtputf8=True)
+        )
+        _, body, _ = await running.post(job)
+        assert [d["outcome"] for d in (await running.wait(body["job_id"]))["decisions"]] == ["sent", "sent"]
+        assert sorted(a for mail in relay.received for a in mail.rcpt_tos) == ["ana@xn--bcher-kva.de", "ü@example.com"]
+    async with SmtpFake() as plain:  # the config says SMTPUTF8, the relay does not offer it
+        running = await start(
+            mail_config(tmp_path, plain, ca, security="none", username=None, password=None, smtputf8=True)
+        )
+        _, body, _ = await running.post(job)
+        decisions = (await running.wait(body["job_id"]))["decisions"]
+        assert [(d["outcome"], d.get("reason")) for d in decisions] == [("failed", "invalid_request"), ("sent", None)]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["Ana <ana@example.com>", "(x)ana@example.com", "ana@example.com, ben@example.com", "ana@example.com\x00"],
+)
+async def test_an_address_smtp_would_read_differently_is_a_400(start, tmp_path, smtp, ca, mail_env, address) -> None:
+    """An opt-out is compared with the address SMTP is given: forms that SMTP would read
+    as another address (a display name, a comment, two addresses) cannot get past one."""
+    running = await start(mail_config(tmp_path, smtp, ca))
+    status, body, _ = await running.post(email_job([address.replace("\\x00", "\x00")]))
+    assert status == 400 and body["path"] == "$.recipients[0].email", body
 
 
 def test_tokens_are_signed() -> None:

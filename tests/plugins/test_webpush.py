@@ -281,3 +281,60 @@ async def test_a_subscription_with_bad_keys_is_reported_dead(start, tmp_path, pu
     assert first["outcome"] == "invalid_token" and first["reason"].startswith("bad_subscription_keys: ")
     assert first["invalid_tokens"] == [bad["endpoint"]]
     assert second["outcome"] == "sent" and [p.payload["title"] for p in push.to(good)] == ["Hi N1"]
+
+
+async def test_a_push_service_on_a_private_address_is_not_called_unless_allowed(
+    start, tmp_path, push, ca, vapid_env
+) -> None:
+    """The endpoint comes from a job: by default the names it uses must resolve to public
+    addresses (here 127.0.0.1: refused before any connection is made)."""
+    running = await start(push_config(tmp_path, ca, allow_private_networks=False))
+    _, body, _ = await running.post(push_job([push.subscription()]))
+    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    assert (decision["outcome"], decision["reason"]) == ("failed", "address_not_allowed")
+    assert not push.attempts
+
+
+async def test_push_service_pools_are_per_origin_bounded_and_closed_when_idle(push, ca, vapid_env, tmp_path) -> None:
+    """400 endpoints differing in user info once made 400 pools (and file descriptors):
+    pools are per origin (user info is refused), at most max_origins, idle ones closed."""
+    import msgspec
+
+    from gateway.model.delivery import Delivery
+    from gateway.model.job import Device, PushContent, WebPushSubscription
+    from plugins.webpush import WebPushChannel, WebPushConfig
+
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    raw = {
+        "vapid_private_key": {"env": "TEST_VAPID_KEY"},
+        "subject": "mailto:o@x.example",
+        "allowed_hosts": ["127.0.0.1:*", "localhost:*"],
+        "allow_private_networks": True,
+        "ca_file": str(tmp_path / "ca.pem"),
+        "max_origins": 1,
+        "idle_origin": "0s",
+    }
+    channel = await WebPushChannel.create(msgspec.convert(raw, WebPushConfig))
+
+    def delivery(endpoint: str, n: int) -> Delivery:
+        sub = msgspec.convert(push.subscription(), WebPushSubscription)
+        sub = msgspec.structs.replace(sub, endpoint=sub.endpoint.replace("127.0.0.1", endpoint))
+        return Delivery(
+            id=f"j.{n}.webpush.0",
+            job_id="j",
+            campaign="c",
+            category="marketing",
+            recipient=n,
+            user_id="u",
+            channel="webpush",
+            to=Device(channel="webpush", subscription=sub),
+            content=PushContent(title="t"),
+        )
+
+    try:
+        for n, host in enumerate(["127.0.0.1", "127.0.0.1", "localhost", "127.0.0.1"]):
+            (result,) = await channel.send_batch([delivery(host, n)])
+            assert result.__class__.__name__ in ("Sent", "TransientFailure"), result  # localhost: not on the cert
+            assert len(channel.connections) <= 1
+    finally:
+        await channel.aclose()

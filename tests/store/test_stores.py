@@ -143,6 +143,13 @@ async def test_deferred_claim_lease_and_settle(store) -> None:
     del last
 
 
+async def test_retries_are_counted_per_cursor(store) -> None:
+    await store.accept_job(record("j"), b"{}", None, 1.0)
+    assert [await store.count_retry("j", 0) for _ in range(3)] == [1, 2, 3]
+    assert await store.count_retry("j", 5) == 1  # it moved on: the count starts again
+    assert await store.count_retry("missing", 0) == 0
+
+
 async def test_opt_outs(store) -> None:
     await store.record_opt_out("Ana@Example.com", "spring", 1.0)
     assert await store.opt_outs() == {"ana@example.com"}
