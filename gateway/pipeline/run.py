@@ -343,8 +343,12 @@ class Pipeline:
 
 
 def _cap_verdict(denied: Denied, expires: float | None, flags: list[str] | None) -> Verdict:
-    if denied.action == "defer" and (expires is None or denied.free_at <= expires):
-        return Verdict("deferred", d.FREQUENCY_CAP, denied.rule, denied.free_at, flags)
-    if denied.action == "defer":
+    """Capped, or deferred to when a slot frees: only if one ever does (a rule with limit 0
+    frees none) and before the job expires. Every deferral ends."""
+    if denied.action != "defer":
+        return Verdict("capped", denied.rule, flags=flags)
+    if denied.free_at == float("inf"):
+        return Verdict("capped", denied.rule, "the rule allows none: no slot will free", flags=flags)
+    if expires is not None and denied.free_at > expires:
         return Verdict("capped", denied.rule, "no slot frees before expires_at", flags=flags)
-    return Verdict("capped", denied.rule, flags=flags)
+    return Verdict("deferred", d.FREQUENCY_CAP, denied.rule, denied.free_at, flags)

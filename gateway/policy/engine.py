@@ -23,7 +23,7 @@ from gateway.model.caps import CapRequest, Check
 from gateway.model.job import Device, Job, Recipient
 from gateway.policy.caps import GROUPS, Cap, CapRule, validate_rules
 from gateway.policy.quiet import Window, spread_offset
-from gateway.policy.zones import TIMEZONE_FALLBACK, next_wall_time, parse_hhmm, resolve, zone
+from gateway.policy.zones import TIMEZONE_FALLBACK, minutes_of_day, next_wall_time, parse_hhmm, resolve, zone
 
 SUBSCRIBED = frozenset({"opted_in", "subscribed"})
 
@@ -135,7 +135,7 @@ class Policy:
         destinations = channel.destinations(recipient)
         if not destinations:
             return Verdict("suppressed", d.NO_DEVICE, flags=flags)
-        if rules.deliver_at is not None and not released:
+        if rules.deliver_at is not None and not released and not _in_minute(tz, now, rules.deliver_at):
             at = next_wall_time(tz, now, rules.deliver_at)
             if at > now:
                 return _defer(at, d.DELIVER_AT_LOCAL, f"{job.deliver_at_local} in {tz.key}", expires, flags)
@@ -179,6 +179,12 @@ def _expand(channels: Sequence[str]) -> frozenset[str] | _Any:
 class _Any:
     def __contains__(self, item: object) -> bool:
         return True
+
+
+def _in_minute(tz: ZoneInfo, now: float, at: time) -> bool:
+    """Is it `at` on the recipient's wall clock now? (A job posted at 09:00:20 for 09:00
+    goes now, not tomorrow.)"""
+    return minutes_of_day(tz, now) == at.hour * 60 + at.minute
 
 
 def _defer(until: float, reason: str, detail: str, expires: float | None, flags: list[str] | None) -> Verdict:

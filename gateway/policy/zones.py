@@ -125,14 +125,18 @@ def transition_between(tz: ZoneInfo, start: float, stop: float) -> float | None:
 
 
 def next_wall_time(tz: ZoneInfo, instant: float, at: time, inclusive: bool = True) -> float:
-    """The next instant (>= `instant` when inclusive) at which the wall clock reads `at`."""
-    day: date = wall(tz, instant).date()
-    for _ in range(3):
+    """The next instant (>= `instant` when inclusive) at which the wall clock reads `at`.
+
+    The search starts the day before `instant`'s wall date: a time in a spring-forward gap
+    that ends at midnight (America/Nuuk's 23:00-00:00) happens at the jump, which the wall
+    clock already reads as the next day."""
+    day: date = wall(tz, instant).date() - timedelta(days=1)
+    for _ in range(4):
         for candidate in instants_of(tz, datetime.combine(day, at)):
             if candidate > instant or (inclusive and candidate == instant):
                 return candidate
         day += timedelta(days=1)
-    raise AssertionError("unreachable: a wall-clock time occurs at least once in three days")
+    raise AssertionError("unreachable: a wall-clock time occurs at least once in four days")
 
 
 def parse_hhmm(value: str) -> time:

@@ -241,6 +241,36 @@ async def test_deliver_at_local_then_released_once(start, tmp_path) -> None:
     assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
 
 
+async def test_deliver_at_local_during_its_own_minute_sends_now(start, tmp_path) -> None:
+    """Posted at 09:00:20 in Paris for 09:00: now, not tomorrow (nor expired if the job
+    expires today)."""
+    clock = FakeClock(at("2026-11-28T08:00:20Z"))
+    running = await started(start, tmp_path, clock, **quiet(enabled=False))
+    _, body, _ = await running.post(push_job(["ana"], deliver_at_local="09:00", expires_at="2026-11-28T20:00:00Z"))
+    assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
+
+
+@pytest.mark.parametrize(
+    ("rule", "expires", "detail"),
+    [
+        ({"limit": 0, "window": "1h"}, None, "the rule allows none: no slot will free"),
+        ({"limit": 1, "window": "7d"}, "2026-11-28T18:00:00Z", "no slot frees before expires_at"),
+    ],
+)
+async def test_a_cap_deferral_no_release_can_end_is_capped_up_front(start, tmp_path, rule, expires, detail) -> None:
+    """Every deferral ends: one that could never be released in time is decided now."""
+    clock = FakeClock(at("2026-11-28T12:00:00Z"))
+    caps = [{"name": "r", "channels": ["apns"], "action": "defer", **rule}]
+    running = await started(start, tmp_path, clock, caps=caps)
+    fields = {"expires_at": expires} if expires else {}
+    if rule["limit"]:
+        _, first, _ = await running.post(push_job(["ana"], **fields))
+        await running.wait(first["job_id"])
+    _, body, _ = await running.post(push_job(["ana"], **fields))
+    decision = (await running.wait(body["job_id"]))["decisions"][0]
+    assert (decision["outcome"], decision["reason"], decision["detail"]) == ("capped", "r", detail)
+
+
 async def test_deferral_past_expiry_is_expired(start, tmp_path) -> None:
     clock = FakeClock(at("2026-11-28T22:30:00Z"))
     running = await started(start, tmp_path, clock, **quiet())
