@@ -9,7 +9,7 @@ from typing import Any
 from gateway.channel import Channel
 from gateway.clock import Clock
 from gateway.config import GatewayConfig, seconds
-from gateway.dispatch.retry import Retrier
+from gateway.dispatch.dispatcher import Dispatcher
 from gateway.loader import channel_classes, configure_channels, plugin_manager
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -58,11 +58,11 @@ class Gateway:
         self.policy.opt_outs = await self.store.opt_outs()
         for name, (cls, channel_config) in self.channel_specs.items():
             self.channels[name] = await cls.create(channel_config)
-        retrier = Retrier(self.config.delivery, self.pm, self.metrics, self.clock)
+        dispatcher = Dispatcher(self.config.delivery, self.pm, self.metrics, self.clock)
         self.pipeline = Pipeline(
             self.store,
             self.channels,
-            retrier,
+            dispatcher,
             self.pm,
             self.metrics,
             self.clock,
@@ -128,12 +128,14 @@ class Gateway:
             await asyncio.sleep(every)
 
     async def _housekeeping(self, every: float = 600) -> None:
-        """Expired idempotency keys, and cap history older than any window."""
+        """Expired idempotency keys, cap history older than any window, and the store's
+        own upkeep (the embedded store's WAL)."""
         while True:
             try:
                 now = self.clock.now()
                 await self.store.purge_expired(now)
                 await self.store.prune_caps(now - self.policy.longest_window)
+                await self.store.housekeep()
             except Exception:
                 log.exception("housekeeping")
             await asyncio.sleep(every)
@@ -151,6 +153,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.runner is not None:
             await self.runner.stop(seconds(self.config.server.shutdown_timeout))
+            await self.pipeline.acklog.drain()
         for channel in self.channels.values():
             try:
                 await channel.aclose()

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -22,13 +25,16 @@ from gateway.model.job import Device, PushContent, Recipient
 
 ContentKind = Literal["push", "email", "speaker"]
 __all__ = [
+    "Answered",
     "Channel",
     "ContentKind",
     "NoConfig",
     "RenderedContent",
+    "answers_to",
     "invalid_request",
     "map_bounded",
     "parse_retry_after",
+    "report_answers",
 ]
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,13 @@ class Channel:
         Override with the channel's real payload builder."""
         return len(_encode(content))
 
+    def max_in_flight(self) -> int | None:
+        """Requests this channel keeps in flight at most, as its config says (the
+        `concurrency` you pass to `map_bounded`, the size of your connection pool), or
+        None. The gateway sends as many of a job's batches side by side as keep this many
+        busy, and no more: more would only queue inside the channel."""
+        return None
+
     def provider(self, delivery: Delivery) -> str:
         """Who answers this delivery, for the circuit breaker: a provider that keeps failing
         is held back alone, not the channel's other providers (a push service's origin, an
@@ -107,23 +120,117 @@ _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 
 
+Answered = Callable[[Delivery, Result], None]
+_answered: ContextVar[Answered | None] = ContextVar("answered", default=None)
+# The channel's limiters, shared by every batch it is sending (the core sets this): a
+# `map_bounded` limit holds across them, not per call.
+_limits: ContextVar[dict[int, Gate] | None] = ContextVar("limits", default=None)
+
+
+class Gate:
+    """A counting limiter, first come first served, that takes no await when a slot is free
+    (it is taken once per delivery)."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, limit: int):
+        self.free = limit
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self) -> None:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed over as we were cancelled: pass it on
+            elif waiter in self.waiters:
+                self.waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the next in line
+                return
+        self.free += 1
+
+
+def report_answers() -> Answered:
+    """The function to call with each delivery's answer as soon as it arrives, inside
+    `send_batch` or from a callback it set up (it is bound here, in the batch's context).
+    The gateway records answers as they come, so after a crash, or an error later in the
+    batch, only deliveries without one go again. `map_bounded` reports for you."""
+    sink = _answered.get()
+    return sink if sink is not None else _ignore
+
+
+def _ignore(delivery: Delivery, result: Result) -> None:
+    pass
+
+
+@contextmanager
+def answers_to(sink: Answered, limits: dict[int, Gate] | None = None) -> Iterator[None]:
+    """Where `report_answers` sends them while a batch is sent, and the channel's shared
+    limiters (the core sets both, a `limits` dict per channel)."""
+    token = _answered.set(sink)
+    shared = _limits.set(limits)
+    try:
+        yield
+    finally:
+        _limits.reset(shared)
+        _answered.reset(token)
+
+
 async def map_bounded(items: Sequence[T], fn: Callable[[T], Awaitable[Result]], limit: int) -> list[Result]:
     """`[await fn(x) for x in items]` with at most `limit` in flight, where whatever `fn`
     raises for one item becomes that item's result (`invalid_request`), never its
-    neighbours': a request that cannot be built fails alone.
+    neighbours': a request that cannot be built fails alone. Each delivery's answer is
+    reported as soon as it is known (`report_answers`).
 
-    A fixed set of `limit` workers pulls from a shared cursor, so a batch of 10,000
+    The limit holds across every batch the channel is sending at once (the gateway sends a
+    job's batches side by side): pass your `concurrency` setting and the provider never
+    sees more. A fixed set of workers pulls from a shared cursor, so a batch of 10,000
     deliveries costs `limit` tasks, not 10,000.
     """
     results: list[Any] = [None] * len(items)
     cursor = iter(range(len(items)))
+    report = report_answers()
+    limits = _limits.get()
+    gate = None
+    if limits is not None:
+        gate = limits.get(limit)
+        if gate is None:
+            gate = limits[limit] = Gate(limit)
+
+    async def one(item: T) -> Result:
+        try:
+            return await fn(item)
+        except Exception as exc:
+            return invalid_request(exc)
 
     async def worker() -> None:
         for i in cursor:
-            try:
-                results[i] = await fn(items[i])
-            except Exception as exc:
-                results[i] = invalid_request(exc)
+            item = items[i]
+            if gate is None:
+                result = await one(item)
+            else:
+                if gate.free > 0 and not gate.waiters:
+                    gate.free -= 1
+                else:
+                    await gate.take()
+                try:
+                    result = await one(item)
+                finally:
+                    gate.give()
+            results[i] = result
+            if isinstance(item, Delivery):
+                report(item, result)
 
     workers = min(limit, len(items))
     if workers == 1:

@@ -99,6 +99,20 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return run(_preview(_config(args), args.job, now, args.json))
 
 
+async def _open_store_for_reading(config: GatewayConfig) -> Any:
+    """The configured store, for preview's cap checks and opt-outs; None (with a note on
+    stderr) when it cannot be opened: the preview then shows caps unevaluated."""
+    from gateway.store import StoreUnavailable, make_store
+
+    store = make_store(config.store)
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        print(f"note: frequency caps not evaluated: {exc}", file=sys.stderr)
+        return None
+    return store
+
+
 async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_json: bool) -> int:
     import time
     from pathlib import Path
@@ -124,7 +138,13 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         except JobError as exc:
             print(f"{job_path}: {exc.status}: {exc.path}: {exc.message}", file=sys.stderr)
             return 1
-        result = preview(accepted, channels, policy, now if now is not None else time.time())
+        store = await _open_store_for_reading(config)
+        try:
+            check = store.check_caps if store is not None else None
+            result = await preview(accepted, channels, policy, now if now is not None else time.time(), check)
+        finally:
+            if store is not None:
+                await store.close()
     finally:
         for channel in channels.values():
             await channel.aclose()

@@ -126,14 +126,19 @@ class StoreConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    # Jobs run at once (each pipelines its own batches); one waiting on a slow provider
+    # holds one of them.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
 
 
 class DeliveryConfig(_Section):
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
-    # No retry starts later than this after a delivery's first attempt (expires_at also ends it).
+    # Transient failures are retried until this long after a delivery's first attempt (or
+    # the job's expires_at), whatever the number of attempts.
     max_delivery_time: Duration = "15m"
+    # Retries within this of a send wait in memory; later ones wait in the store
+    # (deferred: retrying) and the scheduler releases them when due.
+    retry_window: Duration = "10s"
     backoff_base: Duration = "500ms"
     backoff_max: Duration = "30s"
     # Deliveries in flight at once per provider, across all batches (its stream limits),

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.channel import Channel, ContentKind, NoConfig, invalid_request, map_bounded, parse_retry_after
+from gateway.channel import (
+    Channel,
+    ContentKind,
+    NoConfig,
+    invalid_request,
+    map_bounded,
+    parse_retry_after,
+    report_answers,
+)
 from gateway.config import ConfigError, Duration, Secret, SecretRef, seconds
 from gateway.hookspecs import hookimpl
 from gateway.model.address import AddressError, EmailAddress, parse_email
@@ -58,6 +66,7 @@ __all__ = [
     "invalid_request",
     "map_bounded",
     "parse_retry_after",
+    "report_answers",
     # what a channel is handed, and what it answers
     "Delivery",
     "Device",

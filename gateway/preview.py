@@ -2,11 +2,15 @@
 
 For every recipient: the chosen variant, why each earlier variant was skipped, the
 rendered content per channel, and the decision each channel would get now (or at a
-fixed `now`). Nothing is sent and nothing is stored.
+fixed `now`), as a send would make it, assuming the providers accept every delivery:
+policy, frequency caps checked read-only against the store (each message counting
+against the next, as a send's reservations would), and routing `first` walked as a
+send walks it. Nothing is sent and nothing is stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +18,16 @@ import msgspec
 
 from gateway.channel import Channel
 from gateway.intake.validate import AcceptedJob, instant_problem
+from gateway.model import decision as d
+from gateway.model.caps import CapOutcome, CapRequest, Denied
+from gateway.model.job import Job
 from gateway.personalize.render import Personalizer
-from gateway.pipeline.plan import Ready, plan_recipient
-from gateway.policy.engine import Policy
+from gateway.pipeline.plan import Ready, RecipientPlan, plan_recipient
+from gateway.policy.engine import Policy, Verdict, cap_verdict
+
+# The store's read-only caps check (`Store.check_caps`).
+CheckCaps = Callable[[Sequence[CapRequest], float], Awaitable[list[CapOutcome]]]
+Step = Ready | Verdict
 
 WOULD_SEND = "would_send"
 
@@ -54,30 +65,97 @@ class Preview(msgspec.Struct):
     recipients: list[RecipientPreview]
 
 
-def preview(accepted: AcceptedJob, channels: dict[str, Channel], policy: Policy, now: float) -> Preview:
-    """Frequency caps are not evaluated: checking one would consume the slot; they are
-    applied when the job is sent."""
+async def preview(
+    accepted: AcceptedJob,
+    channels: dict[str, Channel],
+    policy: Policy,
+    now: float,
+    check_caps: CheckCaps | None = None,
+) -> Preview:
+    """`check_caps`: the store's read-only check; without one, caps are not evaluated (a
+    warning says so)."""
     job = accepted.job
     personalizer = Personalizer(job, accepted.variants, {n: c.content_kind for n, c in channels.items()})
-    out = []
-    for i, recipient in enumerate(job.recipients):
-        plan = plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True)
-        choice = plan.choice
-        assert choice is not None
-        rows = []
-        for name, step in plan.channels.items():
-            rendered = step.content if isinstance(step, Ready) else choice.contents.get(name)
-            content = msgspec.to_builtins(rendered) if rendered is not None else None
-            if isinstance(step, Ready):
-                rows.append(
-                    ChannelPreview(name, WOULD_SEND, None, step.note, None, step.flags, len(step.destinations), content)
-                )
+    plans = [
+        plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True)
+        for recipient in job.recipients
+    ]
+    steps: dict[tuple[int, str], Step] = {
+        (i, name): step for i, plan in enumerate(plans) for name, step in plan.channels.items()
+    }
+    caps = _Caps(job, policy, steps, now, check_caps)
+    if job.routing == "first":
+        await _walk_ladder(job, steps, caps)
+    else:
+        await caps.check([t for t, step in steps.items() if isinstance(step, Ready)])
+    out = [_recipient_preview(i, job, plan, steps) for i, plan in enumerate(plans)]
+    warnings = list(accepted.warnings)
+    if check_caps is None and policy.caps:
+        warnings.append("frequency caps were not evaluated (no store): every capped message shows would_send")
+    return Preview(job.campaign, _iso(now), warnings, out)
+
+
+class _Caps:
+    """Read-only cap checks, round after round, each counting the grants of those before."""
+
+    def __init__(
+        self, job: Job, policy: Policy, steps: dict[tuple[int, str], Step], now: float, check: CheckCaps | None
+    ):
+        self.job, self.policy, self.steps, self.now, self._check = job, policy, steps, now, check
+        self.granted: list[CapRequest] = []
+        self.expires = job.expires_at.timestamp() if job.expires_at is not None else None
+
+    async def check(self, targets: list[tuple[int, str]]) -> None:
+        if self._check is None or not targets:
+            return
+        recipients = self.job.recipients
+        requests = []
+        for i, name in targets:
+            step = self.steps[(i, name)]
+            assert isinstance(step, Ready)
+            requests.append(self.policy.caps_request(self.job, recipients[i], name, step.tz, self.now))
+        outcomes = (await self._check([*self.granted, *requests], self.now))[len(self.granted) :]
+        for target, request, outcome in zip(targets, requests, outcomes, strict=True):
+            if isinstance(outcome, Denied):
+                step = self.steps[target]
+                self.steps[target] = cap_verdict(outcome, self.expires, step.flags)
             else:
-                until = _iso(step.until) if step.until is not None else None
-                rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, until, step.flags, 0, content))
-        skipped = [SkippedVariant(s.variant, s.reason, s.path, s.detail) for s in choice.skipped]
-        out.append(RecipientPreview(i, recipient.user_id, choice.variant, skipped, rows))
-    return Preview(job.campaign, _iso(now), accepted.warnings, out)
+                self.granted.append(request)
+
+
+async def _walk_ladder(job: Job, steps: dict[tuple[int, str], Step], caps: _Caps) -> None:
+    """Routing `first`, as a send walks it when every delivery is accepted: a recipient is
+    reached by its first channel that would send (or waits on one that is deferred); the
+    channels after it read `fallback_not_needed`."""
+    pending = set(range(len(job.recipients)))
+    for position, name in enumerate(job.channels):
+        await caps.check([(i, name) for i in sorted(pending) if isinstance(steps[(i, name)], Ready)])
+        for i in sorted(pending):
+            step = steps[(i, name)]
+            if not (isinstance(step, Ready) or step.outcome == "deferred"):
+                continue
+            pending.discard(i)
+            detail = None if isinstance(step, Ready) else f"waiting for {name}"
+            for later in job.channels[position + 1 :]:
+                steps[(i, later)] = Verdict("suppressed", d.NOT_NEEDED, detail)
+
+
+def _recipient_preview(i: int, job: Job, plan: RecipientPlan, steps: dict[tuple[int, str], Step]) -> RecipientPreview:
+    choice = plan.choice
+    assert choice is not None
+    rows = []
+    for name, planned in plan.channels.items():
+        step = steps[(i, name)]
+        rendered = planned.content if isinstance(planned, Ready) else choice.contents.get(name)
+        content = msgspec.to_builtins(rendered) if rendered is not None else None
+        if isinstance(step, Ready):
+            sends = len(step.destinations)
+            rows.append(ChannelPreview(name, WOULD_SEND, None, step.note, None, step.flags, sends, content))
+        else:
+            until = _iso(step.until) if step.until is not None else None
+            rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, until, step.flags, 0, content))
+    skipped = [SkippedVariant(s.variant, s.reason, s.path, s.detail) for s in choice.skipped]
+    return RecipientPreview(i, job.recipients[i].user_id, choice.variant, skipped, rows)
 
 
 def _iso(instant: float) -> str:

@@ -3,7 +3,13 @@
 Deferred messages live in the store with their due time. The scheduler claims due ones in
 batches (with a lease: a claim a crashed process never settles comes back), runs them
 through the pipeline again (policy is checked anew: a cap may have filled meanwhile, or
-the job expired), and settles the batch in one store write.
+the job expired) and settles each job's share in one store write.
+
+Releases run side by side: per job and channel, each claim's groups at once, and a new
+claim every poll while earlier ones are still sending, so messages due on a healthy
+channel never wait behind a provider that hangs. A channel with `RELEASES_PER_CHANNEL`
+releases already under way gets its due messages deferred again for a moment
+(`provider_busy`) instead of one more release waiting for it.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ import asyncio
 import logging
 from collections import OrderedDict, defaultdict
 
+import msgspec
+
 from gateway.clock import Clock
 from gateway.config import ScheduleConfig, seconds
 from gateway.pipeline import Pipeline, RunningJob, load_job
 from gateway.store import DeferredItem, Store
 
 log = logging.getLogger(__name__)
+RELEASES_PER_CHANNEL = 4  # releases of one channel under way at once
+CLAIMS_AT_ONCE = 8  # claims whose releases are still under way, at most
 
 
 class Scheduler:
@@ -30,18 +40,45 @@ class Scheduler:
         self.batch_size = config.batch_size
         self._jobs: OrderedDict[str, RunningJob] = OrderedDict()
         self._cache_size = cache_size
+        self._under_way: dict[str, int] = defaultdict(int)  # channel -> releases sending
 
     async def run_due(self) -> int:
-        """Release what is due now; return how many messages were handled."""
+        """Release what is due now, and wait for it; return how many messages were claimed."""
         items = await self.store.claim_due(self.clock.now(), self.batch_size, self.lease)
-        by_job: dict[str, list[DeferredItem]] = defaultdict(list)
-        for item in items:
-            by_job[item.job_id].append(item)
-        for job_id, job_items in by_job.items():
-            running = await self._job(job_id)
-            outcome = await self.pipeline.release(running, job_items)
-            await self.store.settle_deferred(job_id, outcome.decisions, outcome.deferred, self.clock.now())
+        await self._release_all(items)
         return len(items)
+
+    async def _release_all(self, items: list[DeferredItem]) -> None:
+        groups: dict[tuple[str, str], list[DeferredItem]] = defaultdict(list)
+        for item in items:
+            groups[(item.job_id, item.channel)].append(item)
+        results = await asyncio.gather(
+            *(self._release(job_id, channel, group) for (job_id, channel), group in groups.items()),
+            return_exceptions=True,
+        )
+        for (job_id, channel), result in zip(groups, results, strict=True):
+            if isinstance(result, Exception):  # its claims return after their lease
+                log.error("releasing %s messages of job %s: %r", channel, job_id, result, exc_info=result)
+
+    async def _release(self, job_id: str, channel: str, items: list[DeferredItem]) -> None:
+        running = await self._job(job_id)
+        if self._under_way[channel] >= RELEASES_PER_CHANNEL:
+            await self._busy(running, items)
+            return
+        self._under_way[channel] += 1
+        try:
+            outcome = await self.pipeline.release(running, items)
+        finally:
+            self._under_way[channel] -= 1
+        await self.store.settle_deferred(
+            job_id, outcome.decisions, outcome.deferred, self.clock.now(), channels=running.job.channels
+        )
+
+    async def _busy(self, running: RunningJob, items: list[DeferredItem]) -> None:
+        """Deferred again for a moment: their channel's releases are all under way."""
+        until = self.pipeline.dispatcher.policy.busy_until(self.clock.now())
+        again = [msgspec.structs.replace(item, due=until) for item in items]
+        await self.store.settle_deferred(running.id, [], again, self.clock.now(), channels=running.job.channels)
 
     async def _job(self, job_id: str) -> RunningJob:
         running = self._jobs.get(job_id)
@@ -55,13 +92,25 @@ class Scheduler:
         return running
 
     async def loop(self) -> None:
-        while True:
-            try:
-                handled = await self.run_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the claims return after their lease; try again later
-                log.exception("releasing deferred messages")
-                handled = 0
-            if handled < self.batch_size:
-                await self.clock.sleep(self.poll)
+        """Claim every poll (at once again after a full claim), without waiting for earlier
+        claims' releases to end, up to `CLAIMS_AT_ONCE` of them."""
+        under_way: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if len(under_way) >= CLAIMS_AT_ONCE:
+                    await asyncio.wait(under_way, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    items = await self.store.claim_due(self.clock.now(), self.batch_size, self.lease)
+                except Exception as exc:  # the store: try again later
+                    log.warning("claiming due deferred messages: %s", exc)
+                    items = []
+                if items:
+                    task = asyncio.create_task(self._release_all(items))
+                    under_way.add(task)
+                    task.add_done_callback(under_way.discard)
+                if len(items) < self.batch_size:
+                    await self.clock.sleep(self.poll)
+        finally:
+            for task in under_way:
+                task.cancel()
+            await asyncio.gather(*under_way, return_exceptions=True)

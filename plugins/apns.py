@@ -48,6 +48,7 @@ from gateway.plugin import (
     TransientFailure,
     hookimpl,
     invalid_request,
+    report_answers,
     seconds,
 )
 
@@ -238,7 +239,9 @@ class ApnsChannel(Channel):
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         """Each app's requests go to its connections as one `request_all`: no coroutine per
-        message (the core bounds a batch to the deliveries in flight it allows)."""
+        message (the core bounds a batch to the deliveries in flight it allows). Each
+        answer is reported as its stream ends."""
+        report = report_answers()
         results: list[Result | None] = [None] * len(deliveries)
         apns_ids: list[bytes] = [b""] * len(deliveries)
         by_app: dict[str, tuple[list[int], list[tuple[list[tuple[bytes, bytes]], bytes]]]] = {}
@@ -254,12 +257,22 @@ class ApnsChannel(Channel):
                 requests.append((headers, body))
             else:
                 results[i] = request
-        sent = await asyncio.gather(
-            *(self.pools[name].request_all(requests, self.timeout) for name, (_, requests) in by_app.items())
-        )
-        for (indexes, _), outcomes in zip(by_app.values(), sent, strict=True):
-            for i, outcome in zip(indexes, outcomes, strict=True):
+                report(delivery, request)
+
+        def settled(indexes: list[int]) -> Callable[[int, Http2Response | Exception], None]:
+            def on_outcome(n: int, outcome: Http2Response | Exception) -> None:
+                i = indexes[n]
                 results[i] = self._result(apns_ids[i], outcome)
+                report(deliveries[i], results[i])  # type: ignore[arg-type]
+
+            return on_outcome
+
+        await asyncio.gather(
+            *(
+                self.pools[name].request_all(requests, self.timeout, settled(indexes))
+                for name, (indexes, requests) in by_app.items()
+            )
+        )
         return results  # type: ignore[return-value]  # every slot was filled
 
     def provider(self, delivery: Delivery) -> str:

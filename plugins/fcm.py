@@ -223,6 +223,9 @@ class FcmChannel(Channel):
         )  # registration tokens are ~163 characters
         return len(json.dumps(self.message(probe), separators=(",", ":"), ensure_ascii=False).encode())
 
+    def max_in_flight(self) -> int:
+        return self.config.concurrency
+
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return await map_bounded(deliveries, self._send, self.config.concurrency)
 

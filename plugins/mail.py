@@ -264,6 +264,9 @@ class MailChannel(Channel):
                 pass  # intake reports it
         return []
 
+    def max_in_flight(self) -> int:
+        return self.config.pool_size
+
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return await map_bounded(deliveries, self._send, self.config.pool_size)
 

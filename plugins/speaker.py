@@ -148,6 +148,9 @@ class SpeakerChannel(Channel):
     def destinations(self, recipient: Recipient) -> list[Device | str]:
         return [d for d in recipient.devices if d.channel == "speaker"]
 
+    def max_in_flight(self) -> int:
+        return self.config.concurrency
+
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return await map_bounded(deliveries, self._send, self.config.concurrency)
 

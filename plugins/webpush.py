@@ -248,6 +248,9 @@ class WebPushChannel(Channel):
         self.signatures += 1
         return header
 
+    def max_in_flight(self) -> int:
+        return self.config.concurrency
+
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         if self.encryptors is None:
             # Each message is encrypted by the worker about to send it, so the push service

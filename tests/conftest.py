@@ -32,7 +32,7 @@ def make_config(tmp_path: Path, receiver_url: str | None = None, **sections: Any
     data: dict[str, Any] = {
         "server": {"port": 0, "api_keys_env": "GATEWAY_TEST_API_KEYS", "shutdown_timeout": "5s"},
         "store": {"url": f"sqlite:{tmp_path}/gateway.db", "synchronous": "normal"},
-        "delivery": {"backoff_base": "10ms", "backoff_max": "50ms"},
+        "delivery": {"backoff_base": "10ms", "backoff_max": "50ms", "retry_window": "250ms"},
         "pipeline": {"workers": 2, "batch_size": 50},
         # Off unless a test is about it: the wall clock must not decide other tests.
         "quiet_hours": {"enabled": False},
@@ -64,6 +64,7 @@ BOTH_LOOPS = (
     "tests/plugins/",
     "tests/test_pipeline.py",
     "tests/test_isolation.py",
+    "tests/test_time_and_faults.py",
     "tests/test_all_channels.py",
     "tests/policy/test_policy_pipeline.py",
 )

@@ -6,28 +6,25 @@ tests. Faults are scripted per token/address/device through `hostile`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import ssl
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-import trustme
-from py_vapid import Vapid02
-
+from gateway.app import Gateway
+from gateway.clock import Clock
 from gateway.server import RunningServer, start_server
-from gateway.testing import ApnsFake, ApnsFault, FcmFake, FcmFault, SmtpFake, WebhookReceiver, WebPushFake, new_secret
+from gateway.testing import ApnsFault, FcmFault
+from gateway.testing.fleet import CHANNELS, FakeFleet
 from gateway.testing.webhook import Fault
 from tests.conftest import API_KEY, make_config
 
-CHANNELS = ("apns", "fcm", "webpush", "email", "speaker")
-
 
 class Fleet:
-    def __init__(self, **sections: Any):
+    def __init__(self, clock: Clock | None = None, **sections: Any):
         self.sections = sections
+        self.clock = clock
         self.loop = asyncio.new_event_loop()
         self.tmp = Path(tempfile.mkdtemp(prefix="gateway-fleet-"))
         # token / address / device id -> what its provider answers, set by a test
@@ -44,7 +41,7 @@ class Fleet:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-        self.run(self._stop_fakes())
+        self.run(self.fakes.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
 
@@ -53,7 +50,13 @@ class Fleet:
 
     def start(self) -> None:
         """A gateway on the fleet's store (a restart when one ran before)."""
-        self.server = self.run(start_server(self.config()))
+        self.server = self.run(self._serve())
+
+    async def _serve(self) -> RunningServer:
+        """With a fake clock, the test drives the scheduler itself."""
+        config = self.config()
+        gateway = Gateway(config, clock=self.clock, run_background=False) if self.clock is not None else None
+        return await start_server(config, gateway)
 
     def stop(self) -> None:
         """SIGTERM's path: intake stops, batches under way finish and record."""
@@ -63,74 +66,16 @@ class Fleet:
 
     # -- the fakes ------------------------------------------------------------------------
     async def _start_fakes(self) -> None:
-        ca = trustme.CA()
-        ca.cert_pem.write_to_path(str(self.tmp / "ca.pem"))
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1").configure_cert(tls)
-        self.secret = new_secret()
-        self.apns = ApnsFake(tls, fault=lambda token, n: self.hostile.get(token))
-        self.fcm = FcmFake(fault=lambda token, n: self.hostile.get(token))
-        self.push = WebPushFake(tls_context=tls, fault=lambda sub, n: self.hostile.get(sub))
-        self.smtp = SmtpFake(fault=lambda address, n: self.hostile.get(address))
-        self.hub = WebhookReceiver(self.secret, fault=lambda payload, n: self.hostile.get(payload["device_id"]))
-        for fake in (self.apns, self.fcm, self.push, self.smtp, self.hub):
-            await fake.start()
-        (self.tmp / "sa.json").write_text(json.dumps(self.fcm.service_account()))
-        vapid = Vapid02()
-        vapid.generate_keys()
-        os.environ.update(
-            F_APNS_KEY=self.apns.key_pem(),
-            F_VAPID=vapid.private_pem().decode(),
-            F_UNSUB="unsubscribe-secret",
-            GATEWAY_TEST_SPEAKER_SECRET=self.secret,
-            GATEWAY_TEST_API_KEYS=API_KEY,
-        )
-
-    async def _stop_fakes(self) -> None:
-        for fake in (self.apns, self.fcm, self.push, self.smtp, self.hub):
-            await fake.stop()
+        self.fakes = FakeFleet(self.tmp / "fakes", env_prefix="F")
+        self.fakes.answer = lambda channel, key, attempt: self.hostile.get(key)
+        await self.fakes.start()
+        os.environ["GATEWAY_TEST_API_KEYS"] = API_KEY
+        self.apns, self.fcm, self.push = self.fakes.apns, self.fakes.fcm, self.fakes.push
+        self.smtp, self.hub, self.secret = self.fakes.smtp, self.fakes.hub, self.fakes.secret
 
     def config(self) -> Any:
-        config = make_config(self.tmp, self.hub.url, **self.sections)
-        ca_file = str(self.tmp / "ca.pem")
-        config.channels.update(
-            {
-                "apns": {
-                    "apps": {
-                        "shop": {
-                            "team_id": self.apns.team_id,
-                            "key_id": self.apns.key_id,
-                            "key": {"env": "F_APNS_KEY"},
-                            "topic": "com.shop.app",
-                        }
-                    },
-                    "endpoint": f"127.0.0.1:{self.apns.port}",
-                    "ca_file": ca_file,
-                    "timeout": "5s",
-                },
-                "fcm": {
-                    "service_account": {"file": str(self.tmp / "sa.json")},
-                    "endpoint": self.fcm.url,
-                    "timeout": "5s",
-                },
-                "webpush": {
-                    "vapid_private_key": {"env": "F_VAPID"},
-                    "subject": "mailto:ops@shop.example",
-                    "allowed_hosts": ["127.0.0.1:*"],
-                    "allow_private_networks": True,
-                    "ca_file": ca_file,
-                    "timeout": "5s",
-                },
-                "email": {
-                    "host": "127.0.0.1",
-                    "port": self.smtp.port,
-                    "security": "none",
-                    "from_address": "news@shop.example",
-                    "timeout": "5s",
-                    "unsubscribe": {"url": "https://gw.example", "secret": {"env": "F_UNSUB"}},
-                },
-            }
-        )
+        config = make_config(self.tmp, **self.sections)
+        config.channels.update(self.fakes.channels_config(timeout="5s"))
         return config
 
     # -- what the providers got ---------------------------------------------------------
@@ -168,7 +113,7 @@ class Fleet:
 
     def breakers_open(self) -> list[str]:
         assert self.server is not None
-        retrier = self.server.gateway.pipeline.retrier
+        retrier = self.server.gateway.pipeline.dispatcher
         return [c for c in CHANNELS if retrier.any_open(c)]
 
 

@@ -140,6 +140,7 @@ def test_the_public_api_is_pinned() -> None:
             "map_bounded",
             "new_secret",
             "parse_retry_after",
+            "report_answers",
             "seconds",
         ]
     )

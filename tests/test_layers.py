@@ -61,6 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.preview": {
         "gateway.channel",
         "gateway.intake",
+        "gateway.model",
         "gateway.personalize",
         "gateway.pipeline",
         "gateway.policy",

@@ -222,12 +222,15 @@ async def test_a_raising_channel_is_contained(start, tmp_path, provider_calls) -
     # it is the plugin's fault, not the provider's (no breaker).
     assert got[("u", "broken")] == ("failed", "channel_error")
     assert done["decisions"][0]["detail"] == "RuntimeError: plugin bug"
-    assert not running.gateway.pipeline.retrier.any_open("broken")
+    assert not running.gateway.pipeline.dispatcher.any_open("broken")
 
 
 async def test_retries_stop_at_the_delivery_time_budget(start, tmp_path, provider_calls) -> None:
+    """Retries are governed by time, not counts: past the in-memory window a retry waits
+    in the store (deferred: retrying, with its count and last error), is released when
+    due, and the one that would start past max_delivery_time is not made."""
     clock = FakeClock(start=1_900_000_000)
-    config = make_config(tmp_path, delivery={"max_attempts": 10, "max_delivery_time": "90s"})
+    config = make_config(tmp_path, delivery={"max_delivery_time": "90s"})
     running = await start(
         config,
         clock=clock,
@@ -236,10 +239,15 @@ async def test_retries_stop_at_the_delivery_time_budget(start, tmp_path, provide
         ),
     )
     _, body, _ = await running.post(job([recipient("u", ["alpha:1"], properties={"order": "1"})], ["alpha"]))
+    waiting = (await running.wait(body["job_id"], states=("waiting",)))["decisions"][0]
+    assert (waiting["outcome"], waiting["reason"], waiting["until"]) == ("deferred", "retrying", 1_900_000_060)
+    assert "attempt 1 failed (busy)" in waiting["detail"]
+    clock.advance(60)
+    assert await running.gateway.scheduler.run_due() == 1
     done = await running.wait(body["job_id"])
     decision = done["decisions"][0]
     assert (decision["outcome"], decision["reason"]) == ("failed", "retries_exhausted")
-    assert "max_delivery_time" in decision["detail"]
+    assert "2 attempts" in decision["detail"] and "max_delivery_time" in decision["detail"]
     assert len(provider_calls["alpha"]) == 2  # at 0 s and 60 s; a third at 120 s would pass 90 s
 
 
@@ -284,11 +292,11 @@ async def test_a_job_that_fails_twice_at_one_place_is_finished_not_retried_forev
     class RefusingStore(SQLiteStore):
         refused = 0
 
-        async def record_batch(self, job_id, cursor, decisions, now, deferred=()):
+        async def record_batch(self, job_id, cursor, decisions, now, deferred=(), channels=()):
             if any(d.user_id == "poison" for d in decisions) and decisions[0].outcome != "failed":
                 RefusingStore.refused += 1
                 raise RuntimeError("a write this store cannot make")
-            return await super().record_batch(job_id, cursor, decisions, now, deferred)
+            return await super().record_batch(job_id, cursor, decisions, now, deferred, channels)
 
     config = make_config(tmp_path, pipeline={"batch_size": 2, "workers": 1})
     running = await start(

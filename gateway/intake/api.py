@@ -191,7 +191,7 @@ async def post_preview(request: web.Request) -> web.Response:
         accepted = accept_job(body, gw.config.limits, gw.channels)
     except JobError as exc:
         return json_response(exc.status, exc.body())
-    return json_response(200, preview(accepted, gw.channels, gw.policy, now))
+    return json_response(200, await preview(accepted, gw.channels, gw.policy, now, gw.store.check_caps))
 
 
 def _unsubscriber(gw: Gateway, token: str) -> tuple[str, str] | None:

@@ -48,6 +48,8 @@ QUIET_HOURS = "quiet_hours"
 DELIVER_AT_LOCAL = "deliver_at_local"
 FREQUENCY_CAP = "frequency_cap"  # deferred by a cap rule with action = "defer"
 PROVIDER_UNAVAILABLE = "provider_unavailable"  # deferred: the provider's circuit is open
+RETRYING = "retrying"  # deferred: failed transiently, tried again when due (until max_delivery_time)
+PROVIDER_BUSY = "provider_busy"  # deferred: its channel's in-flight budget is full while others go on
 INVALID_REQUEST = "invalid_request"  # the request for this delivery could not be built (our side)
 CHANNEL_ERROR = "channel_error"  # the channel plugin raised for the whole batch (a plugin bug)
 INTERNAL_ERROR = "internal_error"  # the gateway could not plan this recipient (a bug; logged)

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 from gateway.clock import Clock
 from gateway.model.decision import Decision
+from gateway.model.delivery import Result
 from gateway.model.job import Job
 from gateway.personalize.render import Personalizer
 from gateway.personalize.templates import CompiledVariant
 from gateway.pipeline.plan import Ready, RecipientPlan
 from gateway.policy.engine import Verdict
-from gateway.store.base import DeferredItem
+from gateway.store.base import DeferredItem, DeferredState
 
 Target = tuple[int, str]  # (recipient index, channel)
 
@@ -21,15 +22,19 @@ class RunningJob:
     id: str
     job: Job
     variants: list[CompiledVariant]
-    cursor: int  # first recipient not yet decided
+    cursor: int  # recipients before it have all their decisions stored
     accepted_at: float  # monotonic, for the latency histogram
     personalizer: Personalizer | None = None
+    # Providers' final answers by delivery id, kept until their decisions are stored: a
+    # batch run again (after a failed write, a crash, a takeover) does not send these.
+    # (By recipient, then delivery id.)
+    acks: dict[int, dict[str, Result]] = field(default_factory=dict)
 
 
 class Batch:
     """Recipients planned at one instant, and the decisions made for them so far."""
 
-    __slots__ = ("clock", "decided", "now", "plans", "recipients", "running")
+    __slots__ = ("carried", "clock", "decided", "now", "plans", "prefilled", "recipients", "retry", "running")
 
     def __init__(self, running: RunningJob, clock: Clock, now: float):
         self.running = running
@@ -38,6 +43,10 @@ class Batch:
         self.plans: dict[int, RecipientPlan] = {}
         self.decided: dict[Target, Decision] = {}
         self.recipients = running.job.recipients
+        # Deferred by dispatch (retrying, circuit open, busy): what the release goes on from.
+        self.retry: dict[Target, DeferredState] = {}
+        self.carried: dict[Target, DeferredItem] = {}  # released messages, with their retry state
+        self.prefilled: set[str] = set()  # deliveries answered before this batch (not sent again)
 
     def ready(self, target: Target) -> Ready:
         step = self.plans[target[0]].channels[target[1]]

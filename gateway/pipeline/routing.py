@@ -17,11 +17,13 @@ from gateway.policy.engine import Verdict
 Deliver = Callable[[Batch, list[Target]], Awaitable[None]]
 
 
+def ready_targets(batch: Batch) -> list[Target]:
+    """Every (recipient, channel) of the batch that policy let through."""
+    return [(i, c) for i, plan in batch.plans.items() for c, step in plan.channels.items() if isinstance(step, Ready)]
+
+
 async def route_all(batch: Batch, channels: Sequence[str], deliver: Deliver) -> None:
-    await deliver(
-        batch,
-        [(i, c) for i, plan in batch.plans.items() for c, step in plan.channels.items() if isinstance(step, Ready)],
-    )
+    await deliver(batch, ready_targets(batch))
 
 
 async def route_first(batch: Batch, channels: Sequence[str], deliver: Deliver) -> None:

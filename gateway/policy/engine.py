@@ -19,7 +19,7 @@ from gateway.channel import Channel
 from gateway.config import ConfigError, GatewayConfig, QuietHoursConfig, convert_section, seconds
 from gateway.model import decision as d
 from gateway.model.address import opt_out_key
-from gateway.model.caps import CapRequest, Check
+from gateway.model.caps import CapRequest, Check, Denied
 from gateway.model.job import Device, Job, Recipient
 from gateway.policy.caps import GROUPS, Cap, CapRule, validate_rules
 from gateway.policy.quiet import Window, spread_offset
@@ -229,3 +229,15 @@ def load_policy(config: GatewayConfig) -> Policy:
 
 def defaults() -> Policy:
     return load_policy(GatewayConfig())
+
+
+def cap_verdict(denied: Denied, expires: float | None, flags: list[str] | None) -> Verdict:
+    """Capped, or deferred to when a slot frees: only if one ever does (a rule with limit 0
+    frees none) and before the job expires. Every deferral ends."""
+    if denied.action != "defer":
+        return Verdict("capped", denied.rule, flags=flags)
+    if denied.free_at == float("inf"):
+        return Verdict("capped", denied.rule, "the rule allows none: no slot will free", flags=flags)
+    if expires is not None and denied.free_at > expires:
+        return Verdict("capped", denied.rule, "no slot frees before expires_at", flags=flags)
+    return Verdict("deferred", d.FREQUENCY_CAP, denied.rule, denied.free_at, flags)

@@ -13,6 +13,7 @@ import msgspec
 
 from gateway.model.caps import CapOutcome, CapRequest
 from gateway.model.decision import Decision
+from gateway.model.delivery import Result
 
 JobState = str  # "accepted" | "running" | "waiting" (deferred messages left) | "completed"
 
@@ -37,13 +38,32 @@ class IdempotencyRecord(msgspec.Struct, kw_only=True):
 
 
 class DeferredItem(msgspec.Struct, frozen=True):
-    """A message held back (quiet hours, local-time delivery, a cap), due at `due`."""
+    """A message held back (quiet hours, local-time delivery, a cap, a provider being
+    retried or unavailable), due at `due`. A retried one carries its retry state, so the
+    count and the first attempt's time go on from where they were."""
 
     job_id: str
     recipient: int
     channel: str
     due: float
     reason: str
+    attempts: int = 0
+    first_attempt: float | None = None
+    last_error: str | None = None
+    # Devices still to send to (indexes into the recipient's destinations; None: all), and
+    # the answers the others already gave (their index -> Result), for the final decision.
+    devices: list[int] | None = None
+    answers: dict[int, Result] | None = None
+
+
+class DeferredState(msgspec.Struct, array_like=True):
+    """A deferred item's retry state, as the stores keep it beside the item."""
+
+    attempts: int
+    first_attempt: float | None
+    last_error: str | None
+    devices: list[int] | None
+    answers: dict[int, Result] | None
 
 
 class StoreUnavailable(Exception):
@@ -74,7 +94,8 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def ping(self) -> bool: ...
+    async def ping(self) -> bool:
+        """Can the store take writes now (not only answer reads)?"""
 
     @abc.abstractmethod
     async def accept_job(
@@ -98,10 +119,29 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def record_batch(
-        self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float, deferred: Sequence[DeferredItem] = ()
+        self,
+        job_id: str,
+        cursor: int,
+        decisions: Sequence[Decision],
+        now: float,
+        deferred: Sequence[DeferredItem] = (),
+        channels: Sequence[str] = (),
     ) -> None:
-        """Store one batch's decisions and deferred messages and advance the job's cursor,
-        atomically."""
+        """Store decisions and deferred messages of a job's recipients and, unless `cursor`
+        is -1, advance its cursor, atomically. Acknowledgements of recipients before the
+        cursor are forgotten in the same commit: their decisions hold what they said.
+        `channels`: the job's channel order, which `decisions` pages follow (default: the
+        order channels first appear in)."""
+
+    @abc.abstractmethod
+    async def record_acks(self, job_id: str, acks: Sequence[tuple[int, str, Result]]) -> None:
+        """Providers' final answers as they arrive, (recipient, delivery id, result): after
+        a crash, a takeover or a failed write, only deliveries without one go again."""
+
+    @abc.abstractmethod
+    async def acks(self, job_id: str) -> dict[int, dict[str, Result]]:
+        """The job's acknowledgements not yet covered by the cursor, by recipient, then
+        delivery id."""
 
     @abc.abstractmethod
     async def count_retry(self, job_id: str, cursor: int) -> int:
@@ -119,6 +159,11 @@ class Store(abc.ABC):
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
         """Check and take cap slots for a batch of messages, each all-or-nothing, durably
         and atomically with respect to every other reservation."""
+
+    @abc.abstractmethod
+    async def check_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        """What `reserve_caps` would answer for these requests, in order (a grant counting
+        against the requests after it), taking nothing: preview's read-only check."""
 
     @abc.abstractmethod
     async def refund_caps(self, reservations: Sequence[str]) -> None:
@@ -148,7 +193,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def settle_deferred(
-        self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem], now: float
+        self,
+        job_id: str,
+        decisions: Sequence[Decision],
+        deferred: Sequence[DeferredItem],
+        now: float,
+        channels: Sequence[str] = (),
     ) -> None:
         """Record released messages' decisions; those deferred again get their new due
         time, the rest leave the schedule; the job completes when nothing is left."""
@@ -181,3 +231,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge_expired(self, now: float) -> int:
         """Drop expired idempotency keys; return how many."""
+
+    async def housekeep(self) -> None:
+        """Periodic upkeep of the backend itself (the embedded store's WAL)."""
+        return None

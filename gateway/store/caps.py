@@ -58,6 +58,13 @@ class CapLedger:
             outcomes.append(Granted(reservation))
         return outcomes, added
 
+    def simulate(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        """What `reserve` would answer, in order (each grant counting against the next),
+        without taking anything: on a scratch copy of the logs the requests touch."""
+        touched = {(check.rule, request.user) for request in requests for check in request.checks}
+        scratch = CapLedger({key: list(self.logs[key]) for key in touched if key in self.logs})
+        return scratch.reserve(requests, now)[0]
+
     def _check(self, user: str, check: Check) -> Denied | None:
         log = self.logs.get((check.rule, user), [])
         # A rolling window is (now - period, now]: a send exactly one period ago has left

@@ -32,11 +32,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.model.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
 from gateway.model.decision import Decision
-from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreBusy, StoreUnavailable
+from gateway.model.delivery import Result
+from gateway.store.base import (
+    DeferredItem,
+    DeferredState,
+    IdempotencyRecord,
+    JobRecord,
+    Store,
+    StoreBusy,
+    StoreUnavailable,
+)
 
 _pack = msgspec.msgpack.encode
 _decision = msgspec.msgpack.Decoder(Decision)
 _idem = msgspec.msgpack.Decoder(IdempotencyRecord)
+_ack = msgspec.msgpack.Decoder(tuple[str, Result])
+_deferred_state = msgspec.msgpack.Decoder(DeferredState)
 _strings = msgspec.json.Decoder(list[str])
 _json = msgspec.json.Encoder()
 CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
@@ -145,6 +156,7 @@ for _ = 1, n do
     if redis.call('SREM', KEYS[8], member) == 1 then
       redis.call('ZREM', KEYS[6], member)
       redis.call('HDEL', KEYS[7], member)
+      redis.call('HDEL', KEYS[10], member)
     end
   end
   i = i + 4
@@ -154,18 +166,30 @@ i = i + 1
 for _ = 1, m do
   redis.call('ZADD', KEYS[6], ARGV[i + 1], ARGV[i])
   redis.call('HSET', KEYS[7], ARGV[i], ARGV[i + 2])
+  if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[10], ARGV[i], ARGV[i + 3])
+  else redis.call('HDEL', KEYS[10], ARGV[i]) end
   redis.call('SADD', KEYS[8], ARGV[i])
-  i = i + 3
+  i = i + 4
 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if tonumber(ARGV[2]) >= 0 and state ~= 'completed' then
   local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '0')
   if tonumber(ARGV[2]) > cursor then redis.call('HSET', KEYS[1], 'cursor', ARGV[2]) end
   if state == 'accepted' then redis.call('HSET', KEYS[1], 'state', 'running') end
+  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', '(' .. ARGV[2])
 end
 if state == 'waiting' and redis.call('SCARD', KEYS[8]) == 0 then
   redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[i])
+  redis.call('DEL', KEYS[11])
 end
+return true
+"""
+
+# KEYS: job hash, acks. ARGV: score, member pairs. Providers' answers, unless the job is
+# completed (a late flush must not leave them behind for good).
+ACKS = """
+if redis.call('HGET', KEYS[1], 'state') == 'completed' then return false end
+for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return true
 """
 
@@ -195,16 +219,19 @@ else
   redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[1])
 end
 redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('DEL', KEYS[5])
 return true
 """
 
-# ARGV: now, then per request: user, id, n checks, then per check: rule, since, limit,
+# ARGV: now, dry (1: check only), then per request: user, id, n checks, then per check: rule, since, limit,
 # period (-1: calendar), reset (-1: rolling), action. Returns per request {0, id} or
 # {1, rule, action, free_at}.
 RESERVE = """
 local now = tonumber(ARGV[1])
+local dry = ARGV[2] == '1'  -- check only: grants count against later requests, nothing is written
+local extra = {}  -- dry: grants of this call per key, all at `now`
 local out = {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local user, id, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
@@ -220,11 +247,13 @@ while i <= #ARGV do
     local key = 'cap:{u:' .. user .. '}:' .. ch[1]
     local low = ch[2]
     if ch[4] >= 0 then low = '(' .. ch[2] end
-    local count = redis.call('ZCOUNT', key, low, '+inf')
+    local stored = redis.call('ZCOUNT', key, low, '+inf')
+    local count = stored + (extra[key] or 0)
     if count >= ch[3] then
       local free
       if ch[5] >= 0 then free = ch[5]
       elseif ch[3] == 0 then free = math.huge
+      elseif count - ch[3] >= stored then free = now + ch[4]
       else
         local entry = redis.call('ZRANGEBYSCORE', key, low, '+inf', 'WITHSCORES', 'LIMIT', count - ch[3], 1)
         free = tonumber(entry[2]) + ch[4]
@@ -239,6 +268,12 @@ while i <= #ARGV do
     local free = denied.free
     if free == math.huge then free = -1 end
     table.insert(out, {1, denied.rule, denied.action, tostring(free)})
+  elseif dry then
+    for _, ch in ipairs(checks) do
+      local key = 'cap:{u:' .. user .. '}:' .. ch[1]
+      extra[key] = (extra[key] or 0) + 1
+    end
+    table.insert(out, {0, id})
   else
     for _, ch in ipairs(checks) do
       local key = 'cap:{u:' .. user .. '}:' .. ch[1]
@@ -268,10 +303,18 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 
 local out = {}
 for j = 1, #due, 2 do
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), due[j])
-  table.insert(out, {due[j], due[j + 1], redis.call('HGET', KEYS[2], due[j]) or ''})
+  table.insert(out, {due[j], due[j + 1], redis.call('HGET', KEYS[2], due[j]) or '',
+                     redis.call('HGET', KEYS[3], due[j]) or ''})
 end
 return out
 """
+
+
+def _pack_state(item: DeferredItem) -> bytes | None:
+    """A retried message's retry state; None for the others (nothing to carry)."""
+    if not (item.attempts or item.devices is not None or item.answers):
+        return None
+    return _pack(DeferredState(item.attempts, item.first_attempt, item.last_error, item.devices, item.answers))
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -355,7 +398,7 @@ class RedisStore(Store):
             r.register_script(TAKE),
             r.register_script(HOLD),
         )
-        self._retry = r.register_script(RETRY)
+        self._retry, self._acks = r.register_script(RETRY), r.register_script(ACKS)
         await self._create_group()
 
     async def _create_group(self) -> None:
@@ -371,8 +414,9 @@ class RedisStore(Store):
             self.redis = None
 
     async def ping(self) -> bool:
+        """A write (a Redis out of memory, or a read-only replica, still answers PING)."""
         try:
-            return bool(await self._r.ping())
+            return bool(await self._r.set(self._k("health", self.instance), "1", px=60_000))
         except (RedisError, OSError):
             return False
 
@@ -397,6 +441,8 @@ class RedisStore(Store):
             self._k("deferred", "reason"),
             self._k(j, "waiting"),
             self._k("open"),
+            self._k("deferred", "state"),
+            self._k(j, "acks"),
         ]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -488,37 +534,63 @@ class RedisStore(Store):
             raise KeyError(job_id)
         return _bytes(body)
 
-    def _decision_args(self, decisions: Sequence[Decision], now: float) -> list[Any]:
+    def _decision_args(self, decisions: Sequence[Decision], now: float, channels: Sequence[str]) -> list[Any]:
+        """Each decision's field, outcome, body and place: recipient, then the job's channel
+        order (a score kept from the first time the pair is recorded)."""
         args: list[Any] = [len(decisions)]
-        position: dict[int, int] = {}
+        rank = {name: n for n, name in enumerate(channels)}
         for d in decisions:
             if not d.at:
                 d.at = now
-            seq = position[d.recipient] = position.get(d.recipient, -1) + 1
-            args += [f"{d.recipient}|{d.channel}", d.outcome, _pack(d), d.recipient * 1000 + seq]
+            place = rank.setdefault(d.channel, len(rank))
+            args += [f"{d.recipient}|{d.channel}", d.outcome, _pack(d), d.recipient * 1000 + min(place, 999)]
         return args
 
     def _deferred_args(self, job_id: str, items: Sequence[DeferredItem]) -> list[Any]:
         args: list[Any] = [len(items)]
         for item in items:
-            args += [f"{job_id}|{item.recipient}|{item.channel}", repr(item.due), item.reason]
+            state = _pack_state(item) or b""
+            args += [f"{job_id}|{item.recipient}|{item.channel}", repr(item.due), item.reason, state]
         return args
 
     async def record_batch(
-        self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float, deferred: Sequence[DeferredItem] = ()
+        self,
+        job_id: str,
+        cursor: int,
+        decisions: Sequence[Decision],
+        now: float,
+        deferred: Sequence[DeferredItem] = (),
+        channels: Sequence[str] = (),
     ) -> None:
-        await self._call(
-            self._record,
-            self._job_keys(job_id),
-            [job_id, cursor, *self._decision_args(decisions, now), *self._deferred_args(job_id, deferred), repr(now)],
-        )
+        args = [*self._decision_args(decisions, now, channels), *self._deferred_args(job_id, deferred), repr(now)]
+        await self._call(self._record, self._job_keys(job_id), [job_id, cursor, *args])
 
     async def count_retry(self, job_id: str, cursor: int) -> int:
         return int(await self._call(self._retry, [self._job_keys(job_id)[0]], [cursor]))
 
     async def finish_job(self, job_id: str, now: float) -> None:
         keys = self._job_keys(job_id)
-        await self._call(self._finish, [keys[0], keys[7], keys[8], self.stream], [repr(now), job_id, GROUP])
+        await self._call(self._finish, [keys[0], keys[7], keys[8], self.stream, keys[10]], [repr(now), job_id, GROUP])
+
+    async def record_acks(self, job_id: str, acks: Sequence[tuple[int, str, Result]]) -> None:
+        if not acks:
+            return
+        keys = self._job_keys(job_id)
+        args: list[Any] = []
+        for recipient, delivery_id, result in acks:
+            args += [recipient, _pack((delivery_id, result))]
+        await self._call(self._acks, [keys[0], keys[10]], args)
+
+    @_unavailable_on_error
+    async def acks(self, job_id: str) -> dict[int, dict[str, Result]]:
+        entries: list[tuple[bytes, float]] = await self._r.zrange(  # type: ignore[assignment]
+            self._job_keys(job_id)[10], 0, -1, withscores=True
+        )
+        found: dict[int, dict[str, Result]] = {}
+        for entry, recipient in entries:
+            delivery_id, result = _ack.decode(entry)
+            found.setdefault(int(recipient), {})[delivery_id] = result
+        return found
 
     @_unavailable_on_error
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -553,7 +625,13 @@ class RedisStore(Store):
 
     # -- frequency caps --------------------------------------------------------------
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
-        args: list[Any] = [repr(now)]
+        return await self._caps(requests, now, dry=False)
+
+    async def check_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        return await self._caps(requests, now, dry=True)
+
+    async def _caps(self, requests: Sequence[CapRequest], now: float, dry: bool) -> list[CapOutcome]:
+        args: list[Any] = [repr(now), "1" if dry else "0"]
         for request in requests:
             args += [request.user, new_reservation_id(), len(request.checks)]
             for c in request.checks:
@@ -565,7 +643,7 @@ class RedisStore(Store):
                     repr(c.reset if c.reset is not None else -1),
                     c.action,
                 ]
-        if len(args) == 1:
+        if len(args) == 2:
             return [Granted(None) for _ in requests]
         raw = await self._call(self._reserve, [], args)
         outcomes: list[CapOutcome] = []
@@ -602,18 +680,30 @@ class RedisStore(Store):
     # -- deferred messages -----------------------------------------------------------
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:
         keys = self._job_keys("-")
-        raw = await self._call(self._claim, [keys[5], keys[6]], [repr(now), limit, repr(lease)])
+        raw = await self._call(self._claim, [keys[5], keys[6], keys[9]], [repr(now), limit, repr(lease)])
         items = []
-        for member, due, reason in raw:
+        for member, due, reason, state in raw:
             job_id, recipient, channel = member.decode().split("|")
-            items.append(DeferredItem(job_id, int(recipient), channel, float(due), reason.decode()))
+            item = DeferredItem(job_id, int(recipient), channel, float(due), reason.decode())
+            if state:
+                s = _deferred_state.decode(state)
+                item = msgspec.structs.replace(
+                    item,
+                    attempts=s.attempts,
+                    first_attempt=s.first_attempt,
+                    last_error=s.last_error,
+                    devices=s.devices,
+                    answers=s.answers,
+                )
+            items.append(item)
         return items
 
     async def settle_deferred(
-        self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem], now: float
+        self,
+        job_id: str,
+        decisions: Sequence[Decision],
+        deferred: Sequence[DeferredItem],
+        now: float,
+        channels: Sequence[str] = (),
     ) -> None:
-        await self._call(
-            self._record,
-            self._job_keys(job_id),
-            [job_id, -1, *self._decision_args(decisions, now), *self._deferred_args(job_id, deferred), repr(now)],
-        )
+        await self.record_batch(job_id, -1, decisions, now, deferred, channels)

@@ -11,6 +11,7 @@ Reads go through a second connection on its own thread: WAL lets them run beside
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -24,8 +25,10 @@ import msgspec
 
 from gateway.model.caps import CapOutcome, CapRequest
 from gateway.model.decision import Decision
+from gateway.model.delivery import Result
 from gateway.store import sqlite_decisions as decision_rows
-from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreUnavailable
+from gateway.store.ackfile import AckFile
+from gateway.store.base import DeferredItem, DeferredState, IdempotencyRecord, JobRecord, Store, StoreUnavailable
 from gateway.store.caps import CapLedger
 
 SCHEMA = (
@@ -39,10 +42,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
-    body BLOB NOT NULL,
+    body BLOB NOT NULL,  -- empty since job_bodies: databases before it keep their bodies here
     retry_cursor INTEGER NOT NULL DEFAULT -1,
     retries INTEGER NOT NULL DEFAULT 0
 );
+-- A job's body apart from its row: the row changes with every recorded batch, and SQLite
+-- rewrites a whole row to change one column (a 10 MB body per cursor move).
+CREATE TABLE IF NOT EXISTS job_bodies (id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(state, created_at) WHERE state != 'completed';
 CREATE TABLE IF NOT EXISTS deferred (
     job_id TEXT NOT NULL,
@@ -51,6 +57,7 @@ CREATE TABLE IF NOT EXISTS deferred (
     due REAL NOT NULL,
     reason TEXT NOT NULL,
     claimed_until REAL NOT NULL DEFAULT 0,
+    state BLOB,
     PRIMARY KEY (job_id, recipient, channel)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deferred_due ON deferred(due);
@@ -60,6 +67,7 @@ CREATE TABLE IF NOT EXISTS cap_batches (at REAL NOT NULL, entries BLOB NOT NULL)
 CREATE INDEX IF NOT EXISTS cap_batches_at ON cap_batches(at);
 CREATE TABLE IF NOT EXISTS cap_refunds (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS opt_outs (address TEXT PRIMARY KEY, campaign TEXT, at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS health (probe TEXT PRIMARY KEY, at REAL NOT NULL, room BLOB);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     body_hash TEXT NOT NULL,
@@ -72,10 +80,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
 )
 
 _JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at"
+log = logging.getLogger(__name__)
 _STOP = object()
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack
 _strings = msgspec.json.Decoder(list[str])
+_deferred_state = msgspec.msgpack.Decoder(DeferredState)
+# The WAL is truncated to this after each checkpoint: a burst cannot leave it huge, and a
+# disk near full gets its space back (`housekeep` also checkpoints with TRUNCATE).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class SQLiteStore(Store):
@@ -90,6 +103,7 @@ class SQLiteStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0  # for tests and metrics: how many group commits ran
         self.caps = CapLedger()
+        self.ackfile = AckFile(None if path == ":memory:" else f"{path}.acks")
 
     # -- lifecycle -------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -97,6 +111,7 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         return conn
 
     async def open(self) -> None:
@@ -109,7 +124,8 @@ class SQLiteStore(Store):
             _migrate(write_conn)
             self._read_conn = self._connect()
             self.caps.load(_cap_history(write_conn))
-        except sqlite3.Error as exc:
+            self.ackfile.open()
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._writer = threading.Thread(target=self._write_loop, args=(write_conn,), name="store-write", daemon=True)
         self._writer.start()
@@ -123,22 +139,46 @@ class SQLiteStore(Store):
             self._reader.submit(self._read_conn.close).result()
             self._read_conn = None
         self._reader.shutdown(wait=True)
+        self.ackfile.close()
 
     async def ping(self) -> bool:
+        """A write that needs room, not a read: with the disk full, reads still answer
+        while every write fails, and readiness must say so. A new row of a few pages each
+        time (the last one's pages are freed after), so it fails as soon as nothing can
+        grow."""
+        probe = f"ping-{time.monotonic_ns()}"
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO health VALUES (?, ?, zeroblob(16384))", (probe, time.time()))
+            conn.execute("DELETE FROM health WHERE probe != ?", (probe,))
+
         try:
-            return (await self._read(lambda c: c.execute("SELECT 1").fetchone()[0])) == 1
-        except sqlite3.Error:
+            await self._write(write)
+        except (StoreUnavailable, sqlite3.Error):
             return False
+        return True
+
+    async def housekeep(self) -> None:
+        """Checkpoint the WAL and truncate it (it would otherwise keep its largest size).
+        On the reading connection: a checkpoint cannot run inside the writer's transaction."""
+        try:
+            await self._read(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+        except sqlite3.Error as exc:  # busy, or the disk: the next one will do
+            log.warning("WAL checkpoint: %s", exc)
 
     # -- plumbing --------------------------------------------------------------------
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], fsync: bool = True) -> asyncio.Future[Any]:
+        """`fsync=False`: the write must survive the process dying (it reaches the WAL before
+        the future resolves) but not a power cut; a group of only such writes commits
+        without an fsync."""
         if self._writer is None or self._loop is None:
             raise StoreUnavailable("store is not open")
         future = self._loop.create_future()
-        self._queue.put((fn, future))
+        self._queue.put((fn, future, fsync))
         return future
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        current = self.synchronous
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -155,24 +195,33 @@ class SQLiteStore(Store):
                     break
                 group.append(nxt)
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            synchronous = self.synchronous if any(fsync for _, _, fsync in group) else "NORMAL"
+            if synchronous != current:
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+                current = synchronous
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for fn, future in group:
+                for fn, future, _ in group:
                     conn.execute("SAVEPOINT w")
                     try:
                         outcomes.append((future, fn(conn), None))
                         conn.execute("RELEASE w")
                     except Exception as exc:  # one bad write must not undo its neighbours
+                        if not conn.in_transaction:
+                            # SQLite rolled the whole transaction back itself (a full disk, an
+                            # I/O error): every write of the group failed with this one.
+                            raise _Aborted(exc) from exc
                         conn.execute("ROLLBACK TO w")
                         conn.execute("RELEASE w")
                         outcomes.append((future, None, exc))
                 conn.execute("COMMIT")
                 self.commits += 1
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, _Aborted) as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                error = StoreUnavailable(f"commit failed: {exc}")
-                outcomes = [(future, None, error) for _, future in group]
+                cause = exc.__cause__ if isinstance(exc, _Aborted) else exc
+                error = StoreUnavailable(f"commit failed: {cause}")
+                outcomes = [(future, None, error) for _, future, _ in group]
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, outcomes)
 
@@ -211,9 +260,10 @@ class SQLiteStore(Store):
                     _json.encode(job.warnings).decode(),
                     job.created_at,
                     job.finished_at,
-                    body,
+                    b"",
                 ),
             )
+            conn.execute("INSERT INTO job_bodies VALUES (?, ?)", (job.id, body))
             return None
 
         return await self._write(write)
@@ -230,23 +280,37 @@ class SQLiteStore(Store):
         return [_job(row) for row in rows]
 
     async def job_body(self, job_id: str) -> bytes:
-        row = await self._read(lambda c: c.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT coalesce((SELECT body FROM job_bodies WHERE id = ?1), body) FROM jobs WHERE id = ?1", (job_id,)
+            ).fetchone()
+        )
         if row is None:
             raise KeyError(job_id)
         return bytes(row[0])
 
     async def record_batch(
-        self, job_id: str, cursor: int, decisions: Sequence[Decision], now: float, deferred: Sequence[DeferredItem] = ()
+        self,
+        job_id: str,
+        cursor: int,
+        decisions: Sequence[Decision],
+        now: float,
+        deferred: Sequence[DeferredItem] = (),
+        channels: Sequence[str] = (),
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            decision_rows.put(conn, job_id, decisions, now)
+            decision_rows.put(conn, job_id, decisions, now, channels)
             _write_deferred(conn, deferred)
+            if cursor < 0:
+                return
             conn.execute(
                 "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
                 (cursor, job_id),
             )
 
         await self._write(write)
+        if cursor >= 0:
+            self.ackfile.passed(job_id, cursor)
 
     async def count_retry(self, job_id: str, cursor: int) -> int:
         def write(conn: sqlite3.Connection) -> int:
@@ -260,8 +324,24 @@ class SQLiteStore(Store):
 
         return int(await self._write(write))
 
+    async def record_acks(self, job_id: str, acks: Sequence[tuple[int, str, Result]]) -> None:
+        """Appended to the answers file beside the database (`ackfile.py`): on disk for a
+        process crash at once, without waiting for the group commit's fsync."""
+        if acks:
+            try:
+                self.ackfile.append(job_id, acks)
+            except OSError as exc:
+                raise StoreUnavailable(f"answers log: {exc}") from exc
+
+    async def acks(self, job_id: str) -> dict[int, dict[str, Result]]:
+        return self.ackfile.answers(job_id)
+
     async def finish_job(self, job_id: str, now: float) -> None:
-        await self._write(lambda c: _close_job(c, job_id, now))
+        self._closed(job_id, await self._write(lambda c: _close_job(c, job_id, now)))
+
+    def _closed(self, job_id: str, state: str | None) -> None:
+        if state == "completed":
+            self.ackfile.finished(job_id)
 
     # -- frequency caps ----------------------------------------------------------------
     async def reserve_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
@@ -273,6 +353,9 @@ class SQLiteStore(Store):
             blob = _msgpack.encode(added)
             await self._write(lambda c: c.execute("INSERT INTO cap_batches VALUES (?, ?)", (now, blob)))
         return outcomes
+
+    async def check_caps(self, requests: Sequence[CapRequest], now: float) -> list[CapOutcome]:
+        return self.caps.simulate(requests, now)
 
     async def refund_caps(self, reservations: Sequence[str]) -> None:
         self.caps.refund(reservations)
@@ -308,7 +391,7 @@ class SQLiteStore(Store):
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DeferredItem]:
         def write(conn: sqlite3.Connection) -> list[DeferredItem]:
             rows = conn.execute(
-                "SELECT job_id, recipient, channel, due, reason FROM deferred "
+                "SELECT job_id, recipient, channel, due, reason, state FROM deferred "
                 "WHERE due <= ? AND claimed_until <= ? ORDER BY due LIMIT ?",
                 (now, now, limit),
             ).fetchall()
@@ -316,25 +399,31 @@ class SQLiteStore(Store):
                 "UPDATE deferred SET claimed_until = ? WHERE job_id = ? AND recipient = ? AND channel = ?",
                 [(now + lease, r[0], r[1], r[2]) for r in rows],
             )
-            return [DeferredItem(*r) for r in rows]
+            return [_deferred_item(r) for r in rows]
 
         return await self._write(write)
 
     async def settle_deferred(
-        self, job_id: str, decisions: Sequence[Decision], deferred: Sequence[DeferredItem], now: float
+        self,
+        job_id: str,
+        decisions: Sequence[Decision],
+        deferred: Sequence[DeferredItem],
+        now: float,
+        channels: Sequence[str] = (),
     ) -> None:
         again = {(item.recipient, item.channel) for item in deferred}
         done = [(job_id, d.recipient, d.channel) for d in decisions if (d.recipient, d.channel) not in again]
 
-        def write(conn: sqlite3.Connection) -> None:
-            decision_rows.put(conn, job_id, decisions, now)
+        def write(conn: sqlite3.Connection) -> str | None:
+            decision_rows.put(conn, job_id, decisions, now, channels)
             conn.executemany("DELETE FROM deferred WHERE job_id = ? AND recipient = ? AND channel = ?", done)
             _write_deferred(conn, deferred)
             state = conn.execute("SELECT state, cursor, recipients FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if state is not None and state[0] == "waiting":
-                _close_job(conn, job_id, now)
+                return _close_job(conn, job_id, now)
+            return None
 
-        await self._write(write)
+        self._closed(job_id, await self._write(write))
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self._read(
@@ -363,11 +452,15 @@ def _cap_history(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Databases of earlier versions: columns added since, and decisions once stored a row
     each moved to rows per batch."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for name, ddl in (("retry_cursor", "INTEGER NOT NULL DEFAULT -1"), ("retries", "INTEGER NOT NULL DEFAULT 0")):
-        if name not in columns:
-            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")
+    for table, name, ddl in (
+        ("jobs", "retry_cursor", "INTEGER NOT NULL DEFAULT -1"),
+        ("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"),
+        ("deferred", "state", "BLOB"),
+    ):
+        if name not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
     _migrate_decision_rows(conn)
+    decision_rows.migrate(conn)
 
 
 def _migrate_decision_rows(conn: sqlite3.Connection) -> None:
@@ -404,18 +497,44 @@ def _migrate_decision_rows(conn: sqlite3.Connection) -> None:
 
 def _write_deferred(conn: sqlite3.Connection, items: Sequence[DeferredItem]) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO deferred (job_id, recipient, channel, due, reason, claimed_until) "
-        "VALUES (?, ?, ?, ?, ?, 0)",
-        [(i.job_id, i.recipient, i.channel, i.due, i.reason) for i in items],
+        "INSERT OR REPLACE INTO deferred (job_id, recipient, channel, due, reason, claimed_until, state) "
+        "VALUES (?, ?, ?, ?, ?, 0, ?)",
+        [(i.job_id, i.recipient, i.channel, i.due, i.reason, _pack_state(i)) for i in items],
     )
 
 
-def _close_job(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+def _pack_state(item: DeferredItem) -> bytes | None:
+    """A retried message's retry state; None for the others (nothing to carry)."""
+    if not (item.attempts or item.devices is not None or item.answers):
+        return None
+    return _msgpack.encode(
+        DeferredState(item.attempts, item.first_attempt, item.last_error, item.devices, item.answers)
+    )
+
+
+def _deferred_item(row: tuple[Any, ...]) -> DeferredItem:
+    job_id, recipient, channel, due, reason, state = row
+    if state is None:
+        return DeferredItem(job_id, recipient, channel, due, reason)
+    s = _deferred_state.decode(state)
+    return DeferredItem(
+        job_id, recipient, channel, due, reason, s.attempts, s.first_attempt, s.last_error, s.devices, s.answers
+    )
+
+
+class _Aborted(Exception):
+    """The transaction was rolled back under a write (by SQLite, not by us)."""
+
+
+def _close_job(conn: sqlite3.Connection, job_id: str, now: float) -> str:
+    """`waiting` while deferred messages remain, else `completed`."""
     waiting = conn.execute("SELECT 1 FROM deferred WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
+    state = "waiting" if waiting else "completed"
     conn.execute(
         "UPDATE jobs SET state = ?, finished_at = ?, cursor = recipients WHERE id = ?",
-        ("waiting" if waiting else "completed", None if waiting else now, job_id),
+        (state, None if waiting else now, job_id),
     )
+    return state
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

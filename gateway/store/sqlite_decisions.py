@@ -1,12 +1,15 @@
-"""Decisions in the embedded store: one row per recorded batch, not one per decision.
+"""Decisions in the embedded store: one row per batch and channel, not one per decision.
 
-A row per decision cost the writer thread ~10 us per message on a 2-core host (an
-INSERT with a unique index each), more than policy and rendering together; a batch of
-500 recipients is now one msgpack blob. Rows cover disjoint ranges of recipient indexes
-(`first`..`last`) and hold their decisions in recipient, then channel, order. A decision
-recorded again for the same (recipient, channel), as a released deferred message is,
-replaces the old one where it stands. Counts by outcome live in their own table and
-change in the same transaction.
+A row per decision cost the writer thread ~10 us per message on a 2-core host (an INSERT
+with a unique index each), more than policy and rendering together; a batch's decisions on
+one channel are one msgpack blob. A job's channels are recorded on their own (a channel
+whose provider is slow does not hold up the others' decisions), so rows are keyed by the
+batch's first recipient *and* the channel; each channel's rows cover disjoint ranges of
+recipient indexes (`first`..`last`), in recipient order. A decision recorded again for the
+same (recipient, channel), as a released deferred message is, replaces the old one where
+it stands. Counts by outcome live in their own table and change in the same transaction.
+
+Reading pages interleaves a range's channel rows: recipient, then the job's channel order.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import msgspec
 from gateway.model.decision import Decision
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS decision_batches (
+CREATE TABLE IF NOT EXISTS decision_rows (
     job_id TEXT NOT NULL,
     first INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    rank INTEGER NOT NULL,  -- the channel's place in the job's channel list
     last INTEGER NOT NULL,
     n INTEGER NOT NULL,
     decisions BLOB NOT NULL,
-    PRIMARY KEY (job_id, first)
+    PRIMARY KEY (job_id, first, channel)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decision_counts (
     job_id TEXT NOT NULL,
@@ -49,42 +54,61 @@ class _Row:
         self.first, self.last, self.decisions, self.changed = first, last, decisions, False
 
 
-def put(conn: sqlite3.Connection, job_id: str, decisions: Sequence[Decision], now: float) -> None:
-    """Insert or replace `decisions` by (recipient, channel)."""
+def put(
+    conn: sqlite3.Connection, job_id: str, decisions: Sequence[Decision], now: float, channels: Sequence[str] = ()
+) -> None:
+    """Insert or replace `decisions` by (recipient, channel). `channels`: the job's channel
+    order, which pages follow (default: the order the channels first appear in)."""
     if not decisions:
         return
+    counts: Counter[str] = Counter()
+    by_channel: dict[str, list[Decision]] = {}
     for d in decisions:
         if not d.at:
             d.at = now
-    counts: Counter[str] = Counter(d.outcome for d in decisions)
-    recipients = sorted({d.recipient for d in decisions})
-    lo, hi = recipients[0], recipients[-1]
-    contiguous = len(recipients) == hi - lo + 1
-    rows = _rows_holding(conn, job_id, recipients, contiguous)
-    if not rows and contiguous:  # a new batch: the hot path always goes this way
-        _insert(conn, job_id, sorted(decisions, key=_by_recipient))
-    else:
-        _merge(conn, job_id, rows, decisions, counts)
+        counts[d.outcome] += 1
+        by_channel.setdefault(d.channel, []).append(d)
+    order = {name: n for n, name in enumerate(channels)}
+    for seen, (channel, group) in enumerate(by_channel.items()):
+        _put_channel(conn, job_id, channel, order.get(channel, len(order) + seen), group, counts)
     conn.executemany(
         "INSERT INTO decision_counts VALUES (?, ?, ?) ON CONFLICT (job_id, outcome) DO UPDATE SET n = n + excluded.n",
         [(job_id, outcome, n) for outcome, n in counts.items() if n],
     )
 
 
-def _rows_holding(conn: sqlite3.Connection, job_id: str, recipients: list[int], contiguous: bool) -> list[_Row]:
-    """The stored rows whose ranges hold any of `recipients` (sorted)."""
+def _put_channel(
+    conn: sqlite3.Connection, job_id: str, channel: str, rank: int, decisions: list[Decision], counts: Counter[str]
+) -> None:
+    recipients = sorted({d.recipient for d in decisions})
+    lo, hi = recipients[0], recipients[-1]
+    contiguous = len(recipients) == hi - lo + 1 == len(decisions)
+    rows = _rows_holding(conn, job_id, channel, recipients, contiguous)
+    if not rows and contiguous:  # a new batch: the hot path always goes this way
+        _insert(conn, job_id, channel, rank, sorted(decisions, key=_by_recipient))
+    else:
+        _merge(conn, job_id, channel, rank, rows, decisions, counts)
+
+
+_BELOW = (
+    "SELECT first, last, decisions FROM decision_rows WHERE job_id = ? AND channel = ? AND first <= ? "
+    "ORDER BY first DESC LIMIT 1"
+)
+
+
+def _rows_holding(
+    conn: sqlite3.Connection, job_id: str, channel: str, recipients: list[int], contiguous: bool
+) -> list[_Row]:
+    """The channel's stored rows whose ranges hold any of `recipients` (sorted)."""
     found: dict[int, _Row] = {}
     lo, hi = recipients[0], recipients[-1]
-    below = (
-        "SELECT first, last, decisions FROM decision_batches WHERE job_id = ? AND first <= ? "
-        "ORDER BY first DESC LIMIT 1"
-    )
     if contiguous:  # one range: the row reaching into it from below, and those starting in it
         candidates = (
-            conn.execute(below, (job_id, lo)).fetchall()
+            conn.execute(_BELOW, (job_id, channel, lo)).fetchall()
             + conn.execute(
-                "SELECT first, last, decisions FROM decision_batches WHERE job_id = ? AND first > ? AND first <= ?",
-                (job_id, lo, hi),
+                "SELECT first, last, decisions FROM decision_rows WHERE job_id = ? AND channel = ? AND first > ? "
+                "AND first <= ?",
+                (job_id, channel, lo, hi),
             ).fetchall()
         )
         for first, last, blob in candidates:
@@ -95,7 +119,7 @@ def _rows_holding(conn: sqlite3.Connection, job_id: str, recipients: list[int], 
     for r in recipients:  # scattered (released messages): the row holding each
         if r <= covered:
             continue
-        row = conn.execute(below, (job_id, r)).fetchone()
+        row = conn.execute(_BELOW, (job_id, channel, r)).fetchone()
         if row is not None and row[1] >= r:
             found[row[0]] = _Row(row[0], row[1], _decode(row[2]))
             covered = row[1]
@@ -103,15 +127,21 @@ def _rows_holding(conn: sqlite3.Connection, job_id: str, recipients: list[int], 
 
 
 def _merge(
-    conn: sqlite3.Connection, job_id: str, rows: list[_Row], decisions: Sequence[Decision], counts: Counter[str]
+    conn: sqlite3.Connection,
+    job_id: str,
+    channel: str,
+    rank: int,
+    rows: list[_Row],
+    decisions: Sequence[Decision],
+    counts: Counter[str],
 ) -> None:
-    where: dict[tuple[int, str], tuple[_Row, int]] = {}
+    where: dict[int, tuple[_Row, int]] = {}
     for row in rows:
         for position, old in enumerate(row.decisions):
-            where[(old.recipient, old.channel)] = (row, position)
+            where[old.recipient] = (row, position)
     outside: list[Decision] = []
     for d in decisions:
-        hit = where.get((d.recipient, d.channel))
+        hit = where.get(d.recipient)
         if hit is not None:
             row, position = hit
             counts[row.decisions[position].outcome] -= 1
@@ -121,52 +151,78 @@ def _merge(
         holder = next((row for row in rows if row.first <= d.recipient <= row.last), None)
         if holder is None:
             outside.append(d)
-        else:  # a channel this recipient had no decision on yet: after its others (sorted below)
+        else:  # a recipient of the range this channel had no decision on yet
             holder.decisions.append(d)
+            holder.decisions.sort(key=_by_recipient)
             holder.changed = True
-    for row in rows:
-        if row.changed:  # stable: each recipient's decisions keep their order
-            row.decisions.sort(key=_by_recipient)
     conn.executemany(
-        "UPDATE decision_batches SET n = ?, decisions = ? WHERE job_id = ? AND first = ?",
-        [(len(row.decisions), _encode(row.decisions), job_id, row.first) for row in rows if row.changed],
+        "UPDATE decision_rows SET n = ?, decisions = ? WHERE job_id = ? AND first = ? AND channel = ?",
+        [(len(row.decisions), _encode(row.decisions), job_id, row.first, channel) for row in rows if row.changed],
     )
-    by_recipient: dict[int, list[Decision]] = {}
-    for d in outside:  # in no stored range: one row each keeps the ranges disjoint
-        by_recipient.setdefault(d.recipient, []).append(d)
-    for group in by_recipient.values():
-        _insert(conn, job_id, group)
+    for d in sorted(outside, key=_by_recipient):  # in no stored range: one row each keeps them disjoint
+        _insert(conn, job_id, channel, rank, [d])
 
 
-def _insert(conn: sqlite3.Connection, job_id: str, decisions: list[Decision]) -> None:
+def _insert(conn: sqlite3.Connection, job_id: str, channel: str, rank: int, decisions: list[Decision]) -> None:
+    first, last = decisions[0].recipient, decisions[-1].recipient
     conn.execute(
-        "INSERT INTO decision_batches VALUES (?, ?, ?, ?, ?)",
-        (job_id, decisions[0].recipient, decisions[-1].recipient, len(decisions), _encode(decisions)),
+        "INSERT INTO decision_rows VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (job_id, first, channel, rank, last, len(decisions), _encode(decisions)),
     )
 
 
 def page(conn: sqlite3.Connection, job_id: str, offset: int, limit: int) -> list[Decision]:
-    """Decisions `offset`..`offset + limit` in recipient, then channel, order."""
+    """Decisions `offset`..`offset + limit` in recipient order, then the job's channel order.
+
+    Rows of different channels may cover different ranges (a channel's release recorded
+    alone); rows whose ranges overlap are read together, as one cluster, and sorted."""
+    clusters: list[tuple[int, list[tuple[int, str]], int]] = []  # (last, its rows (first, channel), decisions)
+    for first, last, channel, n in conn.execute(
+        "SELECT first, last, channel, n FROM decision_rows WHERE job_id = ? ORDER BY first", (job_id,)
+    ):
+        if clusters and first <= clusters[-1][0]:
+            reach, rows, total = clusters[-1]
+            rows.append((first, channel))
+            clusters[-1] = (max(reach, last), rows, total + n)
+        else:
+            clusters.append((last, [(first, channel)], n))
     end = offset + limit
-    wanted: list[tuple[int, int]] = []  # (first, index of the row's first decision)
+    out: list[Decision] = []
     start = 0
-    for first, n in conn.execute("SELECT first, n FROM decision_batches WHERE job_id = ? ORDER BY first", (job_id,)):
+    for _, rows, n in clusters:
         if start + n > offset:
-            wanted.append((first, start))
+            merged: list[tuple[int, int, Decision]] = []
+            for first, channel in rows:
+                blob, rank = conn.execute(
+                    "SELECT decisions, rank FROM decision_rows WHERE job_id = ? AND first = ? AND channel = ?",
+                    (job_id, first, channel),
+                ).fetchone()
+                merged += [(d.recipient, rank, d) for d in _decode(blob)]
+            merged.sort(key=lambda entry: entry[:2])
+            out += [entry[2] for entry in merged[max(0, offset - start) : end - start]]
         start += n
         if start >= end:
             break
-    out: list[Decision] = []
-    for first, row_start in wanted:
-        (blob,) = conn.execute(
-            "SELECT decisions FROM decision_batches WHERE job_id = ? AND first = ?", (job_id, first)
-        ).fetchone()
-        out += _decode(blob)[max(0, offset - row_start) : end - row_start]
     return out
 
 
 def counts(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
     return dict(conn.execute("SELECT outcome, n FROM decision_counts WHERE job_id = ? AND n > 0", (job_id,)))
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Databases of earlier versions: decisions once a row each (`decisions`), then a row
+    per batch with every channel in it (`decision_batches`), become rows per batch and
+    channel."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "decision_batches" in tables:
+        rows = conn.execute("SELECT job_id, decisions FROM decision_batches ORDER BY job_id, first").fetchall()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM decision_counts WHERE job_id IN (SELECT DISTINCT job_id FROM decision_batches)")
+        for job_id, blob in rows:
+            put(conn, job_id, _decode(blob), 0.0)
+        conn.execute("DROP TABLE decision_batches")
+        conn.execute("COMMIT")
 
 
 def migrate_row_per_decision(conn: sqlite3.Connection, rows: Iterable[tuple[str, Decision]]) -> None:

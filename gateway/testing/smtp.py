@@ -3,8 +3,9 @@
 It speaks real SMTP on a TCP port: optionally STARTTLS (pass a server `ssl.SSLContext`,
 e.g. from trustme) and AUTH (username/password). Faults are scripted per recipient:
 `fault(address, attempt)` returns an SMTP reply such as "451 4.3.0 try later" or
-"550 5.1.1 no such user", or None to accept. Accepted messages are parsed into
-`email.message.EmailMessage` objects so tests can assert on headers and parts.
+"550 5.1.1 no such user", a number of seconds to wait before accepting, or None to
+accept. Accepted messages are parsed into `email.message.EmailMessage` objects so tests
+can assert on headers and parts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from gateway.testing._http import FakeServer
 
-SmtpFault = Callable[[str, int], "str | None"]
+SmtpFault = Callable[[str, int], "str | float | None"]
 # aiosmtpd logs every SMTP command at INFO: keep that out of demo and test output.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
@@ -72,7 +73,9 @@ class SmtpFake(FakeServer):
         if self.latency:
             await asyncio.sleep(self.latency)
         reply = self.fault(address, attempt) if self.fault else None
-        if reply is not None:
+        if isinstance(reply, (int, float)):
+            await asyncio.sleep(reply)
+        elif reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"

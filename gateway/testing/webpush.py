@@ -68,11 +68,12 @@ class WebPushFake(FakeServer):
     _keys: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = field(default_factory=dict)
     _verified: dict[str, dict[str, Any]] = field(default_factory=dict)  # "t=..,k=.." -> its claims
 
-    def subscription(self) -> dict[str, Any]:
-        """A browser's PushSubscription JSON, with this service's endpoint."""
+    def subscription(self, sub_id: str | None = None) -> dict[str, Any]:
+        """A browser's PushSubscription JSON, with this service's endpoint (its last path
+        segment `sub_id`, random by default)."""
         key = ec.generate_private_key(ec.SECP256R1())
         auth = os.urandom(16)
-        sub_id = secrets.token_urlsafe(12)
+        sub_id = sub_id or secrets.token_urlsafe(12)
         self._keys[sub_id] = (key, auth)
         public = key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint

@@ -21,7 +21,7 @@ import asyncio
 import ssl as ssl_module
 import struct
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 from gateway.transport.deadlines import SWEEP_SECONDS, Deadlines
@@ -532,11 +532,16 @@ class Batch:
     started when a connection has a free stream, and its stream's end settles it."""
 
     def __init__(
-        self, pool: Http2Pool, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]], deadline: float
+        self,
+        pool: Http2Pool,
+        requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+        deadline: float,
+        on_outcome: Callable[[int, Response | Exception], None] | None = None,
     ):
         self.pool = pool
         self.requests = requests
         self.deadline = deadline
+        self.on_outcome = on_outcome  # told of each request's outcome as it settles
         self.outcomes: list[Response | Exception | None] = [None] * len(requests)
         self.queue = deque(range(len(requests)))
         self.left = len(requests)
@@ -575,18 +580,19 @@ class Batch:
             self.queue.append(index)  # not processed: again, on whatever connection has room
             self.pump()
             return
+        self._set(index, outcome)
+
+    def _set(self, index: int, outcome: Response | Exception) -> None:
         self.outcomes[index] = outcome
         self.left -= 1
+        if self.on_outcome is not None:
+            self.on_outcome(index, outcome)
         if not self.left and not self.done.done():
             self.done.set_result(None)
 
     def fail_queued(self, error: Exception) -> None:
         while self.queue:
-            index = self.queue.popleft()
-            self.outcomes[index] = error
-            self.left -= 1
-        if not self.left and not self.done.done():
-            self.done.set_result(None)
+            self._set(self.queue.popleft(), error)
 
     def expire(self) -> None:
         """Past the deadline: whatever has not ended fails with TimeoutError."""
@@ -631,13 +637,17 @@ class Http2Pool:
         self.closed = False
 
     async def request_all(
-        self, requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]], timeout: float
+        self,
+        requests: Sequence[tuple[Sequence[tuple[bytes, bytes]], bytes]],
+        timeout: float,
+        on_outcome: Callable[[int, Response | Exception], None] | None = None,
     ) -> list[Response | Exception]:
         """Send every (headers, body) request (pseudo-headers first, names in lower case),
         as many at once as the server's streams allow, and wait at most `timeout` seconds
         for them all: the outcome of each is its Response, or the error that ended it
-        (TimeoutError, Http2Error, OSError)."""
-        batch = Batch(self, requests, self.loop.time() + timeout)
+        (TimeoutError, Http2Error, OSError). `on_outcome(index, outcome)` is told of each
+        as it settles, before the whole batch has."""
+        batch = Batch(self, requests, self.loop.time() + timeout, on_outcome)
         batch.pump()
         try:
             # One timer for the batch: the sweeper cuts streams at the deadline; this ends
