@@ -5,7 +5,11 @@ templates in `gateway.testing.templates`. Each is rendered against a recipient t
 the data it needs; python-liquid renders the very same parsed template (same environment,
 same filters), so the ratio is the cost of interpretation.
 
-    .venv/bin/python benchmarks/render.py
+Then the differential fuzzer's corpus (`tests/personalize/liquid_grammar.py`, the same
+seed every run): generated templates over generated recipients, each pair that renders
+text timed both ways; the ratio of means over them.
+
+    .venv/bin/python benchmarks/render.py [--fuzz 600]
 """
 
 from __future__ import annotations
@@ -113,9 +117,66 @@ def run() -> dict[str, Any]:
     }
 
 
+def fuzz_corpus(n: int) -> list[tuple[str, bool, dict[str, Any]]]:
+    """`n` (template, HTML?, recipient) triples from the fuzzer's grammar, derandomized."""
+    import warnings
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.personalize.liquid_grammar import scopes, templates
+
+    corpus: list[tuple[str, bool, dict[str, Any]]] = []
+
+    @settings(max_examples=n, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(templates(), st.booleans(), scopes())
+    def collect(source: str, html: bool, scope: dict[str, Any]) -> None:
+        corpus.append((source, html, scope))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collect()
+    return corpus[:n]
+
+
+def run_fuzz(n: int) -> dict[str, Any]:
+    """The ratio of means over the fuzzer's pairs that render text in both renderers."""
+    import copy
+    import logging
+
+    from gateway.personalize.templates import CompiledField
+
+    logging.getLogger("gateway.personalize.compiler").setLevel(logging.ERROR)
+    gateway_us, liquid_us, compiled = [], [], 0
+    for source, html, scope in fuzz_corpus(n):
+        env = HTML_ENV if html else ENV
+        field = _compile(source, "$.t", 10**6, env)
+        reference = CompiledField(source, field.template, None, False, env)
+        try:
+            text = reference.render(copy.deepcopy(scope))
+        except Exception:
+            continue  # missing data or an error: not a rendering to time
+        assert field.render(copy.deepcopy(scope)) == text, source
+        compiled += field.fast is not None
+        gateway_us.append(per_call(field.render, scope, 0.02) * 1e6)
+        liquid_us.append(per_call(reference.render, scope, 0.02) * 1e6)
+    return {
+        "pairs_timed": len(gateway_us),
+        "compiled": compiled,
+        "mean_us": round(statistics.fmean(gateway_us), 3),
+        "python_liquid_mean_us": round(statistics.fmean(liquid_us), 3),
+        "ratio_of_means": round(statistics.fmean(liquid_us) / statistics.fmean(gateway_us), 1),
+    }
+
+
 def main() -> None:
+    import argparse
+
     from gateway.cli import tune_gc
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fuzz", type=int, default=600, help="pairs from the fuzzer's corpus (0: none)")
+    args = parser.parse_args()
     tune_gc()  # as `gateway serve` runs
     result = run()
     width = max(len(r["template"]) for r in result["rows"])
@@ -126,6 +187,8 @@ def main() -> None:
             f"{r['python_liquid_us']:16.2f}  {r['ratio']:5.1f}x"
         )
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    if args.fuzz:
+        print("fuzzer corpus:", json.dumps(run_fuzz(args.fuzz), indent=2))
 
 
 if __name__ == "__main__":

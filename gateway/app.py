@@ -12,6 +12,7 @@ from gateway.config import GatewayConfig, seconds
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.loader import channel_classes, configure_channels, plugin_manager
 from gateway.metrics import Metrics
+from gateway.personalize.templates import CACHE
 from gateway.pipeline import Pipeline
 from gateway.policy.engine import load_policy
 from gateway.runner import Admission, Runner
@@ -39,7 +40,10 @@ class Gateway:
         self.channel_specs = configure_channels(config, channel_classes(self.pm))
         self.store = store or make_store(config.store, queue_limit=config.intake.max_inflight_recipients)
         self.admission = Admission(config.intake.max_inflight_recipients)
-        self.metrics = Metrics(queue_depth=lambda: self.admission.inflight)
+        self.metrics = Metrics(
+            queue_depth=lambda: self.admission.inflight,
+            template_cache=lambda: {("hit",): CACHE.hits, ("miss",): CACHE.misses},
+        )
         self.policy = load_policy(config)
         self.channels: dict[str, Channel] = {}
         self.runner: Runner | None = None

@@ -122,7 +122,7 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
     from gateway.intake.validate import JobError, accept_job
     from gateway.loader import channel_classes, configure_channels, plugin_manager
     from gateway.policy.engine import load_policy
-    from gateway.preview import preview, table
+    from gateway.preview import OverRenderLimit, preview, table
 
     try:
         body = Path(job_path).read_bytes()
@@ -141,7 +141,11 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         store = await _open_store_for_reading(config)
         try:
             check = store.check_caps if store is not None else None
-            result = await preview(accepted, channels, policy, now if now is not None else time.time(), check)
+            try:
+                result = await preview(accepted, channels, policy, now if now is not None else time.time(), check)
+            except OverRenderLimit as exc:
+                print(f"{job_path}: 400: {exc.path}: {exc.message}", file=sys.stderr)
+                return 1
         finally:
             if store is not None:
                 await store.close()

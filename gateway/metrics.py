@@ -47,6 +47,20 @@ class Gauge:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {self.read():g}"]
 
 
+class ReadCounter:
+    """A counter kept elsewhere (a lower layer that cannot import this one), read when
+    rendered: label values -> count."""
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], dict[tuple[str, ...], float]]):
+        self.name, self.help, self.labels, self.read = name, help, labels, read
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key, value in sorted(self.read().items()):
+            lines.append(f"{self.name}{_labels(self.labels, key)} {value:g}")
+        return lines
+
+
 class Histogram:
     def __init__(self, name: str, help: str, labels: tuple[str, ...], buckets: tuple[float, ...]):
         self.name, self.help, self.labels, self.buckets = name, help, labels, buckets
@@ -75,7 +89,11 @@ class Histogram:
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], float] = lambda: 0):
+    def __init__(
+        self,
+        queue_depth: Callable[[], float] = lambda: 0,
+        template_cache: Callable[[], dict[tuple[str, ...], float]] = dict,
+    ):
         self.jobs_accepted = Counter("gateway_jobs_accepted_total", "Send jobs accepted (202).")
         self.recipients_accepted = Counter("gateway_recipients_accepted_total", "Recipients in accepted jobs.")
         self.jobs_rejected = Counter("gateway_jobs_rejected_total", "Send jobs refused, by HTTP status.", ("status",))
@@ -86,6 +104,12 @@ class Metrics:
             "gateway_provider_errors_total", "Failed delivery attempts, by channel and reason.", ("channel", "reason")
         )
         self.queue_depth = Gauge("gateway_queue_depth", "Recipients accepted and not yet decided.", queue_depth)
+        self.template_cache = ReadCounter(
+            "gateway_template_cache_lookups_total",
+            "Templates and conditions looked up in the compiled-template cache, by result (hit, miss).",
+            ("result",),
+            template_cache,
+        )
         self.delivery_latency = Histogram(
             "gateway_delivery_latency_seconds",
             "From job acceptance to the provider's answer, per sent delivery.",
@@ -102,6 +126,7 @@ class Metrics:
             self.decisions,
             self.provider_errors,
             self.queue_depth,
+            self.template_cache,
             self.delivery_latency,
         ):
             lines += metric.render()

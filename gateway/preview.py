@@ -10,6 +10,8 @@ send walks it. Nothing is sent and nothing is stored.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +25,7 @@ from gateway.model.caps import CapOutcome, CapRequest, Denied
 from gateway.model.job import Job
 from gateway.personalize.render import Personalizer
 from gateway.pipeline.plan import Ready, RecipientPlan, plan_recipient
+from gateway.pipeline.stages import YIELD_EVERY
 from gateway.policy.engine import Policy, Verdict, cap_verdict
 
 # The store's read-only caps check (`Store.check_caps`).
@@ -76,10 +79,15 @@ async def preview(
     warning says so)."""
     job = accepted.job
     personalizer = Personalizer(job, accepted.variants, {n: c.content_kind for n, c in channels.items()})
-    plans = [
-        plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True)
-        for recipient in job.recipients
-    ]
+    plans = []
+    slice_ends = time.perf_counter() + YIELD_EVERY
+    for i, recipient in enumerate(job.recipients):
+        if time.perf_counter() > slice_ends:  # costly templates must not stall the API
+            await asyncio.sleep(0)
+            slice_ends = time.perf_counter() + YIELD_EVERY
+        plan = plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True)
+        _refuse_over_limit(job, i, plan)
+        plans.append(plan)
     steps: dict[tuple[int, str], Step] = {
         (i, name): step for i, plan in enumerate(plans) for name, step in plan.channels.items()
     }
@@ -93,6 +101,23 @@ async def preview(
     if check_caps is None and policy.caps:
         warnings.append("frequency caps were not evaluated (no store): every capped message shows would_send")
     return Preview(job.campaign, _iso(now), warnings, out)
+
+
+class OverRenderLimit(Exception):
+    """A template passes a render limit for a recipient: preview answers 400 naming it."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
+def _refuse_over_limit(job: Job, i: int, plan: RecipientPlan) -> None:
+    failure = plan.choice.failure if plan.choice is not None else None
+    if failure is None or failure.reason != d.RENDER_LIMIT:
+        return
+    index = next((n for n, v in enumerate(job.variants) if v.name == failure.variant), 0)
+    raise OverRenderLimit(f"$.variants[{index}].{failure.path}", f"render limit for recipient {i}: {failure.detail}")
 
 
 class _Caps:

@@ -175,7 +175,7 @@ async def read_body(request: web.Request) -> bytes | web.Response:
 
 async def post_preview(request: web.Request) -> web.Response:
     from gateway.intake.validate import JobError, accept_job
-    from gateway.preview import parse_instant, preview
+    from gateway.preview import OverRenderLimit, parse_instant, preview
 
     gw = request.app[GATEWAY_KEY]
     now = gw.clock.now()
@@ -191,7 +191,11 @@ async def post_preview(request: web.Request) -> web.Response:
         accepted = accept_job(body, gw.config.limits, gw.channels)
     except JobError as exc:
         return json_response(exc.status, exc.body())
-    return json_response(200, await preview(accepted, gw.channels, gw.policy, now, gw.store.check_caps))
+    try:
+        result = await preview(accepted, gw.channels, gw.policy, now, gw.store.check_caps)
+    except OverRenderLimit as exc:
+        return json_response(400, {"error": "render_limit", "path": exc.path, "message": exc.message})
+    return json_response(200, result)
 
 
 def _unsubscriber(gw: Gateway, token: str) -> tuple[str, str] | None:

@@ -42,6 +42,7 @@ NO_CONTENT = "no_content"
 NOT_NEEDED = "fallback_not_needed"  # routing "first": an earlier channel succeeded (or is deferred)
 RETRIES_EXHAUSTED = "retries_exhausted"
 RENDER_ERROR = "render_error"
+RENDER_LIMIT = "render_limit"  # failed: a template passed a render limit for this recipient
 PAYLOAD_TOO_LARGE = "payload_too_large"
 OPTED_OUT = "opted_out"  # one-click unsubscribe recorded for the address
 QUIET_HOURS = "quiet_hours"

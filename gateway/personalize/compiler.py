@@ -15,9 +15,9 @@ straight from the ForLoop, text joined in rather than called, `{% if %}` with tw
 branches as one test. `tests/personalize/test_equivalence.py` aims generated data at
 each shortcut.
 
-Anything outside the compiled subset (capture, ranges, ternaries, break/continue,
-filters that need the render context) makes `compile_template` return None, and the
-caller renders that template with python-liquid itself: the fallback is transparent.
+Anything outside the compiled subset (ternaries, break/continue, `offset: continue`,
+`cols`, filters that need the render context) makes `compile_template` return None, and
+the caller renders that template with python-liquid itself: the fallback is transparent.
 
 Missing data follows python-liquid's StrictDefaultUndefined: a missing path may flow
 through `assign` and into `default`; any other use (output, another filter, a test in
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence, Sized
 from functools import partial
 from typing import Any
@@ -62,11 +63,13 @@ from liquid.builtin.expressions.primitive import (
     FloatLiteral,
     IntegerLiteral,
     Nil,
+    RangeLiteral,
     StringLiteral,
     TrueLiteral,
 )
 from liquid.builtin.output import OutputNode
 from liquid.builtin.tags.assign_tag import AssignNode
+from liquid.builtin.tags.capture_tag import CaptureNode
 from liquid.builtin.tags.case_tag import CaseNode, MultiExpressionBlockNode
 from liquid.builtin.tags.comment_tag import CommentNode
 from liquid.builtin.tags.for_tag import BreakNode, ContinueNode, ForLoop, ForNode
@@ -78,8 +81,10 @@ from liquid.filter import string_filter
 from liquid.limits import to_int
 from liquid.stringify import to_liquid_string
 from liquid.template import BoundTemplate
+from liquid.undefined import StrictDefaultUndefined
 from markupsafe import escape
 
+from gateway.personalize.blank import BLANK, guard_path, is_blank
 from gateway.personalize.fastfilters import SLOW, fast_filter
 from gateway.personalize.filters import default as default_filter
 
@@ -109,9 +114,24 @@ class Undefined:
     def fail(self) -> Missing:
         return Missing(self.path, self.hint)
 
+    def liquid(self) -> StrictDefaultUndefined:
+        """python-liquid's own undefined for this path: what its filters get, so a filter
+        that never touches an undefined argument (`default: x`) renders as python-liquid."""
+        message = self.hint if self.hint == "index out of range" else f"{self.path} {self.hint}"
+        return StrictDefaultUndefined(self.path, token=None, hint=message)
+
+
+def _liquid(value: Any) -> Any:
+    return value.liquid() if isinstance(value, Undefined) else value
+
 
 class Unsupported(Exception):
     """A construct outside the compiled subset: render with python-liquid instead."""
+
+
+class OverLimit(Exception):
+    """A render limit tripped (as python-liquid counts it, or sooner): the caller renders
+    with python-liquid, whose limits then decide the outcome."""
 
 
 def compile_template(template: BoundTemplate, env: Environment) -> Render | None:
@@ -132,12 +152,15 @@ class _Compiler:
         self.env = env
         self.autoescape = env.autoescape
         self.suppress_blank = env.suppress_blank_control_flow_blocks
+        self.loop_limit = env.loop_iteration_limit
+        self.output_limit = getattr(env, "field_output_limit", None) or env.output_stream_limit
+        self.namespace_limit = env.local_namespace_limit
 
     # -- nodes -----------------------------------------------------------------------
     def template(self, nodes: Sequence[Any]) -> Render:
         parts = [self.node(n) for n in nodes]
         # Loops restore their own variables; only `assign` must be kept out of the caller's scope.
-        assigns = any(isinstance(n, AssignNode) for n in _walk(nodes))
+        assigns = any(isinstance(n, (AssignNode, CaptureNode)) for n in _walk(nodes))
         texts = [p for p in parts if isinstance(p, str)]
         if len(texts) == len(parts):  # no expressions at all: a constant
             constant = "".join(texts)
@@ -190,6 +213,8 @@ class _Compiler:
             return ""
         if isinstance(node, AssignNode):
             return self.assign(node)
+        if isinstance(node, CaptureNode):
+            return self.capture(node)
         if isinstance(node, IfNode):
             return self.conditional(node, negate_first=False)
         if isinstance(node, UnlessNode):
@@ -211,32 +236,54 @@ class _Compiler:
         return body
 
     def output(self, expression: Any) -> Render:
+        """The output's text, always a plain `str` (a `Markup` joined to the template's own
+        text would escape that text). Blank data is missing data (`blank.py`)."""
         value = self.filtered(expression)
         autoescape = self.autoescape
+        guard = guard_path(expression)
 
         def render(scope: Scope) -> str:
             v = value(scope)
             cls = v.__class__
-            if not autoescape and (cls is str):
-                return v
+            if cls is str:
+                if guard is not None and (not v or v.isspace()):
+                    raise Missing(guard, BLANK)
+                return str(escape(v)) if autoescape else v
             if not autoescape and (cls is int or cls is float):
                 return str(v)  # what to_liquid_string does for numbers, without its type checks
-            if autoescape and cls is Markup:
-                return v  # escape() of Markup is the same text
-            if autoescape and cls is str:
-                return escape(v)
             if isinstance(v, Undefined):
                 raise v.fail()
-            return to_liquid_string(v, autoescape)
+            if guard is not None and is_blank(v):
+                raise Missing(guard, BLANK)
+            return str(to_liquid_string(v, autoescape))
 
         return render
 
     def assign(self, node: AssignNode) -> Render:
         name = str(node.name)
         value = self.filtered(node.expression)
+        limit = self.namespace_limit
 
         def render(scope: Scope) -> str:
-            scope[name] = value(scope)
+            scope[name] = v = value(scope)
+            if limit:
+                _account(scope, name, v, limit)
+            return ""
+
+        return render
+
+    def capture(self, node: CaptureNode) -> Render:
+        """The block's text assigned to a name (Markup in an HTML environment, as
+        python-liquid assigns it)."""
+        name = str(node.name)
+        body = _callable(self.block(node.block))
+        limit, autoescape = self.namespace_limit, self.autoescape
+
+        def render(scope: Scope) -> str:
+            text = body(scope)
+            scope[name] = v = Markup(text) if autoescape else text
+            if limit:
+                _account(scope, name, v, limit)
             return ""
 
         return render
@@ -280,9 +327,10 @@ class _Compiler:
                 blocks.append((None, self.block(block)))
 
         def render(scope: Scope) -> str:
-            v = _defined(subject(scope))
+            v = subject(scope)  # undefined: python-liquid's `_eq` decides (nil matches it)
             v_cls = v.__class__
             plain = v_cls in _PLAIN
+            lv = _liquid(v)
             out: list[str] = []
             matched = False
             for whens, body in blocks:
@@ -290,16 +338,19 @@ class _Compiler:
                     if not matched:  # every `else` renders while no `when` has matched
                         out.append(body if isinstance(body, str) else body(scope))
                     continue
-                # python-liquid renders a `when` once per matching value, in place
+                # python-liquid tests every value of a `when` first, then renders its body
+                # once per match, in place
+                hits = 0
                 for when in whens:
                     if literal_whens:
                         w = when
-                        hit = (v == w) if (plain and w.__class__ is v_cls) else _eq(v, w)
+                        hits += (v == w) if (plain and w.__class__ is v_cls) else _eq(lv, w)
                     else:
-                        w = _defined(when(scope))  # strict: a missing `when` path is missing data
-                        hit = _eq(v, w)
-                    if hit:
-                        matched = True
+                        w = when(scope)
+                        hits += (v == w) if (plain and w.__class__ is v_cls) else _eq(lv, _liquid(w))
+                if hits:
+                    matched = True
+                    for _ in range(hits):
                         out.append(body if isinstance(body, str) else body(scope))
             return "".join(out)
 
@@ -312,11 +363,14 @@ class _Compiler:
         iterable = self.primitive(expr.iterable)
         limit = self.primitive(expr.limit) if expr.limit is not None else None
         offset = self.primitive(expr.offset) if expr.offset is not None else None
-        loop = _Loop(name, f"{name}-{expr.iterable}", _callable(self.block(node.block)))
+        loop = _Loop(
+            name, f"{name}-{expr.iterable}", _callable(self.block(node.block)), self.loop_limit, self.output_limit
+        )
         reverse = expr.reversed
         default = _callable(self.block(node.default))
         string_sequences = self.env.string_sequences
         whole = limit is None and offset is None and not reverse
+        loop_limit = self.loop_limit
 
         def render(scope: Scope) -> str:
             obj = _defined(iterable(scope))
@@ -325,7 +379,7 @@ class _Compiler:
             items, length = _to_iter(obj, string_sequences)
             stop_at = None if limit is None else _to_int(_defined(limit(scope)))
             start = int(_to_int(_defined(offset(scope))) or 0) if offset is not None else 0
-            seq = _loop_window(items, length, start, stop_at)
+            seq = _loop_window(items, length, start, stop_at, loop_limit)
             if not seq:
                 return default(scope)
             if reverse:
@@ -361,22 +415,30 @@ class _Compiler:
             )
         pos = [self.primitive(e) for e in positional]
         kws = {k: self.primitive(e) for k, e in keywords.items()}
-        is_default = f.name == "default"
+        is_default = func is default_filter
         if env_kwargs:
             func = partial(func, **env_kwargs)
+        if len(pos) == 1 and not kws and not is_default:  # the usual `| append: x`, `| plus: y`
+            (arg,) = pos
+
+            def apply_one(scope: Scope) -> Any:
+                v = value(scope)
+                a = arg(scope)
+                return func(
+                    v.liquid() if v.__class__ is Undefined else v, a.liquid() if a.__class__ is Undefined else a
+                )
+
+            return apply_one
 
         def apply(scope: Scope) -> Any:
             v = value(scope)
             args = [p(scope) for p in pos]
             kwargs = {k: p(scope) for k, p in kws.items()}
-            if isinstance(v, Undefined):
-                if is_default:  # StrictDefaultUndefined: `default` gives its argument
-                    return args[0] if args else kwargs.get("default_", "")
-                raise v.fail()
-            for a in itertools.chain(args, kwargs.values()):
-                if isinstance(a, Undefined):
-                    raise a.fail()
-            return func(v, *args, **kwargs)
+            if isinstance(v, Undefined) and is_default and len(args) <= 1 and set(kwargs) <= {"default_"}:
+                return args[0] if args else kwargs.get("default_", "")  # StrictDefaultUndefined's `default`
+            # An undefined value or argument goes in as python-liquid's own, and fails (or
+            # not) where python-liquid's filter touches it.
+            return func(_liquid(v), *map(_liquid, args), **{k: _liquid(a) for k, a in kwargs.items()})
 
         return apply
 
@@ -385,7 +447,7 @@ class _Compiler:
     ) -> Eval:
         """The usual case (`default: 'there'`, `truncate: 40`, `upcase`): arguments are
         literals, folded once; string filters skip their wrapper for str values."""
-        if func is default_filter and set(kwargs) <= {"default_"}:
+        if func is default_filter and set(kwargs) <= {"default_"} and len(args) <= 1:
             fallback = args[0] if args else kwargs.get("default_", "")
 
             def apply_default(scope: Scope) -> Any:
@@ -402,8 +464,7 @@ class _Compiler:
             all_kwargs = {**kwargs, **env_kwargs}
 
             def apply_default_general(scope: Scope) -> Any:
-                v = value(scope)
-                return fallback if isinstance(v, Undefined) else func(v, *args, **all_kwargs)
+                return func(_liquid(value(scope)), *args, **all_kwargs)
 
             return apply_default_general
         all_kwargs = {**kwargs, **env_kwargs}
@@ -416,9 +477,7 @@ class _Compiler:
                 r = quick(v)
                 if r is not SLOW:
                     return r
-                if isinstance(v, Undefined):
-                    raise v.fail()
-                return slow_quick(v, *args)
+                return slow_quick(_liquid(v), *args)
 
             return apply_quick
         inner = func.__wrapped__ if getattr(func, "__code__", None) is _STRING_WRAPPER_CODE else None
@@ -431,17 +490,12 @@ class _Compiler:
                 v = value(scope)
                 if v.__class__ is str:
                     return fast(v, *args)
-                if isinstance(v, Undefined):
-                    raise v.fail()
-                return slow(v, *args)
+                return slow(_liquid(v), *args)
 
             return apply_string
 
         def apply_any(scope: Scope) -> Any:
-            v = value(scope)
-            if isinstance(v, Undefined):
-                raise v.fail()
-            return slow(v, *args)
+            return slow(_liquid(value(scope)), *args)
 
         return apply_any
 
@@ -457,6 +511,9 @@ class _Compiler:
         if isinstance(expr, (Nil, Empty, Blank)):
             constant = expr.evaluate(None)  # type: ignore[arg-type]  # these ignore the context
             return lambda scope: constant
+        if isinstance(expr, RangeLiteral):
+            start, stop = self.primitive(expr.start), self.primitive(expr.stop)
+            return lambda scope: _range(start(scope), stop(scope))
         raise Unsupported(type(expr).__name__)
 
     def path(self, expr: Path) -> Eval:
@@ -640,7 +697,9 @@ class _Compiler:
         if comparison is not None:
             left, right = self.logical(expr.left), self.logical(expr.right)
             token = expr.token
-            return lambda s: comparison(token, _defined(left(s)), _defined(right(s)))
+            # An undefined operand goes in as python-liquid's own: it fails only where the
+            # comparison touches it (`false contains x` does not).
+            return lambda s: comparison(token, left(s), right(s))
         return self.primitive(expr)
 
 
@@ -653,33 +712,48 @@ def _check_loop_compiles(node: ForNode, name: str) -> None:
     for inner in _walk(node.block.nodes):
         if isinstance(inner, (BreakNode, ContinueNode)):
             raise Unsupported("break/continue")  # python-liquid keeps partial iteration output
-        if isinstance(inner, AssignNode) and str(inner.name) in (name, "forloop"):
+        if isinstance(inner, (AssignNode, CaptureNode)) and str(inner.name) in (name, "forloop"):
             raise Unsupported("assign to a loop variable")
 
 
-def _loop_window(items: Any, length: int, start: int, stop_at: int | None) -> list[Any]:
+def _loop_window(items: Any, length: int, start: int, stop_at: int | None, loop_limit: int | None) -> list[Any]:
     """The items a loop visits: python-liquid's LoopExpression._slice, quirks included
-    (`stop or length`)."""
+    (`stop or length`). Over the loop limit, nothing is made of them (a range of a
+    billion would be)."""
     stop = None if stop_at is None else stop_at + start
     start_ = min(max(start, 0), length)
     stop_ = min(stop or length, length)
+    if stop_ < 0:  # python-liquid's islice refuses it: a render error, not an empty loop
+        raise ValueError("a loop's limit and offset end before its start")
     if stop_ <= start_:
         return []
+    if loop_limit and stop_ - start_ > loop_limit:
+        raise OverLimit("loop iterations")
     return items[start_:stop_] if items.__class__ is list else list(itertools.islice(items, start_, stop_))
 
 
 class _Loop:
     """A compiled loop body, run over a sequence with the loop variable and `forloop`
-    set in the scope and restored afterwards."""
+    set in the scope and restored afterwards. Its iterations are checked against the
+    limit as python-liquid checks them (this loop's length times its enclosing loops'),
+    and its output against the output limit as it grows."""
 
-    __slots__ = ("body", "loop_name", "name")
+    __slots__ = ("body", "loop_limit", "loop_name", "name", "output_limit")
 
-    def __init__(self, name: str, loop_name: str, body: Render):
+    def __init__(self, name: str, loop_name: str, body: Render, loop_limit: int | None, output_limit: int | None):
         self.name, self.loop_name, self.body = name, loop_name, body
+        self.loop_limit, self.output_limit = loop_limit, output_limit
 
     def run(self, scope: Scope, seq: list[Any], length: int) -> str:
         name, body = self.name, self.body
         parent = scope.get("forloop", _ABSENT)
+        if self.loop_limit:
+            iterations, enclosing = length, parent
+            while enclosing.__class__ is ForLoop:
+                iterations *= enclosing.length
+                enclosing = enclosing.parentloop
+            if iterations > self.loop_limit:
+                raise OverLimit("loop iterations")
         forloop = ForLoop(
             name=self.loop_name,
             it=_NO_ITEMS,
@@ -689,12 +763,18 @@ class _Loop:
         saved_item = scope.get(name, _ABSENT)
         scope["forloop"] = forloop
         out = []
+        size, most = 0, self.output_limit or 0
         try:
             # ForLoop.__next__ only steps `_index`: setting it directly is the same loop
             for index, item in enumerate(seq):
                 forloop._index = index
                 scope[name] = item
-                out.append(body(scope))
+                text = body(scope)
+                out.append(text)
+                if most:
+                    size += len(text)
+                    if size > most:  # characters: at least as many bytes
+                        raise OverLimit("output")
         finally:
             _restore(scope, name, saved_item)
             _restore(scope, "forloop", parent)
@@ -719,6 +799,37 @@ def _is_literal(expr: Any) -> bool:
 # The code object every `@string_filter` wrapper shares: such a filter only coerces its
 # input to str, so for a str its wrapped function can be called directly.
 _STRING_WRAPPER_CODE = string_filter(lambda v: v).__code__
+
+
+_NAMESPACE = "\x00namespace"  # in a render's scope copy: sizes of assigned values (no template can name it)
+
+
+def _account(scope: Scope, name: str, value: Any, limit: int) -> None:
+    """python-liquid's local namespace limit: the `sys.getsizeof` of every value assigned
+    so far (the latest per name), kept as a running total."""
+    sizes = scope.get(_NAMESPACE)
+    if sizes is None:
+        sizes = scope[_NAMESPACE] = {None: 0}
+    size = sys.getsizeof(value, 1)
+    total = sizes[None] + size - sizes.get(name, 0)
+    sizes[name] = size
+    sizes[None] = total
+    if total > limit:
+        raise OverLimit("local namespace")
+
+
+def _range(start: Any, stop: Any) -> range:
+    """python-liquid's RangeLiteral: ends that are not integers count as 0; an undefined
+    one fails as python-liquid's own undefined does."""
+    try:
+        first = to_int(_liquid(start))
+    except (ValueError, TypeError):
+        first = 0
+    try:
+        last = to_int(_liquid(stop))
+    except (ValueError, TypeError):
+        last = 0
+    return range(0) if first > last else range(first, last + 1)
 
 
 def _to_iter(obj: Any, string_sequences: bool) -> tuple[Any, int]:
@@ -773,7 +884,7 @@ def _contains_plain(token: Any, a: Any, b: Any) -> bool:
         return b in a
     if cls is str and b.__class__ is str:
         return b in a
-    return _contains(token, a, b)
+    return _contains(token, _liquid(a), _liquid(b))
 
 
 def _same_plain(a: Any, b: Any) -> bool:
@@ -784,12 +895,12 @@ def _same_plain(a: Any, b: Any) -> bool:
 # python-liquid's own comparison semantics, operand order included; two values of the
 # same plain class (str, int, float) compare as Python does in every one of them.
 _COMPARISONS: dict[type, Callable[[Any, Any, Any], bool]] = {
-    EqExpression: lambda t, a, b: (a == b) if _same_plain(a, b) else _eq(a, b),
-    NeExpression: lambda t, a, b: (a != b) if _same_plain(a, b) else not _eq(a, b),
-    LtExpression: lambda t, a, b: (a < b) if _same_plain(a, b) else _lt(t, a, b),
-    GtExpression: lambda t, a, b: (a > b) if _same_plain(a, b) else _lt(t, b, a),
-    LeExpression: lambda t, a, b: (a <= b) if _same_plain(a, b) else _le(a, b),
-    GeExpression: lambda t, a, b: (a >= b) if _same_plain(a, b) else _le(b, a),
+    EqExpression: lambda t, a, b: (a == b) if _same_plain(a, b) else _eq(_liquid(a), _liquid(b)),
+    NeExpression: lambda t, a, b: (a != b) if _same_plain(a, b) else not _eq(_liquid(a), _liquid(b)),
+    LtExpression: lambda t, a, b: (a < b) if _same_plain(a, b) else _lt(t, _liquid(a), _liquid(b)),
+    GtExpression: lambda t, a, b: (a > b) if _same_plain(a, b) else _lt(t, _liquid(b), _liquid(a)),
+    LeExpression: lambda t, a, b: (a <= b) if _same_plain(a, b) else _le(_liquid(a), _liquid(b)),
+    GeExpression: lambda t, a, b: (a >= b) if _same_plain(a, b) else _le(_liquid(b), _liquid(a)),
     ContainsExpression: lambda t, a, b: _contains_plain(t, a, b),
 }
 

@@ -43,6 +43,8 @@ def _arithmetic(op: Callable[[Any, Any], Any]) -> Callable[..., Fast | None]:
         if len(args) != 1 or kwargs:
             return None
         other = num_arg(args[0], default=0)
+        if other.__class__ not in (int, float):  # a bool, a Decimal: python-liquid's way
+            return None
         other_is_int = isinstance(other, int)
         other_dec = decimal.Decimal(str(other))
         Dec = decimal.Decimal
@@ -136,6 +138,12 @@ FACTORIES: dict[Any, Callable[[list[Any], dict[str, Any], Any], Fast | None]] = 
 
 
 def fast_filter(func: Any, args: list[Any], kwargs: dict[str, Any], env: Any) -> Fast | None:
-    """A fast path for `func` with these literal arguments, or None."""
+    """A fast path for `func` with these literal arguments, or None (also when building
+    one meets an argument it did not foresee: python-liquid's filter then decides)."""
     factory = FACTORIES.get(func)
-    return factory(args, kwargs, env) if factory is not None else None
+    if factory is None:
+        return None
+    try:
+        return factory(args, kwargs, env)
+    except Exception:
+        return None

@@ -18,10 +18,12 @@ from gateway.model.delivery import RenderedContent
 from gateway.model.job import EmailContent, Job, PushContent, Recipient, SpeakerContent
 from gateway.personalize.compiler import Missing
 from gateway.personalize.templates import (
+    MESSAGE_BYTES,
     PUSH_OVERRIDES,
     CompiledContent,
     CompiledVariant,
     RenderFailed,
+    RenderLimit,
     render_error,
 )
 
@@ -34,7 +36,7 @@ class Skipped:
     """Why a variant was not chosen."""
 
     variant: str
-    reason: str  # condition_false | missing_data | render_error
+    reason: str  # condition_false | missing_data | render_error | render_limit
     path: str | None = None  # the template field, for missing_data / render_error
     detail: str | None = None  # e.g. "attributes.first_name is undefined"
 
@@ -52,6 +54,8 @@ class Choice:
 
     @property
     def failure(self) -> Skipped | None:
+        """Why nothing can be sent: the last variant's reason (a render limit ends the
+        choice at once: the recipient fails rather than getting another variant)."""
         return self.skipped[-1] if self.variant is None and self.skipped else None
 
 
@@ -129,6 +133,8 @@ class Personalizer:
                 choice.contents = self._render(variant, scope)
             except _Ineligible as exc:
                 choice.skipped.append(exc.skipped)
+                if exc.skipped.reason == d.RENDER_LIMIT:
+                    return choice
                 continue
             choice.variant = variant.name
             return choice
@@ -137,6 +143,7 @@ class Personalizer:
     def _render(self, variant: CompiledVariant, scope: dict[str, Any]) -> dict[str, RenderedContent | None]:
         contents: dict[str, RenderedContent | None] = {}
         shared: dict[str, RenderedContent] = {}  # kind -> content, for templates blind to `channel`
+        budget = [MESSAGE_BYTES]  # what the message's fields may still take
         for step in self.steps[id(variant)]:
             if step.content is None:
                 contents[step.channel] = None
@@ -145,9 +152,9 @@ class Personalizer:
                 contents[step.channel] = shared[step.kind]
                 continue
             scope["channel"] = step.channel
-            values = _render_content(step.content, scope, variant.name, step.kind)
+            values = _render_content(step.content, scope, variant.name, step.kind, budget)
             if step.override is not None:
-                values.update(_render_content(step.override, scope, variant.name, step.channel))
+                values.update(_render_content(step.override, scope, variant.name, step.channel, budget))
             content = _KIND_TYPES[step.kind](**values)
             if not step.per_channel:
                 shared[step.kind] = content
@@ -160,23 +167,31 @@ class _Ineligible(Exception):
         self.skipped = skipped
 
 
-def _render_content(compiled: CompiledContent, scope: dict[str, Any], variant: str, kind: str) -> dict[str, Any]:
+def _render_content(
+    compiled: CompiledContent, scope: dict[str, Any], variant: str, kind: str, budget: list[int]
+) -> dict[str, Any]:
+    """The rendered fields; `budget`: the UTF-8 bytes the message may still take."""
     out: dict[str, Any] = dict(compiled.literals)
     name = ""
     try:
         for name, template in compiled.fields.items():
-            out[name] = template.call(scope)
+            out[name] = text = template.call(scope)
+            _take(budget, text)
         if compiled.data is not None:
             data = {}
             for key, template in compiled.data.items():
                 name = f"data.{key}"
-                data[key] = template.call(scope)
+                data[key] = text = template.call(scope)
+                _take(budget, text)
             out["data"] = data
     except Exception as exc:
         error = render_error(exc)
         if not isinstance(error, (Missing, RenderFailed)):
             raise
-        reason = d.MISSING_DATA if isinstance(error, Missing) else d.RENDER_ERROR
+        if isinstance(error, Missing):
+            reason = d.MISSING_DATA
+        else:
+            reason = d.RENDER_LIMIT if isinstance(error, RenderLimit) else d.RENDER_ERROR
         skipped = Skipped(variant, reason, f"content.{kind}.{name}", str(error))
         # Missing data is an everyday outcome, not a fault. Raising from inside this
         # clause would keep `exc` bound in this frame while its traceback holds the
@@ -187,6 +202,12 @@ def _render_content(compiled: CompiledContent, scope: dict[str, Any], variant: s
     else:
         return out
     raise _Ineligible(skipped)
+
+
+def _take(budget: list[int], text: str) -> None:
+    budget[0] -= len(text) if text.isascii() else len(text.encode())
+    if budget[0] < 0:
+        raise RenderLimit(f"the message passes {MESSAGE_BYTES} bytes")
 
 
 def _drop_tracebacks(exc: BaseException | None) -> None:

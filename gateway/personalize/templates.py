@@ -8,16 +8,18 @@ same text and raises `Missing` for data the recipient lacks.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from liquid import Environment, StrictDefaultUndefined
-from liquid.exceptions import LiquidError, UndefinedError
+from liquid.exceptions import LiquidError, ResourceLimitError, UndefinedError
 from liquid.template import BoundTemplate
 
 from gateway.model.job import Content, Job
-from gateway.personalize.compiler import Missing, Render, compile_template
+from gateway.personalize.blank import BLANK, guard_outputs
+from gateway.personalize.compiler import Missing, OverLimit, Render, compile_template
 from gateway.personalize.conditions import ConditionError, compile_condition
 from gateway.personalize.filters import default
 
@@ -28,14 +30,35 @@ UNSUPPORTED_TAGS = ("include", "render")
 CONTEXT_ROOTS = frozenset({"user_id", "attributes", "events", "properties", "campaign", "channel"})
 
 
+# Render limits, python-liquid's own settings, which the compiled closures enforce too
+# (and hand over to python-liquid when one trips): a template is upstream's code and may
+# be hostile. Loop iterations are counted as python-liquid counts them (the product of the
+# nested loops' lengths); the namespace is the `sys.getsizeof` of assigned values; the
+# output is a field's UTF-8 bytes. A message's fields together may not pass MESSAGE_BYTES.
+LOOP_ITERATIONS = 1_000
+NAMESPACE_BYTES = 64 * 1024
+FIELD_BYTES = 256 * 1024
+MESSAGE_BYTES = 512 * 1024
+
+
+class LimitedEnvironment(Environment):
+    loop_iteration_limit = LOOP_ITERATIONS
+    local_namespace_limit = NAMESPACE_BYTES
+    field_output_limit = FIELD_BYTES  # read by the compiler
+    # The output limit is the guarded output node's (blank.py) and each field's size
+    # check after rendering (CompiledField.render): python-liquid's own limited buffer
+    # rewrites "\r" as "\n".
+
+
 def _environment(autoescape: bool) -> Environment:
     # Strict: a reference to data the recipient lacks raises instead of printing "",
     # unless the template gives a `default`. Context values are plain dicts and lists,
     # so a template cannot reach Python attributes or callables.
-    env = Environment(undefined=StrictDefaultUndefined, autoescape=autoescape)
+    env = LimitedEnvironment(undefined=StrictDefaultUndefined, autoescape=autoescape)
     env.filters["default"] = default
     for tag in UNSUPPORTED_TAGS:  # no template loader: a job's templates are all it has
         del env.tags[tag]
+    guard_outputs(env, FIELD_BYTES)  # blank data is missing data; the output limit
     return env
 
 
@@ -56,16 +79,22 @@ class RenderFailed(Exception):
     data (a filter given a value it cannot take)."""
 
 
+class RenderLimit(RenderFailed):
+    """A template that passed a render limit for this recipient (loop iterations, output
+    size, namespace size): the recipient fails, no other variant is tried."""
+
+
 @dataclass(eq=False)
 class CompiledField:
     source: str
     template: BoundTemplate
     fast: Render | None  # None: rendered by python-liquid
     uses_channel: bool
+    env: Environment = ENV
 
     def __post_init__(self) -> None:
         # What the hot path calls: the closure, or python-liquid's renderer.
-        self.call: Render = self.fast or (lambda scope: self.template.render(**scope))
+        self.call: Render = _guarded(self.fast, self._reference) if self.fast is not None else self._reference
 
     def render(self, scope: dict[str, Any]) -> str:
         """Render, raising Missing or RenderFailed (see `render_error`)."""
@@ -74,6 +103,29 @@ class CompiledField:
         except Exception as exc:
             raise render_error(exc) from None
 
+    def _reference(self, scope: dict[str, Any]) -> str:
+        text = self.template.render(**scope)
+        if len(text) * 4 > FIELD_BYTES and len(text.encode()) > FIELD_BYTES:
+            raise RenderLimit(f"the field passes {FIELD_BYTES} bytes")
+        return text
+
+
+def _guarded(fast: Render, reference: Render) -> Render:
+    """The closure, handing over to python-liquid (whose limits decide, and whose error
+    comes first) when a limit trips or the text is over the field's size."""
+    quarter = FIELD_BYTES // 4  # characters below which the UTF-8 bytes cannot pass it
+
+    def call(scope: dict[str, Any]) -> str:
+        try:
+            text = fast(scope)
+        except OverLimit:
+            return reference(scope)
+        if len(text) > quarter and len(text.encode()) > FIELD_BYTES:
+            return reference(scope)
+        return text
+
+    return call
+
 
 def render_error(exc: Exception) -> Missing | RenderFailed:
     """Map a render exception to Missing (data the recipient lacks) or RenderFailed."""
@@ -81,14 +133,18 @@ def render_error(exc: Exception) -> Missing | RenderFailed:
         return exc
     if isinstance(exc, UndefinedError):
         message = str(exc).splitlines()[0]
-        if message.endswith(" is undefined"):
-            return Missing(message.removesuffix(" is undefined"))
+        for hint in ("is undefined", BLANK):
+            if message.endswith(f" {hint}"):
+                return Missing(message.removesuffix(f" {hint}").strip("'"), hint)
         return Missing(message, message)
     # Anything else a template raises (python-liquid's errors, a filter given a value it
     # cannot take, data nested past the interpreter's recursion limit) is this variant's
     # render error: a template is upstream's code and must not end the job.
     text = str(exc)
-    return RenderFailed(text.splitlines()[0] if text else type(exc).__name__)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, (ResourceLimitError, RecursionError, MemoryError)):
+        return RenderLimit(first)
+    return RenderFailed(first)
 
 
 @dataclass(eq=False)
@@ -113,6 +169,35 @@ class CompiledVariant:
     kinds: dict[str, CompiledContent]
 
 
+class TemplateCache:
+    """Parsed, checked and compiled templates (and conditions) by their text and
+    environment, most recently used kept: a stream of jobs sharing templates parses and
+    analyses each once, not once per job."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.entries: OrderedDict[tuple[str, bool, str], Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, bool, str]) -> Any:
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, bool, str], value: Any) -> None:
+        self.entries[key] = value
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+CACHE = TemplateCache()
+
+
 def compile_job(job: Job, max_template_chars: int) -> list[CompiledVariant]:
     """Parse and compile every template and condition; raise TemplateError naming the
     first bad one."""
@@ -121,10 +206,14 @@ def compile_job(job: Job, max_template_chars: int) -> list[CompiledVariant]:
         condition = None
         if v.when is not None:
             _check_length(v.when, f"$.variants[{i}].when", max_template_chars)
-            try:
-                condition = compile_condition(v.when, ENV)
-            except ConditionError as exc:
-                raise TemplateError(f"$.variants[{i}].when", f"condition: {exc.message}") from None
+            key = (v.when, False, "when")
+            condition = CACHE.get(key)
+            if condition is None:
+                try:
+                    condition = compile_condition(v.when, ENV)
+                except ConditionError as exc:
+                    raise TemplateError(f"$.variants[{i}].when", f"condition: {exc.message}") from None
+                CACHE.put(key, condition)
         kinds = _compile_content(v.content, f"$.variants[{i}].content", max_template_chars)
         variants.append(CompiledVariant(v.name, v.when, condition, kinds))
     return variants
@@ -160,6 +249,16 @@ def _check_length(source: str, path: str, limit: int) -> None:
 
 def _compile(source: str, path: str, limit: int, env: Environment) -> CompiledField:
     _check_length(source, path, limit)
+    key = (source, env.autoescape, "field")
+    cached: CompiledField | None = CACHE.get(key)
+    if cached is not None:
+        return cached
+    compiled = _parse_and_compile(source, path, env)
+    CACHE.put(key, compiled)
+    return compiled
+
+
+def _parse_and_compile(source: str, path: str, env: Environment) -> CompiledField:
     try:
         template = env.from_string(source)
     except LiquidError as exc:
@@ -179,7 +278,7 @@ def _compile(source: str, path: str, limit: int, env: Environment) -> CompiledFi
                 f"unknown variable '{name}' at {_position(source, variables[0].span.index)}; "
                 f"templates can use {', '.join(sorted(CONTEXT_ROOTS))}",
             )
-    return CompiledField(source, template, compile_template(template, env), "channel" in analysis.globals)
+    return CompiledField(source, template, compile_template(template, env), "channel" in analysis.globals, env)
 
 
 def _position(source: str, index: int) -> str:

@@ -70,8 +70,10 @@ def plan_recipient(
     failure = choice.failure
     for name, channel, screening in passing:
         if failure is not None:
+            # No variant renders: the data is missing (suppressed), or a template broke a
+            # render limit for this recipient (failed: a hostile template, not their data).
             steps[name] = Verdict(
-                "suppressed",
+                "failed" if failure.reason == d.RENDER_LIMIT else "suppressed",
                 failure.reason,
                 f"{failure.variant}: {failure.path}: {failure.detail}",
                 flags=screening.flags,

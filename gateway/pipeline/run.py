@@ -96,7 +96,7 @@ class Pipeline(Stages):
 
     async def _batch(self, running: RunningJob, window: Window, span: Span) -> None:
         targets: list[tuple[int, str | None]] = [(i, None) for i in range(span.lo, span.hi)]
-        batch = self.plan(running, targets, released=False)
+        batch = await self.plan(running, targets, released=False)
         if running.job.routing != "first":
             await self._by_channel(batch, window, span)
             return
@@ -250,7 +250,7 @@ class Pipeline(Stages):
         `first`, a recipient whose released channel ends without reaching them (failed,
         capped, expired) goes on down the ladder."""
         targets = [(item.recipient, item.channel) for item in items]
-        batch = self.plan(running, targets, released=True)
+        batch = await self.plan(running, targets, released=True)
         batch.carried = {(item.recipient, item.channel): item for item in items}
         await route_all(batch, running.job.channels, self.deliver)
         outcome = self.outcome(batch, targets)
@@ -274,7 +274,7 @@ class Pipeline(Stages):
             again: list[tuple[int, str | None]] = [
                 (i, c) for i, v in rest.items() if tuple(v) == ladder_rest for c in ladder_rest
             ]
-            ladder = self.plan(running, again, released=False)
+            ladder = await self.plan(running, again, released=False)
             await route_first(ladder, list(ladder_rest), self.deliver)
             more = self.outcome(ladder, again)
             outcome.decisions += more.decisions

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from gateway.store import Store
 from gateway.store.base import DeferredItem
 
 log = logging.getLogger(__name__)
+YIELD_EVERY = 0.005  # seconds of planning between yields to the event loop
 _INTERNAL_ERROR = Verdict(
     "failed", d.INTERNAL_ERROR, "the gateway could not plan this recipient; the log has the trace"
 )
@@ -70,9 +72,11 @@ class Stages:
         self.acklog = acklog or AckLog(store)
 
     # -- plan --------------------------------------------------------------------------
-    def plan(self, running: RunningJob, targets: Sequence[tuple[int, str | None]], released: bool) -> Batch:
+    async def plan(self, running: RunningJob, targets: Sequence[tuple[int, str | None]], released: bool) -> Batch:
         """One plan per recipient, for all its targeted channels ((i, None): all the
-        job's); what policy or personalization refused is decided here."""
+        job's); what policy or personalization refused is decided here. It yields to the
+        event loop every few milliseconds: a batch of costly templates must not stall the
+        API or other jobs."""
         job = running.job
         now = self.clock.now()
         personalizer = self._personalizer(running)
@@ -86,7 +90,11 @@ class Stages:
                 channels.append(one)
         batch = Batch(running, self.clock, now)
         failed: list[int] = []
+        slice_ends = time.perf_counter() + YIELD_EVERY
         for i, only in wanted.items():
+            if time.perf_counter() > slice_ends:
+                await asyncio.sleep(0)
+                slice_ends = time.perf_counter() + YIELD_EVERY
             try:
                 plan = plan_recipient(
                     job, personalizer, self.channels, self.policy, job.recipients[i], now, only=only, released=released

@@ -84,25 +84,51 @@ def one(attributes: dict[str, Any], *variants: dict[str, Any], **recipient: Any)
 
 
 @pytest.mark.parametrize(
-    ("attributes", "expected"),
+    ("attributes", "expected", "detail"),
     [
-        ({"first_name": "Ana"}, "named"),
-        ({}, "plain"),  # missing path in an output: ineligible
-        ({"first_name": None}, "plain"),  # nil is missing data too
-        ({"first_name": ""}, "named"),  # present but empty: rendered as is (no default)
+        ({"first_name": "Ana"}, "named", None),
+        ({}, "plain", "attributes.first_name is undefined"),  # missing path in an output: ineligible
+        # blank is missing: nil, empty, whitespace (tabs, newlines, U+00A0), an empty list
+        ({"first_name": None}, "plain", "attributes.first_name is blank"),
+        ({"first_name": ""}, "plain", "attributes.first_name is blank"),
+        ({"first_name": " \t\n"}, "plain", "attributes.first_name is blank"),
+        ({"first_name": "\u00a0"}, "plain", "attributes.first_name is blank"),
+        ({"first_name": []}, "plain", "attributes.first_name is blank"),
+        ({"first_name": 0}, "named", None),  # a number is never blank
+        ({"first_name": False}, "named", None),
     ],
 )
-def test_output_of_missing_path_makes_variant_ineligible(attributes: dict[str, Any], expected: str) -> None:
+def test_output_of_missing_or_blank_data_makes_variant_ineligible(
+    attributes: dict[str, Any], expected: str, detail: str | None
+) -> None:
     choice = one(attributes, variant("named", "Hi {{ attributes.first_name }}", when="true"), variant("plain", "Hi"))
-    if attributes.get("first_name") is None and "first_name" in attributes:
-        # python-liquid prints nil as "", which is not missing data: the variant stays
-        assert choice.variant == "named"
-        return
     assert choice.variant == expected
     if expected == "plain":
         assert choice.skipped[0].reason == "missing_data"
         assert choice.skipped[0].path == "content.push.title"
-        assert choice.skipped[0].detail == "attributes.first_name is undefined"
+        assert choice.skipped[0].detail == detail
+
+
+@pytest.mark.parametrize(
+    ("template", "attributes", "expected"),
+    [
+        ("Hi {{ attributes.first_name }}, your order has shipped.", {"first_name": ""}, "plain"),
+        ("{{ properties.value }} EUR in your cart", {}, "plain"),  # a null event property
+        ("Your picks: {{ attributes.picks | join: ', ' }}.", {"picks": []}, "plain"),  # blank after its filter
+        ("Your picks: {{ attributes.picks | join: ', ' }}.", {"picks": ["a"]}, "named"),
+        ("Hi {{ attributes.first_name | strip }}", {"first_name": "  "}, "plain"),
+        ("Hi{{ attributes.nick | default: '' }}!", {"nick": ""}, "named"),  # handled by the author
+        ("Hi {{ '' }}there", {}, "named"),  # a literal is the author's, not data
+    ],
+)
+def test_blank_data_after_filters_is_missing(template: str, attributes: dict[str, Any], expected: str) -> None:
+    job = {
+        "campaign": "c",
+        "channels": ["apns"],
+        "variants": [variant("named", template, when="true"), variant("plain", "Hi")],
+        "recipients": [{"user_id": "u", "attributes": attributes, "properties": {"value": None}}],
+    }
+    assert choose(job)[0].variant == expected
 
 
 @pytest.mark.parametrize(
@@ -327,6 +353,21 @@ async def test_preview_api(api, receiver) -> None:
         assert r.status == 400
     async with api.http.post("/v1/preview", data=b"{}") as r:
         assert r.status == 400 and (await r.json())["path"] == "$"
+
+
+async def test_preview_of_html_made_of_markup_and_data(api, receiver) -> None:
+    """A two-part HTML template (its markup, then data) crashed preview's JSON (a Markup
+    value) and escaped the template's own markup."""
+    job = {
+        "campaign": "c",
+        "channels": ["email"],
+        "variants": [{"name": "d", "content": {"email": {"subject": "Hi", "html": "<p>Hi {{ attributes.n }}"}}}],
+        "recipients": [{"user_id": "u", "email": "u@example.com", "attributes": {"n": "R&D"}}],
+    }
+    async with api.http.post("/v1/preview", json=job, params={"now": NOW}) as r:
+        assert r.status == 200, await r.text()
+        result = await r.json()
+    assert result["recipients"][0]["channels"][0]["content"]["html"] == "<p>Hi R&amp;D"
 
 
 def test_preview_cli_table_and_json(tmp_path) -> None:

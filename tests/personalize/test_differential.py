@@ -1,0 +1,127 @@
+"""The differential fuzzer: the compiled path against python-liquid, on generated templates
+and generated data (`liquid_grammar.py`), in the text and the HTML environment.
+
+For each template the outcome of both renderers must be the same: the same text, or both
+missing data (undefined or blank), or both a render error, or both over a render limit.
+`make test` runs 500 templates x up to 4 recipients x both environments (~2,500 cases);
+the long run (at least 100,000 cases, see docs/send-job.md, Personalization) is
+
+    GATEWAY_FUZZ_SCALE=60 .venv/bin/python -m pytest tests/personalize/test_differential.py -q -s --timeout 0
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gateway.personalize.compiler import Missing
+from gateway.personalize.templates import (
+    ENV,
+    HTML_ENV,
+    CompiledField,
+    RenderFailed,
+    RenderLimit,
+    TemplateError,
+    _compile,
+)
+from tests.hostile import SCALE
+from tests.personalize.liquid_grammar import scopes, templates
+
+CASES = {"templates": 0, "cases": 0, "compiled": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def count_cases() -> Iterator[None]:
+    """The long run's figures (shown with `-s`)."""
+    yield
+    print(
+        f"\ndifferential fuzzer: {CASES['templates']} template x environment pairs, {CASES['cases']} cases, "
+        f"{CASES['compiled']} pairs on the compiled path"
+    )
+
+
+def outcome(field: CompiledField, scope: dict[str, Any]) -> tuple[str, str]:
+    try:
+        return "text", field.render(scope)
+    except Missing:
+        return "missing", ""
+    except RenderLimit:
+        return "limit", ""
+    except RenderFailed:
+        return "error", ""
+
+
+def pair(source: str, html: bool) -> tuple[CompiledField, CompiledField]:
+    try:
+        compiled = _compile(source, "$.t", 10**6, HTML_ENV if html else ENV)
+    except TemplateError:
+        assume(False)  # both refuse it: intake's 400
+        raise
+    reference = CompiledField(source, compiled.template, None, compiled.uses_channel, compiled.env)
+    return compiled, reference
+
+
+def check(source: str, html: bool, data: list[dict[str, Any]]) -> None:
+    compiled, reference = pair(source, html)
+    CASES["templates"] += 1
+    CASES["compiled"] += compiled.fast is not None
+    for scope in data:
+        CASES["cases"] += 1
+        got = outcome(compiled, copy.deepcopy(scope))
+        expected = outcome(reference, copy.deepcopy(scope))
+        assert got == expected, (source, html, scope, got, expected)
+
+
+@settings(max_examples=500 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
+@given(source=templates(), data=st.lists(scopes(), min_size=1, max_size=4))
+def test_compiled_renders_as_python_liquid(source: str, data: list[dict[str, Any]]) -> None:
+    for html in (False, True):
+        check(source, html, data)
+
+
+# Every difference the fuzzer (or the issue that asked for it) found, kept as a case of its
+# own: (template, HTML?, attributes, the outcome python-liquid gives).
+FOUND = [
+    # a Markup output joined to the template's own text escaped that text
+    ("<p>Hi {{ attributes.first_name }}", True, {"first_name": "Ana"}, ("text", "<p>Hi Ana")),
+    # ... and a loop's Markup joined to an output escaped it twice
+    (
+        "{{ attributes.a }}{% for t in attributes.tags %}, {{ t }}{% endfor %}",
+        True,
+        {"a": "R&D", "tags": ["R&D"]},
+        ("text", "R&amp;D, R&amp;D"),
+    ),
+    # filter arguments were evaluated eagerly: an undefined one failed the output
+    ("{{ attributes.first_name | default: attributes.nickname }}", False, {"first_name": "Ana"}, ("text", "Ana")),
+    ("{{ attributes.items | where: 'name', attributes.missing }}", False, {"items": []}, ("missing", "")),
+    ("{{ 'a-b' | replace_last: '-', attributes.missing }}", False, {}, ("missing", "")),
+    ("{{ attributes.flag | default: 'x', allow_false: attributes.missing }}", False, {"flag": "y"}, ("text", "y")),
+    ("{% if false contains attributes.missing %}x{% endif %}.", False, {}, ("text", ".")),
+    ("{% if attributes.nothing contains 'x' %}x{% endif %}.", False, {"nothing": None}, ("text", ".")),
+    ("{% case attributes.missing %}{% when nil %}nil{% endcase %}", False, {}, ("missing", "")),
+    # errors: negative limits, `default` with an extra argument, which error comes first
+    ("{% for x in attributes.items limit: -1 %}x{% endfor %}", False, {"items": [1, 2]}, ("error", "")),
+    ("{{ attributes.n | default: 1, 2 }}", False, {"n": 3}, ("error", "")),
+    ("{% case 2.5 %}{% when 2.5, events.gone.x %}{{ 2.5 | where: 'a' }}{% endcase %}", False, {}, ("missing", "")),
+    # a boolean argument crashed compilation
+    ("{{ attributes.n | plus: true }}", False, {"n": 1}, ("text", "2")),
+    # python-liquid's limited output buffer turned \r into \n
+    ("{{ attributes.s }}", False, {"s": "0\r"}, ("text", "0\r")),
+    # blank is missing, after the filters, unless handled
+    ("Hi {{ attributes.first_name }}", False, {"first_name": "\u00a0"}, ("missing", "")),
+    ("{{ attributes.tags | join: ', ' }}", False, {"tags": []}, ("missing", "")),
+    ("{{ attributes.first_name | default: '' }}", False, {"first_name": ""}, ("text", "")),
+]
+
+
+@pytest.mark.parametrize(("source", "html", "attributes", "expected"), FOUND)
+def test_found_differences_stay_fixed(source: str, html: bool, attributes: dict[str, Any], expected: Any) -> None:
+    scope = {"user_id": "u", "campaign": "c", "channel": None, "attributes": attributes, "events": {}, "properties": {}}
+    check(source, html, [scope])
+    compiled, _ = pair(source, html)
+    assert outcome(compiled, dict(scope)) == expected
