@@ -79,7 +79,11 @@ def _job(kinds: list[str], fakes: dict[str, FakeProcess], n: int, offset: int) -
     ).encode()
 
 
-def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int) -> GatewayConfig:
+# The library-backed transport each channel can select (gateway/transport/seam.py).
+LIBRARY = {"speaker": "aiohttp", "fcm": "aiohttp", "webpush": "aiohttp", "apns": "aioapns"}
+
+
+def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int, library: bool = False) -> GatewayConfig:
     import msgspec
 
     channels: dict[str, Any] = {}
@@ -129,6 +133,10 @@ def _config(tmp: str, fakes: dict[str, FakeProcess], encrypt_workers: int) -> Ga
                 "allow_private_networks": True,
                 "ca_file": info["ca_file"],
             }
+    if library:
+        for kind in channels:
+            if kind in LIBRARY:
+                channels[kind]["transport"] = LIBRARY[kind]
     return msgspec.convert(
         {
             "server": {"port": 0, "api_keys_env": "BENCH_API_KEYS"},
@@ -144,7 +152,9 @@ def _percentile_ms(values: list[float], share: float) -> float:
     return round(values[min(len(values) - 1, int(len(values) * share))] * 1000, 1)
 
 
-async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int = 0) -> dict[str, Any]:
+async def measure(
+    tmp: str, kinds: list[str], total: int, encrypt_workers: int = 0, library: bool = False
+) -> dict[str, Any]:
     """`total` recipients, each reached on every channel in `kinds`."""
     os.environ["BENCH_API_KEYS"] = API_KEY
     async with contextlib.AsyncExitStack() as stack:
@@ -154,7 +164,7 @@ async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int =
             )
             for kind in kinds
         }
-        server = await start_server(_config(tmp, fakes, encrypt_workers))
+        server = await start_server(_config(tmp, fakes, encrypt_workers, library))
         jobs = [_job(kinds, fakes, min(PER_JOB, total - offset), offset) for offset in range(0, total, PER_JOB)]
         posted_at: list[float] = []
         try:
@@ -175,7 +185,7 @@ async def measure(tmp: str, kinds: list[str], total: int, encrypt_workers: int =
         records = {kind: await fake.records() for kind, fake in fakes.items()}
     messages = total * len(kinds)
     result: dict[str, Any] = {
-        "channel": kinds[0] if len(kinds) == 1 else "mixed",
+        "channel": (kinds[0] if len(kinds) == 1 else "mixed") + (f" ({LIBRARY[kinds[0]]})" if library else ""),
         "messages": messages,
         "seconds": round(elapsed, 3),
         "messages_per_s": round(messages / elapsed),
@@ -207,6 +217,9 @@ async def run(total: int, only: set[str] | None, mixed: bool = True) -> list[dic
                 results.append(await measure(tmp, [kind], total))
         if only is None or "webpush" in only:  # encryption in 2 worker processes instead of the event loop
             results.append(await measure(tmp, ["webpush"], total, encrypt_workers=2))
+        for kind in ("speaker", "apns"):  # the library-backed transports, beside ours
+            if only is None or kind in only:
+                results.append(await measure(tmp, [kind], total, library=True))
         kinds = [k for k in KINDS if only is None or k in only]
         if mixed and len(kinds) > 1:
             results.append(await measure(tmp, kinds, total // len(kinds)))

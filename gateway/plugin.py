@@ -42,6 +42,7 @@ from gateway.transport.http1 import Http1Pool, HttpError
 from gateway.transport.http1 import Response as Http1Response
 from gateway.transport.http2 import Http2Error, Http2Pool
 from gateway.transport.http2 import Response as Http2Response
+from gateway.transport.seam import ApnsTransport, Http1Transport, apns_transport, http1_transport
 
 # Fakes speaking the providers' protocols, for plugin tests: imported on first use.
 _TESTING = (
@@ -95,13 +96,17 @@ __all__ = [
     "seconds",
     # HTTP clients a channel may use
     "Http1Pool",
+    "Http1Transport",
     "Http1Response",
     "Http2Error",
     "Http2Pool",
+    "ApnsTransport",
     "Http2Response",
     "HttpError",
     "RequestError",
     "AddressNotAllowed",
+    "apns_transport",
+    "http1_transport",
     # fake providers for tests
     *_TESTING,
 ]

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import jwt
@@ -25,7 +25,6 @@ from gateway.plugin import (
     ConfigError,
     Delivery,
     Duration,
-    Http1Pool,
     InvalidToken,
     PermanentFailure,
     PushContent,
@@ -35,6 +34,7 @@ from gateway.plugin import (
     Sent,
     TransientFailure,
     hookimpl,
+    http1_transport,
     invalid_request,
     map_bounded,
     parse_retry_after,
@@ -64,6 +64,9 @@ class FcmConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoint: str = "https://fcm.googleapis.com"  # point tests and staging elsewhere
     concurrency: int = 100  # requests in flight (HTTP/2 allows ~100 streams per connection)
     timeout: Duration = "10s"
+    # "gateway": our HTTP/1.1 client (gateway/transport/http1.py, ~4x less CPU per request);
+    # "aiohttp": aiohttp's client
+    transport: Literal["gateway", "aiohttp"] = "gateway"
     default_ttl: Duration = "4w"  # when the job has no expires_at
     android_priority: str = "HIGH"
     android_channel_id: str | None = None
@@ -160,7 +163,7 @@ class FcmChannel(Channel):
         self.url = f"{config.endpoint.rstrip('/')}/v1/projects/{project}/messages:send"
         # Sends are small POSTs to one origin: the lean HTTP/1.1 client (see
         # gateway/transport/http1.py); the rare token refresh keeps aiohttp.
-        self.pool = Http1Pool(self.url, max_idle=config.concurrency)
+        self.pool = http1_transport(config.transport, self.url, max_idle=config.concurrency)
         self.timeout = seconds(config.timeout)
 
     @classmethod

@@ -44,7 +44,7 @@ from gateway.plugin import (
     Delivery,
     Device,
     Duration,
-    Http1Pool,
+    Http1Transport,
     InvalidToken,
     PermanentFailure,
     PushContent,
@@ -55,6 +55,7 @@ from gateway.plugin import (
     Sent,
     TransientFailure,
     hookimpl,
+    http1_transport,
     invalid_request,
     map_bounded,
     parse_retry_after,
@@ -83,6 +84,9 @@ class WebPushConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     urgency: Literal["very-low", "low", "normal", "high"] = "normal"  # transactional: high
     concurrency: int = 100
     timeout: Duration = "10s"
+    # "gateway": our HTTP/1.1 client (gateway/transport/http1.py, ~4x less CPU per request);
+    # "aiohttp": aiohttp's client
+    transport: Literal["gateway", "aiohttp"] = "gateway"
     # Push services reached at once, each with its own kept-alive connections (at most
     # `connections_per_origin`); one unused for `idle_origin` is closed.
     max_origins: int = 64
@@ -170,7 +174,7 @@ class WebPushChannel(Channel):
         super().__init__(config)
         self.vapid = vapid
         self.tls = tls
-        self.connections: OrderedDict[str, Http1Pool] = OrderedDict()  # origin -> its connections, by last use
+        self.connections: OrderedDict[str, Http1Transport] = OrderedDict()  # origin -> its connections, by last use
         self.allow_list = AllowList(config.allowed_hosts)
         self.idle_origin = seconds(config.idle_origin)
         # forkserver: forking a process that runs threads (the store's writer) can deadlock.
@@ -316,12 +320,13 @@ class WebPushChannel(Channel):
             return Sent(response.headers.get("location"))
         return classify(response.status, parse_retry_after(response.headers.get("retry-after"), time.time()))
 
-    def _pool(self, endpoint: Endpoint) -> Http1Pool:
+    def _pool(self, endpoint: Endpoint) -> Http1Transport:
         pool = self.connections.get(endpoint.origin)
         if pool is None:
             while len(self.connections) >= self.config.max_origins and self._evict_one():
                 pass
-            pool = self.connections[endpoint.origin] = Http1Pool(
+            pool = self.connections[endpoint.origin] = http1_transport(
+                self.config.transport,
                 endpoint.origin,
                 ssl=self.tls,
                 max_idle=self.config.connections_per_origin,

@@ -154,7 +154,7 @@ class _Compiler:
         self.suppress_blank = env.suppress_blank_control_flow_blocks
         self.loop_limit = env.loop_iteration_limit
         self.output_limit = getattr(env, "field_output_limit", None) or env.output_stream_limit
-        self.namespace_limit = env.local_namespace_limit
+        self.namespace_limit = getattr(env, "field_namespace_limit", None) or env.local_namespace_limit
 
     # -- nodes -----------------------------------------------------------------------
     def template(self, nodes: Sequence[Any]) -> Render:
@@ -327,10 +327,6 @@ class _Compiler:
                 blocks.append((None, self.block(block)))
 
         def render(scope: Scope) -> str:
-            v = subject(scope)  # undefined: python-liquid's `_eq` decides (nil matches it)
-            v_cls = v.__class__
-            plain = v_cls in _PLAIN
-            lv = _liquid(v)
             out: list[str] = []
             matched = False
             for whens, body in blocks:
@@ -338,6 +334,12 @@ class _Compiler:
                     if not matched:  # every `else` renders while no `when` has matched
                         out.append(body if isinstance(body, str) else body(scope))
                     continue
+                # python-liquid evaluates the subject again for each `when` (a body before
+                # may have assigned it); an undefined one fails in its comparison
+                v = subject(scope)
+                v_cls = v.__class__
+                plain = v_cls in _PLAIN
+                lv = _liquid(v)
                 # python-liquid tests every value of a `when` first, then renders its body
                 # once per match, in place
                 hits = 0
@@ -805,12 +807,12 @@ _NAMESPACE = "\x00namespace"  # in a render's scope copy: sizes of assigned valu
 
 
 def _account(scope: Scope, name: str, value: Any, limit: int) -> None:
-    """python-liquid's local namespace limit: the `sys.getsizeof` of every value assigned
-    so far (the latest per name), kept as a running total."""
+    """The local namespace limit (`namespace.py`): the `sys.getsizeof` of every value
+    assigned so far (the latest per name; an undefined one is one byte), a running total."""
     sizes = scope.get(_NAMESPACE)
     if sizes is None:
         sizes = scope[_NAMESPACE] = {None: 0}
-    size = sys.getsizeof(value, 1)
+    size = 1 if value.__class__ is Undefined else sys.getsizeof(value, 1)  # as namespace.size_of
     total = sizes[None] + size - sizes.get(name, 0)
     sizes[name] = size
     sizes[None] = total

@@ -22,6 +22,7 @@ from gateway.personalize.blank import BLANK, guard_outputs
 from gateway.personalize.compiler import Missing, OverLimit, Render, compile_template
 from gateway.personalize.conditions import ConditionError, compile_condition
 from gateway.personalize.filters import default
+from gateway.personalize.namespace import limit_namespace
 
 CONTENT_KINDS = ("push", "email", "speaker")
 PUSH_OVERRIDES = ("apns", "fcm", "webpush")
@@ -43,8 +44,10 @@ MESSAGE_BYTES = 512 * 1024
 
 class LimitedEnvironment(Environment):
     loop_iteration_limit = LOOP_ITERATIONS
-    local_namespace_limit = NAMESPACE_BYTES
-    field_output_limit = FIELD_BYTES  # read by the compiler
+    # python-liquid's own namespace limit stays off: it measures undefined values by raising
+    # (namespace.py checks instead). These two are read by the compiler too.
+    field_namespace_limit = NAMESPACE_BYTES
+    field_output_limit = FIELD_BYTES
     # The output limit is the guarded output node's (blank.py) and each field's size
     # check after rendering (CompiledField.render): python-liquid's own limited buffer
     # rewrites "\r" as "\n".
@@ -59,6 +62,7 @@ def _environment(autoescape: bool) -> Environment:
     for tag in UNSUPPORTED_TAGS:  # no template loader: a job's templates are all it has
         del env.tags[tag]
     guard_outputs(env, FIELD_BYTES)  # blank data is missing data; the output limit
+    limit_namespace(env, NAMESPACE_BYTES)
     return env
 
 

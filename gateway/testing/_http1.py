@@ -26,7 +26,50 @@ from typing import Any
 
 import msgspec
 
-from gateway.transport.http1 import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpError, read_chunks
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class HttpError(Exception):
+    pass
+
+
+def read_chunks(buffer: bytearray, body: bytearray) -> bool:
+    """The request's chunked body (RFC 9112 7.1), read apart from the gateway's client on
+    purpose: the fakes must not share a parsing bug with what they test. True once the
+    last chunk and the trailer section are in `body`; HttpError when malformed."""
+    pos = 0
+    while True:
+        line_end = buffer.find(b"\r\n", pos)
+        if line_end < 0:
+            return False
+        size_field = bytes(buffer[pos:line_end]).split(b";")[0].rstrip(b" \t")
+        if not size_field or len(size_field) > 15 or any(c not in _HEX for c in size_field):
+            raise HttpError("malformed chunk size")
+        size = int(size_field, 16)
+        data_start = line_end + 2
+        if size == 0:
+            if buffer[data_start : data_start + 2] == b"\r\n":
+                del buffer[: data_start + 2]
+                return True
+            section_end = buffer.find(b"\r\n\r\n", line_end)
+            if section_end < 0:
+                return False
+            del buffer[: section_end + 4]
+            return True
+        data_end = data_start + size
+        if len(buffer) < data_end + 2:
+            return False
+        if buffer[data_end : data_end + 2] != b"\r\n":
+            raise HttpError("chunk data not followed by CRLF")
+        body += buffer[data_start:data_end]
+        if len(body) > MAX_BODY_BYTES:
+            raise HttpError("body too large")
+        pos = data_end + 2
+        del buffer[:pos]
+        pos = 0
+
 
 log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
@@ -219,10 +262,58 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve_http1(
-    handler: Handler, host: str, port: int, tls: ssl.SSLContext | None = None
-) -> tuple[asyncio.AbstractServer, str]:
-    """Serve `handler` on host:port (0: a free port); (server, base URL)."""
+    handler: Handler, host: str, port: int, tls: ssl.SSLContext | None = None, engine: str = "gateway"
+) -> tuple[Any, str]:
+    """Serve `handler` on host:port (0: a free port); (server, base URL). `engine`:
+    "gateway" (this module's server) or "aiohttp" (aiohttp's, an implementation the
+    gateway's client shares nothing with)."""
+    if engine == "aiohttp":
+        return await _serve_aiohttp(handler, host, port, tls)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(handler), host, port, ssl=tls)
     bound = server.sockets[0].getsockname()[1]
     return server, f"{'https' if tls else 'http'}://{host}:{bound}"
+
+
+class _AiohttpServer:
+    """What FakeServer.stop needs of a server (`close`, `wait_closed`), for aiohttp's."""
+
+    def __init__(self, runner: Any):
+        self.runner = runner
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        await self.runner.cleanup()
+
+
+async def _serve_aiohttp(handler: Handler, host: str, port: int, tls: ssl.SSLContext | None) -> tuple[Any, str]:
+    from aiohttp import web
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        headers = Headers()
+        for name, value in request.headers.items():
+            key = name.lower()
+            previous = dict.get(headers, key)
+            headers[key] = value if previous is None else f"{previous}, {value}"
+        assert request.transport is not None
+        ours = Request(
+            request.method, request.path, request.query_string, headers, await request.read(), request.transport
+        )
+        answer = handler(ours)
+        if answer is not None and not isinstance(answer, Response):
+            answer = await answer
+        if answer is None:  # the handler dealt with the connection (dropped it)
+            request.transport.close()
+            return web.Response(status=500)
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_route("*", "/{tail:.*}", route)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return _AiohttpServer(runner), f"{'https' if tls else 'http'}://{host}:{bound}"

@@ -63,6 +63,9 @@ class ApnsFake(FakeServer):
     rejected: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 0
+    # "gateway": the HTTP/2 server built on the gateway's own connection; "h2": the h2
+    # library's, so our client is also tested against an implementation it shares nothing with
+    engine: str = "gateway"
     _server: asyncio.AbstractServer | None = None
 
     def __post_init__(self) -> None:
@@ -165,7 +168,8 @@ class ApnsFake(FakeServer):
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         self.tls_context.set_alpn_protocols(["h2"])
-        self._server = await loop.create_server(lambda: _Protocol(self), self.host, self.port, ssl=self.tls_context)
+        protocol = _H2Protocol if self.engine == "h2" else _Protocol
+        self._server = await loop.create_server(lambda: protocol(self), self.host, self.port, ssl=self.tls_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -188,3 +192,64 @@ class _Protocol(Http2ServerConnection):
 
     def send(self, stream_id: int, headers: list[tuple[str, str]], body: bytes | None) -> None:
         self.respond(stream_id, [(k.encode(), v.encode()) for k, v in headers], body)
+
+
+class _H2Protocol(asyncio.Protocol):
+    """The same fake on the h2 library's server connection (`engine="h2"`)."""
+
+    def __init__(self, fake: ApnsFake):
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+
+        self.fake = fake
+        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.transport: asyncio.Transport | None = None
+        self.requests: dict[int, tuple[list[tuple[bytes, bytes]], bytearray]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.initiate_connection()
+        self.conn.update_settings({3: 1000})  # MAX_CONCURRENT_STREAMS, as APNs does
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from h2.events import DataReceived, RequestReceived, StreamEnded
+        from h2.exceptions import ProtocolError
+
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError:
+            self._flush()
+            self.close()
+            return
+        for event in events:
+            if isinstance(event, RequestReceived):
+                self.requests[event.stream_id] = (list(event.headers), bytearray())
+            elif isinstance(event, DataReceived):
+                self.requests[event.stream_id][1].extend(event.data)
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, StreamEnded):
+                headers, body = self.requests.pop(event.stream_id)
+                fields = {k.decode(): v.decode() for k, v in headers}
+                self.fake.respond(self, event.stream_id, fields, bytes(body))  # type: ignore[arg-type]
+        self._flush()
+
+    def send(self, stream_id: int, headers: list[tuple[str, str]], body: bytes | None) -> None:
+        from h2.exceptions import StreamClosedError
+
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                self.conn.send_data(stream_id, body, end_stream=True)
+        except StreamClosedError:
+            return  # the client reset it
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.conn.data_to_send())
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -58,6 +58,7 @@ class FcmFake(FakeServer):
     revoked: set[str] = field(default_factory=set)
     rejected_assertions: list[str] = field(default_factory=list)
     url: str = ""
+    engine: str = "gateway"  # or "aiohttp": its server, which shares no code with our client
 
     def __post_init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -145,7 +146,7 @@ class FcmFake(FakeServer):
         return json_response({"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._server, self.url = await serve_http1(self._route, host, port)
+        self._server, self.url = await serve_http1(self._route, host, port, engine=self.engine)
         return self.url
 
     def to(self, token: str) -> list[dict[str, Any]]:

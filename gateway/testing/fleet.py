@@ -35,7 +35,10 @@ Answer = Callable[[str, str, int], Any]
 
 
 class FakeFleet:
-    def __init__(self, directory: Path, latency: float = 0.0, env_prefix: str = "FAKES"):
+    def __init__(self, directory: Path, latency: float = 0.0, env_prefix: str = "FAKES", independent: bool = False):
+        """`independent`: the fakes on libraries the gateway's clients share nothing
+        with (h2's server for APNs, aiohttp's for the HTTP/1.1 ones)."""
+        self.independent = independent
         self.dir = directory
         self.latency = latency  # every answer waits this long
         self.env = env_prefix
@@ -53,12 +56,13 @@ class FakeFleet:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(tls)
         self.secret = new_secret()
-        self.apns = ApnsFake(tls, fault=lambda token, n: self._fault("apns", token, n))
-        self.fcm = FcmFake(fault=lambda token, n: self._fault("fcm", token, n))
-        self.push = WebPushFake(tls_context=tls, fault=lambda sub, n: self._fault("webpush", sub, n))
+        h2, http1 = ("h2", "aiohttp") if self.independent else ("gateway", "gateway")
+        self.apns = ApnsFake(tls, fault=lambda token, n: self._fault("apns", token, n), engine=h2)
+        self.fcm = FcmFake(fault=lambda token, n: self._fault("fcm", token, n), engine=http1)
+        self.push = WebPushFake(tls_context=tls, fault=lambda sub, n: self._fault("webpush", sub, n), engine=http1)
         self.smtp = SmtpFake(fault=lambda address, n: self._fault("email", address, n))
         self.hub = WebhookReceiver(
-            self.secret, fault=lambda payload, n: self._fault("speaker", payload["device_id"], n)
+            self.secret, fault=lambda payload, n: self._fault("speaker", payload["device_id"], n), engine=http1
         )
         for fake in self.fakes.values():
             await fake.start()

@@ -62,6 +62,7 @@ class WebhookReceiver(FakeServer):
     attempts: dict[str, int] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     url: str = ""
+    engine: str = "gateway"  # or "aiohttp": its server, which shares no code with our client
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -138,7 +139,7 @@ class WebhookReceiver(FakeServer):
                 await self._arrived.wait()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._server, self.url = await serve_http1(self._handle, host, port)
+        self._server, self.url = await serve_http1(self._handle, host, port, engine=self.engine)
         return self.url
 
 

@@ -65,6 +65,7 @@ class WebPushFake(FakeServer):
     rejected: list[str] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     origin: str = ""
+    engine: str = "gateway"  # or "aiohttp": its server, which shares no code with our client
     _keys: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = field(default_factory=dict)
     _verified: dict[str, dict[str, Any]] = field(default_factory=dict)  # "t=..,k=.." -> its claims
 
@@ -139,7 +140,7 @@ class WebPushFake(FakeServer):
         return Response(201, headers={"Location": f"{self.origin}/message/{secrets.token_hex(6)}"})
 
     async def start(self, port: int = 0) -> str:
-        self._server, self.origin = await serve_http1(self._push, self.host, port, self.tls_context)
+        self._server, self.origin = await serve_http1(self._push, self.host, port, self.tls_context, self.engine)
         return self.origin
 
     def to(self, subscription: dict[str, Any]) -> list[Pushed]:

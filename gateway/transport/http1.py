@@ -64,6 +64,25 @@ class Response:
         return self._headers
 
 
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3}) [\t \x21-\x7e\x80-\xff]*")
+
+
+def _content_length(lower_head: bytes) -> int | None:
+    """Content-Length: 1*DIGIT; repeated (or a list), the values must agree (9112 6.3)."""
+    values: set[bytes] = set()
+    start = 0
+    while (start := lower_head.find(b"\r\ncontent-length:", start)) >= 0:
+        end = lower_head.find(b"\r\n", start + 2)
+        raw = lower_head[start + 17 : end if end >= 0 else None]
+        values.update(v.strip() for v in raw.split(b","))
+        start += 2
+    if not values:
+        return None
+    if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 15:
+        raise HttpError("malformed content-length")
+    return int(value)
+
+
 def _header(lower_head: bytes, name: bytes) -> bytes | None:
     """The first value of header `name` in a lower-cased header block starting with CRLF."""
     start = lower_head.find(b"\r\n" + name + b":")
@@ -74,33 +93,60 @@ def _header(lower_head: bytes, name: bytes) -> bytes | None:
     return lower_head[start : end if end >= 0 else None].strip()
 
 
+# RFC 9112 7.1: chunk-size = 1*HEXDIG, then chunk extensions after ";" (ignored).
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+
+
 def read_chunks(buffer: bytearray, body: bytearray) -> bool:
     """Move the chunks of a chunked body from `buffer` to `body` as they complete; True
-    once the last chunk (and any trailers) has been read. Shared with the fakes' server."""
+    once the last chunk (and any trailer fields) has been read. Strict: a size that is not
+    1*HEXDIG (`0x3`, `+3`, `-1`, spaces) or chunk data not followed by CRLF is an error."""
     while True:
         end = buffer.find(b"\r\n")
         if end < 0:
+            if len(buffer) > MAX_HEADER_BYTES:
+                raise HttpError("malformed chunk size")
             return False
-        size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise HttpError("malformed chunk size") from None
+        match = _CHUNK_SIZE.fullmatch(buffer, 0, end)
+        if match is None:
+            raise HttpError("malformed chunk size")
+        size = int(match.group(1), 16)
         if size == 0:
-            trailer_end = buffer.find(b"\r\n\r\n", end)  # "0\r\n" + trailers + "\r\n"
+            trailer_end = buffer.find(b"\r\n\r\n", end)  # "0\r\n" + trailer fields + "\r\n"
             if buffer[end : end + 4] == b"\r\n\r\n":
                 del buffer[: end + 4]
             elif trailer_end >= 0:
+                _check_fields(bytes(buffer[end + 2 : trailer_end]))
                 del buffer[: trailer_end + 4]
             else:
+                if len(buffer) > MAX_HEADER_BYTES:
+                    raise HttpError("trailer fields too large")
                 return False
             return True
+        if len(body) + size > MAX_BODY_BYTES:
+            raise HttpError("body too large")
         if len(buffer) < end + 2 + size + 2:
             return False
+        if buffer[end + 2 + size : end + 4 + size] != b"\r\n":
+            raise HttpError("chunk data not followed by CRLF")
         body += buffer[end + 2 : end + 2 + size]
-        if len(body) > MAX_BODY_BYTES:
-            raise HttpError("body too large")
         del buffer[: end + 2 + size + 2]
+
+
+# RFC 9110 5.1 field-name = token; the value: visible ASCII, obs-text, spaces and tabs.
+_FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t \x21-\x7e\x80-\xff]*")
+
+
+def _check_fields(block: bytes) -> None:
+    """Header (or trailer) field lines, one per CRLF: `name: value`. obs-fold (a line
+    starting with a space or tab) and a bare CR are refused (RFC 9112 5.2, 2.2)."""
+    if not block:
+        return
+    for line in block.split(b"\r\n"):
+        if not _FIELD.fullmatch(line):
+            if line[:1] in (b" ", b"\t"):
+                raise HttpError("obs-fold in a header field")
+            raise HttpError(f"malformed header field {line[:60]!r}")
 
 
 class _Stale(HttpError):
@@ -178,32 +224,41 @@ class _Connection(asyncio.Protocol):
                 raise HttpError("response body too large")
 
     def _parse_head(self, head: bytes) -> None:
+        """RFC 9112: a status line (HTTP-version SP 3DIGIT SP reason), field lines, and
+        the body's framing: Transfer-Encoding ending in chunked, else Content-Length, else
+        the connection's end."""
         line_end = head.find(b"\r\n")
         status_line = head if line_end < 0 else head[:line_end]
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        match = _STATUS_LINE.fullmatch(status_line)
+        if match is None:
             raise HttpError(f"malformed status line {status_line[:80]!r}")
-        self.status = int(parts[1])
-        if parts[0] == b"HTTP/1.0":
-            self.reusable = False
+        self.status = int(match.group(2))
+        if match.group(1) == b"0":
+            self.reusable = False  # HTTP/1.0
         self.raw_headers = b"" if line_end < 0 else head[line_end + 2 :]
+        _check_fields(self.raw_headers)
         # Only the framing headers are read here; Response.headers parses the rest on demand.
         lower = head[line_end:].lower() if line_end >= 0 else b""
         transfer_encoding = _header(lower, b"transfer-encoding")
-        content_length = _header(lower, b"content-length")
-        if transfer_encoding is not None and b"chunked" in transfer_encoding:
-            self.chunked = True
+        content_length = _content_length(lower)
+        if transfer_encoding is not None:
+            codings = [c.strip() for c in transfer_encoding.split(b",")]
+            if codings[-1] == b"chunked":
+                self.chunked = True
+            else:
+                self.reusable = False  # not chunked last: the body ends when the server closes
+            if content_length is not None:
+                self.reusable = False  # both: a smuggling attempt, or a broken server (9112 6.3)
         elif content_length is not None:
-            try:
-                self.length = int(content_length)
-            except ValueError:
-                raise HttpError("malformed content-length") from None
-            if self.length < 0 or self.length > MAX_BODY_BYTES:
+            self.length = content_length
+            if self.length > MAX_BODY_BYTES:
                 raise HttpError("response body too large")
         elif self.status in (204, 304) or 100 <= self.status < 200:
             self.length = 0
         else:
             self.reusable = False  # the body ends when the server closes
+        if self.status in (204, 304) or 100 <= self.status < 200:
+            self.length, self.chunked = 0, False  # these never have a body (9112 6.3)
         connection = _header(lower, b"connection")
         if connection is not None and b"close" in connection:
             self.reusable = False
@@ -238,8 +293,8 @@ class _Connection(asyncio.Protocol):
 
 class Http1Pool:
     """Kept-alive connections to the origin of `url` (http or https): at most
-    `max_connections` of them (requests beyond wait for one), `max_idle` kept between
-    requests. With `address_allowed`, a host name is resolved first and only addresses
+    `max_connections` of them (requests beyond wait for one; None: no limit), `max_idle`
+    kept between requests. With `address_allowed`, a host name is resolved first and only addresses
     it accepts are connected to (the check and the connection use the same address, so
     a name cannot be re-pointed in between)."""
 
@@ -249,7 +304,7 @@ class Http1Pool:
         ssl: ssl_module.SSLContext | None = None,
         connect_timeout: float = 10.0,
         max_idle: int = 64,
-        max_connections: int | None = None,
+        max_connections: int | None = 256,
         address_allowed: Callable[[str], bool] | None = None,
     ):
         parts = urlsplit(url)

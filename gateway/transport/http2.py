@@ -35,7 +35,8 @@ END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
 # Error codes
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 6, 7, 8, 9
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 0xB
 
 DEFAULT_WINDOW = 65535
 MAX_WINDOW = 2**31 - 1
@@ -43,10 +44,15 @@ MAX_STREAM_ID = 2**31 - 1
 MAX_FRAME = 16384  # the largest frame we accept (the default; we never raise it)
 MAX_BODY_BYTES = 1024 * 1024  # per stream, in either direction: also our stream window
 CONNECTION_WINDOW = 16 * 1024 * 1024  # what the peer may send us before we replenish
+MAX_CONTINUATIONS = 32  # CONTINUATION frames in one header block, at most
 
 _FRAME = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
 _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
+
+
+_CONNECTION_FRAMES = frozenset((SETTINGS, PING, GOAWAY))  # stream 0 only
+_STREAM_FRAMES = frozenset((DATA, HEADERS, PRIORITY, RST_STREAM, CONTINUATION, PUSH_PROMISE))  # never stream 0
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -133,9 +139,12 @@ class Connection(asyncio.Protocol):
         self.peer_max_frame = MAX_FRAME
         self.peer_max_streams = MAX_STREAM_ID
         self.received_unacked = 0
+        self.recv_window = CONNECTION_WINDOW  # what the peer may still send on the connection
         self.continuing: tuple[int, int, bytearray] | None = None  # stream, flags, header block so far
+        self.continuations = 0
         self.goaway: int | None = None  # the last stream id the peer said it will process
         self.closed = False
+        self.paused = False  # the transport's write buffer is full: start nothing new
         self.awaiting_preface = not self.client_side
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -188,9 +197,13 @@ class Connection(asyncio.Protocol):
     def frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.continuing is not None and (kind != CONTINUATION or stream_id != self.continuing[0]):
             raise ProtocolError("a header block was interrupted")
+        if kind in _CONNECTION_FRAMES and stream_id:
+            raise ProtocolError(f"a frame of type {kind} on stream {stream_id}")
+        if kind in _STREAM_FRAMES and not stream_id:
+            raise ProtocolError(f"a frame of type {kind} on stream 0")
         if kind == HEADERS:
-            if not stream_id:
-                raise ProtocolError("HEADERS on stream 0")
+            if self.idle(stream_id):
+                raise ProtocolError(f"HEADERS on stream {stream_id}, which is idle")
             if flags & PADDED:
                 payload = self._unpad(payload)
             if flags & PRIORITY_FLAG:
@@ -199,20 +212,27 @@ class Connection(asyncio.Protocol):
                 self._headers(stream_id, flags, payload)
             else:
                 self.continuing = (stream_id, flags, bytearray(payload))
+                self.continuations = 0
         elif kind == DATA:
             self._data(stream_id, flags, payload)
         elif kind == CONTINUATION:
             if self.continuing is None:
                 raise ProtocolError("CONTINUATION without HEADERS")
             self.continuing[2].extend(payload)
+            self.continuations += 1
             if len(self.continuing[2]) > MAX_HEADER_LIST:
                 raise ProtocolError("header block too large", COMPRESSION_ERROR)
+            if self.continuations > MAX_CONTINUATIONS:
+                raise ProtocolError("too many CONTINUATION frames in one header block", ENHANCE_YOUR_CALM)
             if flags & END_HEADERS:
                 stream_id, first_flags, block = self.continuing
                 self.continuing = None
                 self._headers(stream_id, first_flags, bytes(block))
         elif kind == SETTINGS:
-            if not flags & ACK:
+            if flags & ACK:
+                if payload:
+                    raise ProtocolError("a SETTINGS acknowledgement with a payload", FRAME_SIZE_ERROR)
+            else:
                 self._settings(payload)
         elif kind == WINDOW_UPDATE:
             self._window_update(stream_id, payload)
@@ -224,6 +244,8 @@ class Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             if len(payload) != 4:
                 raise ProtocolError("RST_STREAM of the wrong size", FRAME_SIZE_ERROR)
+            if self.idle(stream_id):
+                raise ProtocolError(f"RST_STREAM on stream {stream_id}, which is idle")
             stream = self.streams.pop(stream_id, None)
             self.blocked.pop(stream_id, None)
             if stream is not None:
@@ -236,6 +258,11 @@ class Connection(asyncio.Protocol):
             self.goaway_received(self.goaway, code, payload[8:])
         elif kind == PUSH_PROMISE:
             raise ProtocolError("PUSH_PROMISE although SETTINGS_ENABLE_PUSH is 0")
+        elif kind == PRIORITY and len(payload) != 5:
+            stream = self.streams.get(stream_id)  # a stream error (RFC 9113 6.3)
+            self.reset(stream_id, FRAME_SIZE_ERROR)
+            if stream is not None:
+                self.stream_reset(stream_id, stream, FRAME_SIZE_ERROR, "a PRIORITY frame of the wrong size")
         # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
 
     @staticmethod
@@ -252,12 +279,17 @@ class Connection(asyncio.Protocol):
         self.headers_received(stream_id, headers, bool(flags & END_STREAM))
 
     def _data(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if not stream_id:
-            raise ProtocolError("DATA on stream 0")
-        # The whole frame counts against the window, padding included (RFC 9113 6.9.1).
+        if self.idle(stream_id):
+            raise ProtocolError(f"DATA on stream {stream_id}, which is idle")
+        # The whole frame counts against the window, padding included (RFC 9113 6.9.1); a
+        # peer that sends past what we allowed breaks the protocol.
+        self.recv_window -= len(payload)
+        if self.recv_window < 0:
+            raise ProtocolError("DATA past the connection's flow-control window", FLOW_CONTROL_ERROR)
         self.received_unacked += len(payload)
         if self.received_unacked >= CONNECTION_WINDOW // 2:
             self.out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.received_unacked)))
+            self.recv_window += self.received_unacked
             self.received_unacked = 0
         if flags & PADDED:
             payload = self._unpad(payload)
@@ -265,9 +297,9 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return  # a stream we reset or finished: its late frames are dropped
         stream.body += payload
-        if len(stream.body) > MAX_BODY_BYTES:
-            self.reset(stream_id, CANCEL)
-            self.stream_reset(stream_id, stream, CANCEL, "body too large")
+        if len(stream.body) > MAX_BODY_BYTES:  # past the stream window we gave (never replenished)
+            self.reset(stream_id, FLOW_CONTROL_ERROR)
+            self.stream_reset(stream_id, stream, FLOW_CONTROL_ERROR, "DATA past the stream's window")
             return
         if flags & END_STREAM:
             self.stream_ended(stream_id, stream)
@@ -277,7 +309,11 @@ class Connection(asyncio.Protocol):
             raise ProtocolError("SETTINGS of the wrong size", FRAME_SIZE_ERROR)
         for offset in range(0, len(payload), 6):
             key, value = _SETTING.unpack_from(payload, offset)
-            if key == HEADER_TABLE_SIZE:
+            if key == ENABLE_PUSH:
+                # RFC 9113 6.5.2: 0 or 1, and a server may only say 0
+                if value > 1 or (value and self.client_side):
+                    raise ProtocolError(f"SETTINGS_ENABLE_PUSH of {value}")
+            elif key == HEADER_TABLE_SIZE:
                 self.encoder.set_max_size(value)
             elif key == MAX_CONCURRENT_STREAMS:
                 self.peer_max_streams = value
@@ -287,6 +323,8 @@ class Connection(asyncio.Protocol):
                 delta, self.peer_initial_window = value - self.peer_initial_window, value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise ProtocolError("a stream window above 2^31-1", FLOW_CONTROL_ERROR)
             elif key == MAX_FRAME_SIZE:
                 if not MAX_FRAME <= value <= 2**24 - 1:
                     raise ProtocolError("SETTINGS_MAX_FRAME_SIZE out of range")
@@ -392,7 +430,23 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    # -- write backpressure ----------------------------------------------------------
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.writable()
+
     # -- what each side does -----------------------------------------------------------
+    def idle(self, stream_id: int) -> bool:
+        """Is this stream idle: never opened by either side (RFC 9113 5.1)? Frames other
+        than PRIORITY on an idle stream break the protocol."""
+        return False
+
+    def writable(self) -> None:
+        """The transport drained its write buffer: more may be written."""
+
     def settings_received(self) -> None:
         pass
 
@@ -430,15 +484,29 @@ class Http2ClientConnection(Connection):
         """Can this connection take one more request now?"""
         return (
             not self.closed
+            and not self.paused
             and self.goaway is None
             and self.ready.done()
             and len(self.streams) < self.peer_max_streams
-            and self.next_stream_id < MAX_STREAM_ID
+            and self.next_stream_id <= MAX_STREAM_ID
         )
+
+    def idle(self, stream_id: int) -> bool:
+        # ours are odd; an even one would be a server push, which we disabled
+        return stream_id % 2 == 0 or stream_id >= self.next_stream_id
+
+    def close(self) -> None:
+        super().close()
+        self.pool.forget(self)
+
+    def writable(self) -> None:
+        self.pool.wake()
 
     def start(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, batch: Batch, index: int) -> Stream:
         stream_id = self.next_stream_id
         self.next_stream_id += 2
+        if self.next_stream_id > MAX_STREAM_ID:  # its last stream: drain it, and open another
+            self.pool.retire(self)
         stream = self.streams[stream_id] = Stream(stream_id, self.peer_initial_window)
         stream.batch, stream.index = batch, index
         self.send_headers(stream_id, headers, end_stream=not body)
@@ -497,8 +565,8 @@ class Http2ClientConnection(Connection):
             self.settle(stream, ProtocolError("a stream ended without a response"))
         else:
             self.settle(stream, Response(int(headers[0][1]), headers, bytes(stream.body)))
-        if self.goaway is not None and not self.streams:
-            self.close()  # drained after the server's GOAWAY
+        if (self.goaway is not None or self.next_stream_id > MAX_STREAM_ID) and not self.streams:
+            self.close()  # drained after the server's GOAWAY, or its last stream id
         self.pool.wake()
 
     def stream_reset(self, stream_id: int, stream: Stream, code: int, detail: str = "") -> None:
@@ -610,6 +678,20 @@ class Batch:
             connection.cancel(stream)
 
 
+def tls_context(trusting: ssl_module.SSLContext | None = None) -> ssl_module.SSLContext:
+    """A client context of our own offering only `h2` (the caller's is never changed): the
+    system's CAs, or the CAs `trusting` was given (a private CA, a test's)."""
+    context = ssl_module.create_default_context()
+    if trusting is not None:
+        cadata = trusting.get_ca_certs(binary_form=True)
+        if cadata:
+            context.load_verify_locations(cadata=b"".join(cadata))
+        context.check_hostname = trusting.check_hostname
+        context.verify_mode = trusting.verify_mode
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
 class Http2Pool:
     """HTTP/2 connections to one origin (`https://host:port`), shared by its requests."""
 
@@ -623,13 +705,13 @@ class Http2Pool:
         volatile: Iterable[bytes] = (),
     ):
         self.host, self.port = host, port
-        self.ssl = ssl or ssl_module.create_default_context()
-        self.ssl.set_alpn_protocols(["h2"])
+        self.ssl = tls_context(ssl)
         self.authority = (host if port == 443 else f"{host}:{port}").encode()
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.volatile = frozenset(volatile)
         self.connections: list[Http2ClientConnection] = []
+        self.draining: set[Http2ClientConnection] = set()  # retired: finishing their streams
         self.connecting: asyncio.Future[None] | None = None
         self.starved: list[Batch] = []  # batches waiting for a free stream
         self.loop = asyncio.get_running_loop()
@@ -689,8 +771,8 @@ class Http2Pool:
                     lambda: Http2ClientConnection(self), self.host, self.port, ssl=self.ssl, server_hostname=self.host
                 )
                 protocol = transport.get_extra_info("ssl_object").selected_alpn_protocol()
-                if protocol not in (None, "h2"):  # None: the server does not do ALPN
-                    raise Http2Error(f"the server chose {protocol!r}, not HTTP/2")
+                if protocol != "h2":  # RFC 9113 3.2: HTTP/2 over TLS is negotiated with ALPN
+                    raise Http2Error(f"the server did not negotiate HTTP/2 (ALPN: {protocol!r})")
                 self.connections.append(connection)
                 await connection.ready  # the server's SETTINGS: how many streams it takes
         except BaseException as exc:  # the requests waiting for it fail with its error
@@ -717,7 +799,15 @@ class Http2Pool:
     def forget(self, connection: Http2ClientConnection) -> None:
         if connection in self.connections:
             self.connections.remove(connection)
+        self.draining.discard(connection)
         self.wake()  # they may open another
+
+    def retire(self, connection: Http2ClientConnection) -> None:
+        """No new streams on it (its stream ids ran out): it finishes what it has and
+        closes; it no longer counts against `max_connections`."""
+        if connection in self.connections:
+            self.connections.remove(connection)
+            self.draining.add(connection)
 
     @staticmethod
     def _expired(stream: Stream) -> None:
@@ -735,9 +825,10 @@ class Http2Pool:
         starved, self.starved = self.starved, []
         for batch in starved:
             batch.fail_queued(ConnectionClosed("the pool is closed"))
-        for connection in list(self.connections):
+        for connection in [*self.connections, *self.draining]:
             connection.out.append(frame(GOAWAY, 0, 0, struct.pack(">LL", 0, NO_ERROR)))
             connection.flush()
             connection.close()
         self.connections.clear()
+        self.draining.clear()
         await asyncio.sleep(0)

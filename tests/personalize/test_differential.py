@@ -108,6 +108,17 @@ FOUND = [
     ("{% for x in attributes.items limit: -1 %}x{% endfor %}", False, {"items": [1, 2]}, ("error", "")),
     ("{{ attributes.n | default: 1, 2 }}", False, {"n": 3}, ("error", "")),
     ("{% case 2.5 %}{% when 2.5, events.gone.x %}{{ 2.5 | where: 'a' }}{% endcase %}", False, {}, ("missing", "")),
+    # the case subject is evaluated again for each `when` (a body before may assign it)
+    (
+        "{% assign a = 'x' %}{% case a %}{% when 'x' %}{% assign a = attributes.first_name %}"
+        "{% when 'x' %}{% endcase %}",
+        False,
+        {},
+        ("missing", ""),
+    ),
+    # an undefined value assigned flows on to `default` (python-liquid's own namespace
+    # limit would have failed it on measuring it)
+    ("{% assign n = attributes.nickname %}{{ n | default: 'friend' }}", False, {}, ("text", "friend")),
     # a boolean argument crashed compilation
     ("{{ attributes.n | plus: true }}", False, {"n": 1}, ("text", "2")),
     # python-liquid's limited output buffer turned \r into \n
