@@ -66,6 +66,7 @@ BOTH_LOOPS = (
     "tests/test_isolation.py",
     "tests/test_time_and_faults.py",
     "tests/test_all_channels.py",
+    "tests/test_independent_fakes.py",
     "tests/policy/test_policy_pipeline.py",
 )
 
