@@ -42,10 +42,11 @@ async def spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.su
 
 
 async def start_gateway(
-    path: Path, *, store: str, channels: str, api_keys_env: str, env: dict[str, str]
+    path: Path, *, store: str, channels: str, api_keys_env: str, env: dict[str, str], profile: str | None = None
 ) -> tuple[asyncio.subprocess.Process, str]:
     """`gateway serve` in a process of its own, on a free port, quiet hours off; `store` and
-    `channels` are TOML (the [store] section's lines, whole [channels...] sections)."""
+    `channels` are TOML (the [store] section's lines, whole [channels...] sections).
+    `profile`: run it under cProfile, writing the stats to this file when it stops."""
     path.write_text(f"""
 [server]
 port = 0
@@ -56,6 +57,15 @@ api_keys_env = "{api_keys_env}"
 enabled = false
 {channels}
 """)
+    profiler = ("-m", "cProfile", "-o", profile) if profile else ()
     return await spawn(
-        sys.executable, "-m", "gateway", "--config", str(path), "serve", env=env, ready="gateway listening on"
+        sys.executable,
+        *profiler,
+        "-m",
+        "gateway",
+        "--config",
+        str(path),
+        "serve",
+        env=env,
+        ready="gateway listening on",
     )

@@ -39,6 +39,7 @@ def main() -> None:
     import pipeline
     import render
     import stages
+    import transactional
     import webhook_e2e
 
     from gateway.cli import tune_gc
@@ -73,6 +74,14 @@ def main() -> None:
         "webhook end to end", runner(webhook_e2e.run(10_000 if quick else 50_000, 1000))
     )
     result["channels"] = _section("channels", runner(channels.run(1_000 if quick else 10_000, None)))
+    result["transactional"] = _section(
+        "one-recipient jobs (and the floor: aiohttp answering 202)",
+        runner(transactional.run(2_000 if quick else 20_000, 128)),
+    )
+    result["transactional_paced"] = _section(
+        "one-recipient APNs jobs at 1,000 jobs/s",
+        runner(transactional.run(2_000 if quick else 10_000, 128, ["apns"], 1000)),
+    )
     result["http2"] = _section("HTTP/2 per APNs request, ours and h2", http2.run(5_000 if quick else 20_000))
     result["distributed"] = _section("distributed", runner(distributed.run(5_000 if quick else 20_000)))
     try:
@@ -169,6 +178,16 @@ def latest_table(r: dict[str, Any], source: str) -> str:
             f"{label}: msg/s, CPU us per message gateway / fake, latency p50 / p99 ms",
             f"{c['messages_per_s']:,}, {c['gateway_cpu_us_per_message']} / {c['fake_cpu_us_per_message']}, "
             f"{c.get('latency_ms_p50', '-')} / {c.get('latency_ms_p99', '-')}",
+        )
+    for t in r.get("transactional", []) + r.get("transactional_paced", []):
+        if "server_cpu_us_per_request" in t:
+            row("the floor: aiohttp answering 202, CPU us per request", t["server_cpu_us_per_request"])
+            continue
+        paced = f" at {t['rate']:,.0f} jobs/s" if t.get("rate") else f", {t['concurrency']} in flight"
+        row(
+            f"one-recipient jobs, {t['channel']}{paced}: delivered/s, gateway CPU us per message, p50 / p99 ms",
+            f"{t['delivered_per_s']:,}, {t['gateway_cpu_us_per_message']}, "
+            f"{t['latency_ms_p50']} / {t['latency_ms_p99']}",
         )
     h2 = r.get("http2", {})
     if h2:

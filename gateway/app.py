@@ -38,7 +38,12 @@ class Gateway:
         self.clock = clock or Clock()
         self.pm = plugin_manager(config, extra_plugins)
         self.channel_specs = configure_channels(config, channel_classes(self.pm))
-        self.store = store or make_store(config.store, queue_limit=config.intake.max_inflight_recipients)
+        self.store = store or make_store(
+            config.store,
+            queue_limit=config.intake.max_inflight_recipients,
+            queue_jobs=config.intake.max_queued_jobs,
+            queue_age=seconds(config.intake.max_queue_age),
+        )
         self.admission = Admission(config.intake.max_inflight_recipients)
         self.metrics = Metrics(
             queue_depth=lambda: self.admission.inflight,

@@ -106,6 +106,13 @@ class LimitsConfig(_Section):
 class IntakeConfig(_Section):
     idempotency_ttl: Duration = "24h"
     max_inflight_recipients: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    # A stream of small jobs is pushed back (429) before it builds a backlog: past this
+    # many jobs accepted and waiting for a worker, or when the oldest has waited this long.
+    max_queued_jobs: Annotated[int, msgspec.Meta(ge=1)] = 5_000
+    max_queue_age: Duration = "2s"
+    # `POST /v1/jobs?wait=2s` answers with the job's decisions when it ends within the
+    # wait; a longer wait asked for is cut to this.
+    max_wait: Duration = "10s"
     retry_after: Annotated[int, msgspec.Meta(ge=1)] = 2
 
 

@@ -59,8 +59,11 @@ def plugin_manager(config: GatewayConfig, extra: tuple[Any, ...] = ()) -> pluggy
 def observe(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> None:
     """Call an observer hook; a plugin that raises is logged, and delivery goes on: what an
     observer does with a batch must not change what happens to it."""
+    caller = getattr(pm.hook, hook)
+    if not caller.get_hookimpls():  # nobody observes: skip pluggy's call machinery
+        return
     try:
-        getattr(pm.hook, hook)(**kwargs)
+        caller(**kwargs)
     except Exception:
         log.exception("a %s hook implementation raised; delivery goes on", hook)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from gateway.clock import Clock
 from gateway.pipeline import Pipeline, RunningJob, load_job
@@ -56,7 +57,10 @@ class Runner:
         self.stopping = asyncio.Event()
         self._workers = [asyncio.create_task(self._work(n), name=f"job-worker-{n}") for n in range(workers)]
         self.active: dict[str, RunningJob | JobRecord] = {}
-        self._queued: set[str] = set()
+        # Waiting for a worker, oldest first: since when. An OrderedDict: a dict whose front
+        # entries are deleted one by one makes finding its first entry ever slower.
+        self._queued: OrderedDict[str, float] = OrderedDict()
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._again: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -67,7 +71,7 @@ class Runner:
         `again`: it ran before and did not finish (resumed after a stop or a crash, taken
         over from a process that died): counted, so one that keeps dying is finished."""
         self.idle.clear()
-        self._queued.add(item.id)
+        self._queued.setdefault(item.id, self.clock.monotonic())
         if again:
             self._again.add(item.id)
         self.queue.put_nowait(item)
@@ -75,6 +79,28 @@ class Runner:
     def has(self, job_id: str) -> bool:
         """Queued or running here."""
         return job_id in self._queued or job_id in self.active
+
+    def backlog(self) -> tuple[int, float]:
+        """Jobs waiting for a worker, and how long the oldest of them has waited (s)."""
+        oldest = next(iter(self._queued.values()), None)
+        return len(self._queued), 0.0 if oldest is None else self.clock.monotonic() - oldest
+
+    def watch(self, job_id: str) -> asyncio.Future[None]:
+        """Resolved when the job leaves this runner: ended, or stopped with the process (the
+        store says which)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.has(job_id):
+            future.set_result(None)
+        else:
+            self._watchers.setdefault(job_id, []).append(future)
+        return future
+
+    def _left(self, job_id: str) -> None:
+        if job_id in self._queued:  # running again (after a failure)
+            return
+        for future in self._watchers.pop(job_id, ()):
+            if not future.done():
+                future.set_result(None)
 
     @property
     def load(self) -> int:
@@ -92,7 +118,7 @@ class Runner:
     async def _work(self, n: int) -> None:
         while True:
             item = await self.queue.get()
-            self._queued.discard(item.id)
+            self._queued.pop(item.id, None)
             self.active[item.id] = item
             held = (item.recipients if isinstance(item, JobRecord) else len(item.job.recipients)) - item.cursor
             try:
@@ -105,6 +131,7 @@ class Runner:
             finally:
                 self.admission.release(held)
                 del self.active[item.id]
+                self._left(item.id)
                 self.queue.task_done()
                 self._changed.set()
                 if not self.active and self.queue.empty():
@@ -164,7 +191,9 @@ class Runner:
         `timeout`. Whatever is left resumes from the store on the next start."""
         self.stopping.set()
         while not self.queue.empty():  # not started: they stay in the store as accepted
-            self._queued.discard(self.queue.get_nowait().id)
+            job_id = self.queue.get_nowait().id
+            self._queued.pop(job_id, None)
+            self._left(job_id)
             self.queue.task_done()
         if self.active:
             try:

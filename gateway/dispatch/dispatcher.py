@@ -147,9 +147,12 @@ class Dispatcher:
                     else:
                         results[j] = held
                 budget.release(granted - len(chunk))
-                if chunk:
+                if chunk and not pending and not chunks:  # all in one chunk (a small batch): no task
+                    await self._chunk(job_id, channel, batch, chunk, results, answered)
+                elif chunk:
                     chunks.append(asyncio.create_task(self._chunk(job_id, channel, batch, chunk, results, answered)))
-            await asyncio.gather(*chunks)
+            if chunks:
+                await asyncio.gather(*chunks)
         except BaseException:
             for task in chunks:
                 task.cancel()

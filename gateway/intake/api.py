@@ -31,6 +31,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 PUBLIC_PREFIXES = ("/v1/unsubscribe/",)  # recipients follow these links: no API key
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 MAX_PAGE = 1000
+DECIDED = ("completed", "waiting")  # job states once every recipient has a decision
+_DURATION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?(ms|s)")
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -43,12 +45,16 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 
 @web.middleware
-async def errors_middleware(
+async def api_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Every answer is JSON, aiohttp's own 404, 405 and 413 included, and no input makes
-    a 5xx: a path that is not UTF-8 is a 400; anything unexpected is logged with its trace
-    and answered 500 as JSON (a bug: the hostile-input tests assert it never happens)."""
+    """Every request, in order: a path that is UTF-8, a loopback-only check without API
+    keys, the API key, then the handler, whose store outages are 503s. (One middleware:
+    each of aiohttp's costs a few microseconds per request.)
+
+    Every answer is JSON, aiohttp's own 404, 405 and 413 included, and no input makes a
+    5xx: anything unexpected is logged with its trace and answered 500 as JSON (a bug: the
+    hostile-input tests assert it never happens)."""
     try:
         request.path.encode()
     except UnicodeEncodeError:  # %-escapes that are not UTF-8
@@ -57,7 +63,17 @@ async def errors_middleware(
     if guard is not None:
         guard.request_started()  # its body is the handler's to time, not the header clock's
     try:
-        return await handler(request)
+        refused = _refuse_remote(request) or _authenticate(request)
+        if refused is not None:
+            return refused
+        try:
+            return await handler(request)
+        except StoreUnavailable as exc:  # the caller retries, never a 500
+            log.warning("store unavailable: %s", exc)
+            retry_after = str(request.app[GATEWAY_KEY].config.intake.retry_after)
+            return error(
+                503, "store_unavailable", "the store is unreachable; retry later", {"Retry-After": retry_after}
+            )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -75,33 +91,28 @@ _CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "b
 _LOOPBACK_HOST = re.compile(r"^(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?$", re.I)
 
 
-@web.middleware
-async def local_only_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def _refuse_remote(request: web.Request) -> web.Response | None:
     """Without API keys the gateway listens on loopback, where a web page in the operator's
     browser could still reach it: a request naming another host (DNS rebinding) is refused,
     and a state-changing one must be `application/json`, which a cross-site form or a
     simple fetch cannot send without a CORS preflight this server never grants."""
     if request.app[KEYS_KEY]:
-        return await handler(request)
+        return None
     if not _LOOPBACK_HOST.match(request.headers.get("Host", "")):
         return error(403, "forbidden", "without API keys only requests to a loopback Host are served")
     changes_state = request.method not in ("GET", "HEAD", "OPTIONS") and not request.path.startswith(PUBLIC_PREFIXES)
     if changes_state and request.content_type != "application/json":
         return error(415, "unsupported_media_type", "send the body as Content-Type: application/json")
-    return await handler(request)
+    return None
 
 
-@web.middleware
-async def auth_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def _authenticate(request: web.Request) -> web.Response | None:
+    """The request's key scope (for idempotency keys), or the 401 to answer."""
     keys: list[Secret] = request.app[KEYS_KEY]
     # No keys: allowed on loopback only (server.keys_for).
     if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES) or not keys:
         request[SCOPE_KEY] = "local"
-        return await handler(request)
+        return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     challenge = {"WWW-Authenticate": 'Bearer realm="gateway"'}
@@ -114,25 +125,7 @@ async def auth_middleware(
     if not any(matched):
         return error(401, "unauthorized", "unknown API key", challenge)
     request[SCOPE_KEY] = hashlib.sha256(token.encode()).hexdigest()[:16]
-    return await handler(request)
-
-
-@web.middleware
-async def store_errors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """The store being unreachable is a 503 the caller retries, never a 500."""
-    try:
-        return await handler(request)
-    except StoreUnavailable as exc:
-        log.warning("store unavailable: %s", exc)
-        gw = request.app[GATEWAY_KEY]
-        return error(
-            503,
-            "store_unavailable",
-            "the store is unreachable; retry later",
-            {"Retry-After": str(gw.config.intake.retry_after)},
-        )
+    return None
 
 
 async def post_job(request: web.Request) -> web.Response:
@@ -151,12 +144,51 @@ async def post_job(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _VISIBLE_ASCII.fullmatch(key):
         return error(400, "invalid_idempotency_key", "Idempotency-Key must be visible ASCII characters")
+    wait = _wait_query(request)
+    if isinstance(wait, web.Response):
+        return wait
     body = await read_body(request)
     if isinstance(body, web.Response):
         gw.metrics.jobs_rejected.inc(str(body.status))
         return body
     reply = await request.app[INTAKE_KEY].submit(body, request[SCOPE_KEY], key)
+    if wait and reply.status == 202 and reply.job_id is not None:
+        view = await _job_when_decided(gw, reply.job_id, wait)
+        if view is not None:
+            return json_response(200, view, {"Location": f"/v1/jobs/{reply.job_id}"})
     return json_response(reply.status, reply.body, reply.headers)
+
+
+def _wait_query(request: web.Request) -> float | web.Response:
+    """`?wait=2s`: how long to hold the answer for the job's decisions (0: not at all),
+    cut to `intake.max_wait`."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    if not _DURATION.fullmatch(raw):
+        return json_response(
+            400,
+            {"error": "invalid_query", "path": "wait", "message": "wait must be a duration such as 500ms or 2s"},
+        )
+    return min(seconds(raw), seconds(request.app[GATEWAY_KEY].config.intake.max_wait))
+
+
+async def _job_when_decided(gw: Gateway, job_id: str, wait: float) -> dict[str, object] | None:
+    """The job's view once every recipient has a decision (`completed`, or `waiting` on
+    deferred messages), or None when that takes longer than `wait`: the job goes on."""
+    runner = gw.runner
+    if runner is not None and runner.has(job_id):  # this process runs it: no polling
+        try:
+            await asyncio.wait_for(asyncio.shield(runner.watch(job_id)), wait)
+        except TimeoutError:
+            return None
+    else:  # a shared queue: whichever process takes it records it in the store
+        deadline = asyncio.get_running_loop().time() + wait
+        while (record := await gw.store.get_job(job_id)) is not None and record.state not in DECIDED:
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+    return await job_view(gw, job_id, 0, 100, decided_only=True)
 
 
 async def read_body(request: web.Request) -> bytes | web.Response:
@@ -165,6 +197,8 @@ async def read_body(request: web.Request) -> bytes | web.Response:
     gw = request.app[GATEWAY_KEY]
     limit = gw.config.limits.max_body_bytes
     try:
+        if request.content.is_eof():  # it all came with the head: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(seconds(gw.config.server.body_timeout)):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -248,12 +282,23 @@ async def get_job(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", 100)
     if offset is None or limit is None or offset < 0 or not 1 <= limit <= MAX_PAGE:
         return error(400, "invalid_query", f"offset must be an integer >= 0 and limit one between 1 and {MAX_PAGE}")
-    record = await gw.store.get_job(job_id)
-    if record is None:
+    body = await job_view(gw, job_id, offset, limit)
+    if body is None:
         return error(404, "not_found", f"no job {job_id}")
+    return json_response(200, body)
+
+
+async def job_view(
+    gw: Gateway, job_id: str, offset: int, limit: int, decided_only: bool = False
+) -> dict[str, object] | None:
+    """A job's state, counts and a page of its decisions (None: no such job, or with
+    `decided_only` one whose recipients are not all decided yet)."""
+    record = await gw.store.get_job(job_id)
+    if record is None or (decided_only and record.state not in DECIDED):
+        return None
     counts = await gw.store.outcome_counts(job_id)
     decisions = await gw.store.decisions(job_id, offset, limit)
-    body = {
+    return {
         "job_id": record.id,
         "campaign": record.campaign,
         "state": record.state,
@@ -267,7 +312,6 @@ async def get_job(request: web.Request) -> web.Response:
         "offset": offset,
         "next_offset": offset + limit if len(decisions) == limit else None,
     }
-    return json_response(200, body)
 
 
 def _int_query(request: web.Request, name: str, default: int) -> int | None:
@@ -342,7 +386,7 @@ def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
     # the JSON error naming the limit.
     app = web.Application(
         client_max_size=gateway.config.limits.max_body_bytes + 1,
-        middlewares=[errors_middleware, local_only_middleware, auth_middleware, store_errors_middleware],
+        middlewares=[api_middleware],
     )
     app[GATEWAY_KEY] = gateway
     app[INTAKE_KEY] = Intake(gateway)

@@ -84,16 +84,29 @@ def openapi_spec() -> dict[str, Any]:
                             "in": "header",
                             "required": False,
                             "schema": {"type": "string", "maxLength": 255},
-                        }
+                        },
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "description": "Hold the answer up to this long (e.g. 500ms, 2s; at most intake.max_wait) "
+                            "for the job's decisions: 200 when every recipient is decided within it, else 202",
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,6}(\\.[0-9]{1,3})?(ms|s)$"},
+                        },
                     ],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema}}},
                     "responses": {
+                        "200": _json(_ref("JobStatus"), "With `wait`: stored, and every recipient decided in time"),
                         "202": _json(_ref("Accepted"), "Accepted and stored"),
                         "400": _json(err, "Invalid job; `path` names the field"),
                         "401": _json(err, "Missing or unknown API key"),
                         "409": _json(err, "Idempotency-Key reused with a different body"),
                         "413": _json(err, "Body or recipient list over the configured limit"),
-                        "429": _json(err, "Too much in flight; retry after the Retry-After header"),
+                        "429": _json(
+                            err,
+                            "Too much in flight (recipients, queued jobs, or the oldest queued job's age); "
+                            "retry after the Retry-After header",
+                        ),
                         "503": _json(err, "Not accepting jobs (shutting down or store unavailable)"),
                     },
                 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import uuid
+import os
 from dataclasses import dataclass
 
 import msgspec
@@ -20,6 +20,30 @@ from gateway.pipeline import RunningJob
 from gateway.store import IdempotencyRecord, JobRecord, StoreBusy
 
 _json = msgspec.json.Encoder()
+
+
+class _Accepted(msgspec.Struct):
+    job_id: str | None = None
+
+
+_replayed = msgspec.json.Decoder(_Accepted)
+
+
+class _JobIds:
+    """Job ids: 128 random bits in hex, unguessable like uuid4's, with the randomness
+    read 4 KiB at a time (one system call per 256 jobs, not one each)."""
+
+    def __init__(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def next(self) -> str:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(4096), 0
+        self._at += 16
+        return self._pool[self._at - 16 : self._at].hex()
+
+
+_job_ids = _JobIds()
 log = logging.getLogger(__name__)
 
 
@@ -28,6 +52,7 @@ class Reply:
     status: int
     body: bytes
     headers: dict[str, str]
+    job_id: str | None = None  # the job accepted (or replayed)
 
 
 class Intake:
@@ -35,6 +60,7 @@ class Intake:
         self.gw = gateway
         # Same key in flight twice in this process: the second waits for the first's answer.
         self._inflight_keys: dict[str, asyncio.Future[None]] = {}
+        self._max_queue_age = seconds(gateway.config.intake.max_queue_age)
 
     async def submit(self, body: bytes, key_scope: str, idempotency_key: str | None) -> Reply:
         if not self.gw.accepting:
@@ -59,6 +85,17 @@ class Intake:
             del self._inflight_keys[key]
             done.set_result(None)
 
+    def _backlog(self) -> str | None:
+        """Why a new job would wait too long behind those already queued, if it would."""
+        assert self.gw.runner is not None
+        intake = self.gw.config.intake
+        jobs, age = self.gw.runner.backlog()
+        if jobs >= intake.max_queued_jobs:
+            return f"{jobs} jobs are waiting for a worker (limit {intake.max_queued_jobs}); retry later"
+        if age > self._max_queue_age:
+            return f"the oldest queued job has waited {age:.1f}s (limit {intake.max_queue_age}); retry later"
+        return None
+
     async def _accept(self, body: bytes, idempotency: tuple[str, str] | None) -> Reply:
         gw = self.gw
         try:
@@ -72,6 +109,9 @@ class Intake:
         # its own in-flight recipients when it takes jobs; otherwise this process runs the
         # job, and admits it here.
         held = 0 if gw.store.shared_queue else n
+        if held and (backlog := self._backlog()) is not None:
+            gw.metrics.jobs_rejected.inc("429")
+            return _error(429, "busy", backlog, retry_after=gw.config.intake.retry_after)
         if held and not gw.admission.try_acquire(held):
             gw.metrics.jobs_rejected.inc("429")
             return _error(
@@ -80,7 +120,7 @@ class Intake:
                 f"{gw.admission.inflight} recipients are in flight (limit {gw.admission.limit}); retry later",
                 retry_after=gw.config.intake.retry_after,
             )
-        job_id = uuid.uuid4().hex
+        job_id = _job_ids.next()
         now = gw.clock.now()
         response = {"job_id": job_id, "recipients": n}
         if accepted.warnings:
@@ -111,7 +151,7 @@ class Intake:
             return _error(
                 429,
                 "busy",
-                f"{exc.queued} recipients are queued and not yet taken (limit {gw.store.queue_limit}); retry later",
+                f"{exc}; retry later",
                 retry_after=gw.config.intake.retry_after,
             )
         except Exception as exc:
@@ -133,7 +173,7 @@ class Intake:
         assert gw.runner is not None
         if not gw.store.shared_queue:
             gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic()))
-        return Reply(202, reply_body, {"Location": f"/v1/jobs/{job_id}"})
+        return Reply(202, reply_body, {"Location": f"/v1/jobs/{job_id}"}, job_id)
 
 
 def _replay(existing: IdempotencyRecord, body_hash: str) -> Reply:
@@ -143,7 +183,8 @@ def _replay(existing: IdempotencyRecord, body_hash: str) -> Reply:
             "idempotency_key_reused",
             "this Idempotency-Key was used with a different body; use a new key for a new job",
         )
-    return Reply(existing.status, existing.response, {"Idempotent-Replayed": "true"})
+    job_id = _replayed.decode(existing.response).job_id if existing.status == 202 else None
+    return Reply(existing.status, existing.response, {"Idempotent-Replayed": "true"}, job_id)
 
 
 def _error(status: int, error: str, message: str, retry_after: int | None = None) -> Reply:

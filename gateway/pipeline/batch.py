@@ -29,6 +29,7 @@ class RunningJob:
     # batch run again (after a failed write, a crash, a takeover) does not send these.
     # (By recipient, then delivery id.)
     acks: dict[int, dict[str, Result]] = field(default_factory=dict)
+    finished: bool = False  # its last record closed it (`finish_job` done)
 
 
 class Batch:

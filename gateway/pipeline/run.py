@@ -54,6 +54,10 @@ class Pipeline(Stages):
         job = running.job
         n = len(job.recipients)
         window = Window(running.cursor, self._budgets(running), self.batch_size, job.routing != "first")
+        stopped = stopping is not None and stopping.is_set()
+        if 0 < n - running.cursor <= self.batch_size and not stopped:  # one batch (transactional): no task
+            await self._batch(running, window, window.start(running.cursor, n))
+            return await self._finished(running)
         tasks: list[asyncio.Task[None]] = []
         lo = running.cursor
         try:
@@ -76,10 +80,16 @@ class Pipeline(Stages):
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             raise failure
-        if running.cursor < n:
+        return await self._finished(running)
+
+    async def _finished(self, running: RunningJob) -> bool:
+        """Every batch has ended: True when the job is done (closed by its last record, or
+        here), False when it stopped early."""
+        if running.cursor < len(running.job.recipients):
             return False
         self.acklog.forget(running.id)
-        await self.store.finish_job(running.id, self.clock.now())
+        if not running.finished:
+            await self.store.finish_job(running.id, self.clock.now())
         return True
 
     def _budgets(self, running: RunningJob) -> dict[str, int]:
@@ -131,7 +141,10 @@ class Pipeline(Stages):
         writes = [self._channel(batch, window, span, name, ts, shares, answers) for name, ts in sending.items()]
         if quiet:
             writes.append(self._record(batch, window, span, *self._decided_on(batch, quiet), []))
-        await asyncio.gather(*writes)
+        if len(writes) == 1:  # one channel: no gather
+            await writes[0]
+        else:
+            await asyncio.gather(*writes)
         await self.refund(batch, granted)
 
     async def _channel(
@@ -190,18 +203,23 @@ class Pipeline(Stages):
         if cursor >= 0:
             self.acklog.drop(running.id, ids)
         span.inflight += 1
+        n = len(running.job.recipients)
         try:
+            # The job's last record closes it in the same write (a job of one batch makes
+            # two writes in all: accepted, and decided).
             await self.store.record_batch(
-                running.id, cursor, decisions, self.clock.now(), deferred, channels=running.job.channels
+                running.id, cursor, decisions, self.clock.now(), deferred, running.job.channels, finish=cursor == n
             )
         finally:
             span.inflight -= 1
+        running.finished = cursor == n
         self._stored(running, window, cursor)
         self._observe(running.id, decisions)
         if span.unissued == 0 and span.inflight == 0:
             reach, passed = window.complete(span)
             if reach > window.cursor:
-                await self.store.record_batch(running.id, reach, [], self.clock.now())
+                await self.store.record_batch(running.id, reach, [], self.clock.now(), finish=reach == n)
+                running.finished = reach == n
                 self._stored(running, window, reach)
             for done in passed:  # their decisions hold what their answers said
                 for i in range(done.lo, done.hi):
@@ -238,10 +256,12 @@ class Pipeline(Stages):
             running.cursor,
             len(job.recipients) - 1,
         )
-        await self.store.record_batch(running.id, len(job.recipients), decisions, at, channels=job.channels)
+        await self.store.record_batch(
+            running.id, len(job.recipients), decisions, at, channels=job.channels, finish=True
+        )
         running.cursor = len(job.recipients)
+        running.finished = True
         self._observe(running.id, decisions)
-        await self.store.finish_job(running.id, at)
 
     # -- deferred messages coming due ---------------------------------------------------
     async def release(self, running: RunningJob, items: Sequence[DeferredItem]) -> BatchOutcome:

@@ -8,9 +8,9 @@ from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store
 __all__ = ["DeferredItem", "IdempotencyRecord", "JobRecord", "Store", "StoreBusy", "StoreUnavailable", "make_store"]
 
 
-def make_store(config: StoreConfig, queue_limit: int = 0) -> Store:
-    """`queue_limit`: for a shared queue, the recipients accepted and not yet taken by any
-    process past which intake answers 429."""
+def make_store(config: StoreConfig, queue_limit: int = 0, queue_jobs: int = 0, queue_age: float = 0.0) -> Store:
+    """For a shared queue, the bounds past which intake answers 429: recipients and jobs
+    accepted and not yet taken by any process, and how long the oldest has waited (s)."""
     url = config.url
     if url.startswith("sqlite:"):
         from gateway.store.sqlite import SQLiteStore
@@ -23,6 +23,11 @@ def make_store(config: StoreConfig, queue_limit: int = 0) -> Store:
         from gateway.store.redis import RedisStore
 
         return RedisStore(
-            url, prefix=config.key_prefix, instance=config.instance or socket.gethostname(), queue_limit=queue_limit
+            url,
+            prefix=config.key_prefix,
+            instance=config.instance or socket.gethostname(),
+            queue_limit=queue_limit,
+            queue_jobs=queue_jobs,
+            queue_age=queue_age,
         )
     raise ConfigError([f"store.url: unsupported scheme in {url!r} (supported: sqlite:PATH, redis://HOST:PORT/DB)"])

@@ -71,12 +71,8 @@ class StoreUnavailable(Exception):
 
 
 class StoreBusy(Exception):
-    """A shared queue holds `queued` recipients no process has taken yet, and the job
-    would pass the bound: intake answers 429."""
-
-    def __init__(self, queued: int):
-        self.queued = queued
-        super().__init__(f"{queued} recipients are queued")
+    """A shared queue is past a bound (recipients or jobs not taken yet, or the age of the
+    oldest): intake answers 429 with the message."""
 
 
 class Store(abc.ABC):
@@ -126,12 +122,14 @@ class Store(abc.ABC):
         now: float,
         deferred: Sequence[DeferredItem] = (),
         channels: Sequence[str] = (),
+        finish: bool = False,
     ) -> None:
         """Store decisions and deferred messages of a job's recipients and, unless `cursor`
         is -1, advance its cursor, atomically. Acknowledgements of recipients before the
         cursor are forgotten in the same commit: their decisions hold what they said.
         `channels`: the job's channel order, which `decisions` pages follow (default: the
-        order channels first appear in)."""
+        order channels first appear in). `finish`: this is the job's last record, and
+        `finish_job` is done with it (in the same commit where the store can)."""
 
     @abc.abstractmethod
     async def record_acks(self, job_id: str, acks: Sequence[tuple[int, str, Result]]) -> None:

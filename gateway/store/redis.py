@@ -53,14 +53,25 @@ _json = msgspec.json.Encoder()
 CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
 
 # KEYS: idempotency key (or ''), job hash, body, open jobs zset, intake stream, queued
-# recipients counter. ARGV: idempotency record, its TTL ms, campaign, recipients,
-# warnings, created_at, body, job id, queue limit (0: none). Returns the existing
-# idempotency record, the number of queued recipients when the queue is full, or false.
+# recipients counter, queued jobs counter, id of the last entry taken. ARGV: idempotency
+# record, its TTL ms, campaign, recipients, warnings, created_at, body, job id, queue
+# limit (0: none), queued jobs limit, queue age limit in ms. Returns the existing
+# idempotency record, {what, how many} when the queue is full, or false.
 ACCEPT = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('GET', KEYS[1]) end
 local queued = tonumber(redis.call('GET', KEYS[6]) or '0')
 local limit = tonumber(ARGV[9])
-if limit > 0 and queued > 0 and queued + tonumber(ARGV[4]) > limit then return queued end
+if limit > 0 and queued > 0 and queued + tonumber(ARGV[4]) > limit then return {'recipients', queued} end
+local jobs = tonumber(redis.call('GET', KEYS[7]) or '0')
+if tonumber(ARGV[10]) > 0 and jobs >= tonumber(ARGV[10]) then return {'jobs', jobs} end
+if jobs > 0 and tonumber(ARGV[11]) > 0 then
+  local first = redis.call('XRANGE', KEYS[5], '(' .. (redis.call('GET', KEYS[8]) or '0-0'), '+', 'COUNT', 1)[1]
+  if first then
+    local t = redis.call('TIME')
+    local age = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(string.match(first[1], '^(%d+)'))
+    if age > tonumber(ARGV[11]) then return {'age_ms', age} end
+  end
+end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 redis.call('HSET', KEYS[2], 'campaign', ARGV[3], 'state', 'accepted', 'recipients', ARGV[4], 'cursor', 0,
            'warnings', ARGV[5], 'created_at', ARGV[6])
@@ -69,12 +80,13 @@ redis.call('ZADD', KEYS[4], ARGV[6], ARGV[8])
 local entry = redis.call('XADD', KEYS[5], '*', 'job', ARGV[8])
 redis.call('HSET', KEYS[2], 'entry', entry)
 redis.call('INCRBY', KEYS[6], ARGV[4])
+redis.call('INCR', KEYS[7])
 return false
 """
 
-# KEYS: intake stream, queued recipients counter. ARGV: group, consumer, count, key
-# prefix. Takes up to `count` new jobs: {job ids...}, or {false, last stream id} when
-# there are none (the id to wait after).
+# KEYS: intake stream, queued recipients counter, queued jobs counter, id of the last
+# entry taken. ARGV: group, consumer, count, key prefix. Takes up to `count` new jobs:
+# {job ids...}, or {false, last stream id} when there are none (the id to wait after).
 TAKE = """
 local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 local out = {}
@@ -84,8 +96,10 @@ if res then
     local job = ARGV[4] .. 'job:{' .. id .. '}'
     redis.call('HSET', job, 'owner', ARGV[2])
     redis.call('DECRBY', KEYS[2], tonumber(redis.call('HGET', job, 'recipients') or '0'))
+    redis.call('SET', KEYS[4], e[1])
     table.insert(out, id)
   end
+  if #out > 0 and tonumber(redis.call('DECRBY', KEYS[3], #out)) < 0 then redis.call('SET', KEYS[3], 0) end
 end
 if #out > 0 then return out end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -360,11 +374,19 @@ GROUP = "gateway"  # every process consumes the intake stream in this one group
 class RedisStore(Store):
     shared_queue = True
 
-    def __init__(self, url: str, prefix: str = "gw:", instance: str = "gateway", queue_limit: int = 0):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "gw:",
+        instance: str = "gateway",
+        queue_limit: int = 0,
+        queue_jobs: int = 0,
+        queue_age: float = 0.0,
+    ):
         self.url = url
         self.p = prefix
         self.instance = instance
-        self.queue_limit = queue_limit
+        self.queue_limit, self.queue_jobs, self.queue_age = queue_limit, queue_jobs, queue_age
         self.redis: aioredis.Redis | None = None
         self.stream = self._k("jobs")
         self._lease_ms = 6000
@@ -460,7 +482,16 @@ class RedisStore(Store):
         ttl_ms = max(1, int((idempotency.expires_at - now) * 1000)) if idempotency else 0
         existing = await self._call(
             self._accept,
-            [idem_key, keys[0], self._k(f"job:{{{job.id}}}", "body"), keys[8], self.stream, self._k("queued")],
+            [
+                idem_key,
+                keys[0],
+                self._k(f"job:{{{job.id}}}", "body"),
+                keys[8],
+                self.stream,
+                self._k("queued"),
+                self._k("queued", "jobs"),
+                self._k("queued", "taken"),
+            ],
             [
                 _pack(idempotency) if idempotency else b"",
                 ttl_ms,
@@ -471,11 +502,20 @@ class RedisStore(Store):
                 body,
                 job.id,
                 self.queue_limit,
+                self.queue_jobs,
+                int(self.queue_age * 1000),
             ],
         )
-        if isinstance(existing, int):
-            raise StoreBusy(existing)
+        if isinstance(existing, list):
+            raise StoreBusy(self._busy(existing[0].decode(), int(existing[1])))
         return _idem.decode(existing) if existing else None
+
+    def _busy(self, what: str, count: int) -> str:
+        if what == "recipients":
+            return f"{count} recipients are queued and not yet taken (limit {self.queue_limit})"
+        if what == "jobs":
+            return f"{count} jobs are queued and not yet taken (limit {self.queue_jobs})"
+        return f"the oldest queued job has waited {count / 1000:.1f}s (limit {self.queue_age:g}s)"
 
     @_unavailable_on_error
     async def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
@@ -507,7 +547,8 @@ class RedisStore(Store):
         for attempt in range(2):
             try:
                 raw = await self._take(
-                    keys=[self.stream, self._k("queued")], args=[GROUP, self.instance, count, self.p]
+                    keys=[self.stream, self._k("queued"), self._k("queued", "jobs"), self._k("queued", "taken")],
+                    args=[GROUP, self.instance, count, self.p],
                 )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -561,9 +602,12 @@ class RedisStore(Store):
         now: float,
         deferred: Sequence[DeferredItem] = (),
         channels: Sequence[str] = (),
+        finish: bool = False,
     ) -> None:
         args = [*self._decision_args(decisions, now, channels), *self._deferred_args(job_id, deferred), repr(now)]
         await self._call(self._record, self._job_keys(job_id), [job_id, cursor, *args])
+        if finish:  # its own script: FINISH reads what RECORD wrote (deferred messages)
+            await self.finish_job(job_id, now)
 
     async def count_retry(self, job_id: str, cursor: int) -> int:
         return int(await self._call(self._retry, [self._job_keys(job_id)[0]], [cursor]))

@@ -297,20 +297,25 @@ class SQLiteStore(Store):
         now: float,
         deferred: Sequence[DeferredItem] = (),
         channels: Sequence[str] = (),
+        finish: bool = False,
     ) -> None:
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> str | None:
             decision_rows.put(conn, job_id, decisions, now, channels)
             _write_deferred(conn, deferred)
-            if cursor < 0:
-                return
-            conn.execute(
-                "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
-                (cursor, job_id),
-            )
+            if finish:
+                return _close_job(conn, job_id, now)
+            if cursor >= 0:
+                conn.execute(
+                    "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
+                    (cursor, job_id),
+                )
+            return None
 
-        await self._write(write)
+        state = await self._write(write)
         if cursor >= 0:
             self.ackfile.passed(job_id, cursor)
+        if finish:
+            self._closed(job_id, state)
 
     async def count_retry(self, job_id: str, cursor: int) -> int:
         def write(conn: sqlite3.Connection) -> int:

@@ -331,3 +331,38 @@ async def test_redis_queue_take_hold_claim_and_bound(redis_url) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_redis_queue_bounds_jobs_and_the_age_of_the_oldest(redis_url) -> None:
+    """Jobs accepted and not yet taken by any process, and how long the oldest has
+    waited (the stream entry's own time, on Redis's clock), bound intake."""
+    import uuid
+
+    from gateway.store.base import StoreBusy
+    from gateway.store.redis import RedisStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    store = RedisStore(redis_url, prefix, instance="gw-a", queue_jobs=2, queue_age=0.2)
+    await store.open()
+    try:
+        await store.accept_job(record("j1"), b"{}", None, 1.0)
+        await store.accept_job(record("j2"), b"{}", None, 1.0)
+        with pytest.raises(StoreBusy, match=r"^2 jobs are queued and not yet taken \(limit 2\)$"):
+            await store.accept_job(record("j3"), b"{}", None, 1.0)
+        assert [j.id for j in await store.take_jobs(1, wait=0)] == ["j1"]
+        await store.accept_job(record("j3"), b"{}", None, 1.0)  # one was taken: room again
+
+        assert [j.id for j in await store.take_jobs(1, wait=0)] == ["j2"]
+
+        async def j3_is_old() -> bool:  # on Redis's clock, which stamped its entry
+            seconds, micros = await store.redis.time()
+            entry = (await store.redis.xrevrange(store.stream, count=1))[0][0]
+            return seconds * 1000 + micros // 1000 - int(entry.split(b"-")[0]) > 250
+
+        await until(j3_is_old, what="j3 waits past the age bound")
+        with pytest.raises(StoreBusy, match=r"^the oldest queued job has waited [0-9.]+s \(limit 0.2s\)$"):
+            await store.accept_job(record("j4"), b"{}", None, 1.0)
+        assert [j.id for j in await store.take_jobs(10, wait=0)]  # the queue empties ...
+        await store.accept_job(record("fresh"), b"{}", None, 1.0)  # ... and a job fits again
+    finally:
+        await store.close()
