@@ -618,6 +618,8 @@ class _Compiler:
         generic = self._general_path(expr)
         if len(getters) == 1:
             return _FORLOOP_LOOKUPS[keys[0]](generic)
+        if len(keys) == 2 and keys[0] == "parentloop":  # `forloop.parentloop.index` in nested loops
+            return _PARENTLOOP_LOOKUPS[keys[1]](generic)
 
         def lookup(scope: Scope) -> Any:
             obj = scope.get("forloop")
@@ -760,11 +762,12 @@ class _Loop:
             name=self.loop_name,
             it=_NO_ITEMS,
             length=length,
-            parentloop=parent if parent.__class__ is ForLoop else Undefined("parentloop"),
+            parentloop=parent if parent.__class__ is ForLoop else _NO_PARENT,
         )
         saved_item = scope.get(name, _ABSENT)
         scope["forloop"] = forloop
-        out = []
+        out: list[str] = []
+        append = out.append
         size, most = 0, self.output_limit or 0
         try:
             # ForLoop.__next__ only steps `_index`: setting it directly is the same loop
@@ -772,14 +775,20 @@ class _Loop:
                 forloop._index = index
                 scope[name] = item
                 text = body(scope)
-                out.append(text)
+                append(text)
                 if most:
                     size += len(text)
                     if size > most:  # characters: at least as many bytes
                         raise OverLimit("output")
-        finally:
-            _restore(scope, name, saved_item)
-            _restore(scope, "forloop", parent)
+        finally:  # the names as they were (inline: this runs once per loop, nested loops often)
+            if saved_item is _ABSENT:
+                scope.pop(name, None)
+            else:
+                scope[name] = saved_item
+            if parent is _ABSENT:
+                del scope["forloop"]
+            else:
+                scope["forloop"] = parent
         return "".join(out)
 
 
@@ -924,17 +933,20 @@ _FORLOOP_GETTERS: dict[str, Callable[[ForLoop], Any]] = {
 }
 
 
-def _forloop_lookup(source: str) -> Callable[[Eval], Eval]:
-    """`forloop.KEY` as one function (a lookup runs once per item per use, and in a loop
-    body a call is the main cost); a `forloop` that is not a loop goes the general way."""
+def _forloop_lookup(source: str, parent: bool = False) -> Callable[[Eval], Eval]:
+    """`forloop.KEY` (or `forloop.parentloop.KEY`) as one function (a lookup runs once per
+    item per use, and in a loop body a call is the main cost); a `forloop` that is not a
+    loop goes the general way."""
     namespace: dict[str, Any] = {"ForLoop": ForLoop}
+    step = "        f = f.parentloop\n        if f.__class__ is not ForLoop:\n            return generic(scope)\n"
     exec(  # the source is one of the fixed expressions above, never template text
         "def make(generic):\n"
         "    def lookup(scope):\n"
         "        f = scope.get('forloop')\n"
-        "        if f.__class__ is ForLoop:\n"
-        f"            return {source}\n"
-        "        return generic(scope)\n"
+        "        if f.__class__ is not ForLoop:\n"
+        "            return generic(scope)\n"
+        f"{step if parent else ''}"
+        f"        return {source}\n"
         "    return lookup\n",
         namespace,
     )
@@ -943,7 +955,9 @@ def _forloop_lookup(source: str) -> Callable[[Eval], Eval]:
 
 
 _FORLOOP_LOOKUPS = {key: _forloop_lookup(source) for key, source in _FORLOOP_EXPRESSIONS.items()}
+_PARENTLOOP_LOOKUPS = {key: _forloop_lookup(source, parent=True) for key, source in _FORLOOP_EXPRESSIONS.items()}
 _NO_ITEMS: Any = iter(())
+_NO_PARENT = Undefined("parentloop")  # an outermost loop's parentloop (Undefined is never changed)
 _ABSENT = object()
 
 

@@ -90,6 +90,10 @@ def _put_channel(
         _merge(conn, job_id, channel, rank, rows, decisions, counts)
 
 
+_DOWN_FROM = (
+    "SELECT first, last, decisions FROM decision_rows WHERE job_id = ? AND channel = ? AND first <= ? "
+    "ORDER BY first DESC"
+)
 _BELOW = (
     "SELECT first, last, decisions FROM decision_rows WHERE job_id = ? AND channel = ? AND first <= ? "
     "ORDER BY first DESC LIMIT 1"
@@ -102,18 +106,15 @@ def _rows_holding(
     """The channel's stored rows whose ranges hold any of `recipients` (sorted)."""
     found: dict[int, _Row] = {}
     lo, hi = recipients[0], recipients[-1]
-    if contiguous:  # one range: the row reaching into it from below, and those starting in it
-        candidates = (
-            conn.execute(_BELOW, (job_id, channel, lo)).fetchall()
-            + conn.execute(
-                "SELECT first, last, decisions FROM decision_rows WHERE job_id = ? AND channel = ? AND first > ? "
-                "AND first <= ?",
-                (job_id, channel, lo, hi),
-            ).fetchall()
-        )
-        for first, last, blob in candidates:
-            if last >= lo:
-                found[first] = _Row(first, last, _decode(blob))
+    if contiguous:  # one range: the rows starting in it, then the one reaching into it from below
+        rows = conn.execute(_DOWN_FROM, (job_id, channel, hi))
+        for first, last, blob in rows:  # the channel's ranges are disjoint: past lo, one more at most
+            if last < lo:
+                break
+            found[first] = _Row(first, last, _decode(blob))
+            if first < lo:
+                break
+        rows.close()  # a statement left pending would block some later writes (DROP TABLE)
         return list(found.values())
     covered = -1
     for r in recipients:  # scattered (released messages): the row holding each

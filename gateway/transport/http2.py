@@ -576,7 +576,8 @@ class Http2ClientConnection(Connection):
     def goaway_received(self, last_stream_id: int, code: int, debug: bytes) -> None:
         # Streams above the last one were not processed: they may go again elsewhere.
         detail = f"GOAWAY (error code {code}){': ' + debug.decode('utf-8', 'replace') if debug else ''}"
-        self.pool.forget(self)  # no new streams here: another connection may open
+        self.pool.retire(self)  # no new streams here: it drains, uncounted, and another may open
+        self.pool.wake()
         for stream_id in [sid for sid in self.streams if sid > last_stream_id]:
             stream = self.streams.pop(stream_id)
             self.blocked.pop(stream_id, None)
@@ -803,8 +804,8 @@ class Http2Pool:
         self.wake()  # they may open another
 
     def retire(self, connection: Http2ClientConnection) -> None:
-        """No new streams on it (its stream ids ran out): it finishes what it has and
-        closes; it no longer counts against `max_connections`."""
+        """No new streams on it (its stream ids ran out, or the server sent GOAWAY): it
+        finishes what it has and closes; it no longer counts against `max_connections`."""
         if connection in self.connections:
             self.connections.remove(connection)
             self.draining.add(connection)

@@ -198,6 +198,7 @@ async def test_requests_past_a_goaway_go_again_on_a_new_connection(serve) -> Non
     pool = await serve(origin)
     response = await pool.request(request(), b"{}", 10)
     assert response.status == 200 and len(origin.connections) == 2
+    assert len(pool.connections) == 1 and not pool.draining  # retired, drained, closed: never counted
 
 
 async def test_refused_streams_go_again_and_other_resets_fail(serve) -> None:

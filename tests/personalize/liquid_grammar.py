@@ -209,7 +209,21 @@ def _expression(names: tuple[str, ...]) -> st.SearchStrategy[str]:
     if "item" in local:
         choices.append(st.sampled_from(["item.name", "item.price", "item.size", "item.first"]))
     if any(n.startswith("loop") for n in local) or "item" in local:
-        choices.append(st.sampled_from(["forloop.index", "forloop.first", "forloop.last", "forloop.rindex0"]))
+        choices.append(
+            st.sampled_from(
+                [
+                    "forloop.index",
+                    "forloop.first",
+                    "forloop.last",
+                    "forloop.rindex0",
+                    "forloop.length",
+                    # in an outermost loop, parentloop is undefined: a missing value
+                    "forloop.parentloop.index",
+                    "forloop.parentloop.last",
+                    "forloop.parentloop.rindex",
+                ]
+            )
+        )
     return st.one_of(*choices)
 
 
