@@ -623,9 +623,11 @@ class _Compiler:
 
         def lookup(scope: Scope) -> Any:
             obj = scope.get("forloop")
+            if obj.__class__ is not ForLoop:
+                return generic(scope)
             for get in getters:
-                if obj.__class__ is not ForLoop:
-                    return generic(scope)
+                if obj.__class__ is not ForLoop:  # a lookup in an undefined parentloop
+                    raise _undefined_parent()
                 obj = get(obj)
             return obj
 
@@ -933,12 +935,18 @@ _FORLOOP_GETTERS: dict[str, Callable[[ForLoop], Any]] = {
 }
 
 
+def _undefined_parent() -> Missing:
+    return Missing("forloop.parentloop")
+
+
 def _forloop_lookup(source: str, parent: bool = False) -> Callable[[Eval], Eval]:
     """`forloop.KEY` (or `forloop.parentloop.KEY`) as one function (a lookup runs once per
     item per use, and in a loop body a call is the main cost); a `forloop` that is not a
     loop goes the general way."""
-    namespace: dict[str, Any] = {"ForLoop": ForLoop}
-    step = "        f = f.parentloop\n        if f.__class__ is not ForLoop:\n            return generic(scope)\n"
+    namespace: dict[str, Any] = {"ForLoop": ForLoop, "undefined_parent": _undefined_parent}
+    # An outermost loop's parentloop is undefined, and python-liquid fails a lookup *in* it
+    # at once (even in `assign`, where an undefined path would wait for a `default`).
+    step = "        f = f.parentloop\n        if f.__class__ is not ForLoop:\n            raise undefined_parent()\n"
     exec(  # the source is one of the fixed expressions above, never template text
         "def make(generic):\n"
         "    def lookup(scope):\n"

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
-    body BLOB NOT NULL,  -- empty since job_bodies: databases before it keep their bodies here
+    body BLOB NOT NULL,  -- bodies up to INLINE_BODY_BYTES; larger ones in job_bodies
     retry_cursor INTEGER NOT NULL DEFAULT -1,
     retries INTEGER NOT NULL DEFAULT 0
 );
@@ -89,6 +89,10 @@ _deferred_state = msgspec.msgpack.Decoder(DeferredState)
 # The WAL is truncated to this after each checkpoint: a burst cannot leave it huge, and a
 # disk near full gets its space back (`housekeep` also checkpoints with TRUNCATE).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+# A body this small stays in its job's row (one INSERT, not two): rewriting it with the
+# row at each cursor move costs less than the second statement. Larger ones go in
+# job_bodies (`job_body` reads either).
+INLINE_BODY_BYTES = 4096
 
 
 class SQLiteStore(Store):
@@ -247,10 +251,11 @@ class SQLiteStore(Store):
                     _json.encode(job.warnings).decode(),
                     job.created_at,
                     job.finished_at,
-                    b"",
+                    body if len(body) <= INLINE_BODY_BYTES else b"",
                 ),
             )
-            conn.execute("INSERT INTO job_bodies VALUES (?, ?)", (job.id, body))
+            if len(body) > INLINE_BODY_BYTES:
+                conn.execute("INSERT INTO job_bodies VALUES (?, ?)", (job.id, body))
             return None
 
         return await self._write(write)

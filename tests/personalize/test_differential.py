@@ -119,6 +119,14 @@ FOUND = [
     # an undefined value assigned flows on to `default` (python-liquid's own namespace
     # limit would have failed it on measuring it)
     ("{% assign n = attributes.nickname %}{{ n | default: 'friend' }}", False, {}, ("text", "friend")),
+    # a lookup in an outermost loop's parentloop fails at once in python-liquid, even in
+    # `assign` (where an undefined path waits for a `default`)
+    (
+        "{% for i in (1..3) %}{% assign a = forloop.parentloop.index %}{{ a | default: 'x' }}{% endfor %}",
+        False,
+        {},
+        ("missing", ""),
+    ),
     # a boolean argument crashed compilation
     ("{{ attributes.n | plus: true }}", False, {"n": 1}, ("text", "2")),
     # python-liquid's limited output buffer turned \r into \n

@@ -366,3 +366,14 @@ async def test_redis_queue_bounds_jobs_and_the_age_of_the_oldest(redis_url) -> N
         await store.accept_job(record("fresh"), b"{}", None, 1.0)  # ... and a job fits again
     finally:
         await store.close()
+
+
+async def test_small_and_large_bodies_come_back_whole(store) -> None:
+    """A small body stays in its job's row (the embedded store), a large one apart: both
+    come back byte for byte, through any cursor move."""
+    small, large = b'{"campaign": "c"}', b'{"x": "' + b"y" * 10_000 + b'"}'
+    await store.accept_job(record("small"), small, None, 1.0)
+    await store.accept_job(record("large"), large, None, 1.0)
+    await store.record_batch("small", 1, [], 2.0)
+    assert await store.job_body("small") == small
+    assert await store.job_body("large") == large
