@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence, Sized
 from functools import partial
 from typing import Any
@@ -82,11 +81,13 @@ from liquid.limits import to_int
 from liquid.stringify import to_liquid_string
 from liquid.template import BoundTemplate
 from liquid.undefined import StrictDefaultUndefined
+from liquid.undefined import Undefined as LiquidUndefined
 from markupsafe import escape
 
 from gateway.personalize.blank import BLANK, guard_path, is_blank
 from gateway.personalize.fastfilters import SLOW, fast_filter
 from gateway.personalize.filters import default as default_filter
+from gateway.personalize.namespace import size_of
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]
@@ -123,6 +124,16 @@ class Undefined:
 
 def _liquid(value: Any) -> Any:
     return value.liquid() if isinstance(value, Undefined) else value
+
+
+def _ours(value: Any) -> Any:
+    """A filter's result: python-liquid's undefined (`default` returning an undefined
+    argument, `first` of nothing) back as ours, which the closures test with `__class__`
+    (a strict one raises on that)."""
+    if not issubclass(type(value), LiquidUndefined):
+        return value
+    name, hint = value.name, value.hint or "is undefined"
+    return Undefined(name, hint.removeprefix(f"{name} ") if hint.startswith(f"{name} ") else hint)
 
 
 class Unsupported(Exception):
@@ -426,8 +437,8 @@ class _Compiler:
             def apply_one(scope: Scope) -> Any:
                 v = value(scope)
                 a = arg(scope)
-                return func(
-                    v.liquid() if v.__class__ is Undefined else v, a.liquid() if a.__class__ is Undefined else a
+                return _ours(
+                    func(v.liquid() if v.__class__ is Undefined else v, a.liquid() if a.__class__ is Undefined else a)
                 )
 
             return apply_one
@@ -440,7 +451,7 @@ class _Compiler:
                 return args[0] if args else kwargs.get("default_", "")  # StrictDefaultUndefined's `default`
             # An undefined value or argument goes in as python-liquid's own, and fails (or
             # not) where python-liquid's filter touches it.
-            return func(_liquid(v), *map(_liquid, args), **{k: _liquid(a) for k, a in kwargs.items()})
+            return _ours(func(_liquid(v), *map(_liquid, args), **{k: _liquid(a) for k, a in kwargs.items()}))
 
         return apply
 
@@ -466,7 +477,7 @@ class _Compiler:
             all_kwargs = {**kwargs, **env_kwargs}
 
             def apply_default_general(scope: Scope) -> Any:
-                return func(_liquid(value(scope)), *args, **all_kwargs)
+                return _ours(func(_liquid(value(scope)), *args, **all_kwargs))
 
             return apply_default_general
         all_kwargs = {**kwargs, **env_kwargs}
@@ -479,7 +490,7 @@ class _Compiler:
                 r = quick(v)
                 if r is not SLOW:
                     return r
-                return slow_quick(_liquid(v), *args)
+                return _ours(slow_quick(_liquid(v), *args))
 
             return apply_quick
         inner = func.__wrapped__ if getattr(func, "__code__", None) is _STRING_WRAPPER_CODE else None
@@ -492,12 +503,12 @@ class _Compiler:
                 v = value(scope)
                 if v.__class__ is str:
                     return fast(v, *args)
-                return slow(_liquid(v), *args)
+                return _ours(slow(_liquid(v), *args))
 
             return apply_string
 
         def apply_any(scope: Scope) -> Any:
-            return slow(_liquid(value(scope)), *args)
+            return _ours(slow(_liquid(value(scope)), *args))
 
         return apply_any
 
@@ -823,7 +834,8 @@ def _account(scope: Scope, name: str, value: Any, limit: int) -> None:
     sizes = scope.get(_NAMESPACE)
     if sizes is None:
         sizes = scope[_NAMESPACE] = {None: 0}
-    size = 1 if value.__class__ is Undefined else sys.getsizeof(value, 1)  # as namespace.size_of
+    # ours, or python-liquid's (a filter's undefined argument, as `default` may return it)
+    size = 1 if type(value) is Undefined else size_of(value)  # type(): a strict one raises on __class__
     total = sizes[None] + size - sizes.get(name, 0)
     sizes[name] = size
     sizes[None] = total

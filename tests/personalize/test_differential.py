@@ -127,6 +127,10 @@ FOUND = [
         {},
         ("missing", ""),
     ),
+    # `default` handing back an undefined argument: python-liquid's undefined, assigned,
+    # then measured or defaulted (the closures read its class, which raises on a strict one)
+    ("{% assign a = '' | default: attributes.first_name %}{{ a | default: 'x' }}", False, {}, ("text", "x")),
+    ("{% assign a = '' | default: attributes.first_name %}.", False, {}, ("text", ".")),
     # a boolean argument crashed compilation
     ("{{ attributes.n | plus: true }}", False, {"n": 1}, ("text", "2")),
     # python-liquid's limited output buffer turned \r into \n
@@ -144,3 +148,19 @@ def test_found_differences_stay_fixed(source: str, html: bool, attributes: dict[
     check(source, html, [scope])
     compiled, _ = pair(source, html)
     assert outcome(compiled, dict(scope)) == expected
+
+
+def test_a_date_keeps_its_own_zone_where_python_liquids_cache_would_not() -> None:
+    """The one place we follow python-liquid's documented semantics rather than its output:
+    its `_to_date` is an lru_cache keyed by value, and aware datetimes are equal by instant,
+    so the same instant in two zones, one after the other, renders the second in the
+    first's zone there. `date` formats the date it is given; the compiled path does, and
+    the fuzzer's datetimes are distinct instants so it never meets the quirk."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    field = _compile("{{ attributes.d | date: '%H:%M %z' }}", "$.t", 10**6, ENV)
+    utc = datetime(2026, 11, 27, 18, 4, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    assert field.fast is not None
+    assert field.call({"attributes": {"d": utc}}) == "18:04 +0000"
+    assert field.call({"attributes": {"d": paris}}) == "19:04 +0100"
