@@ -771,28 +771,28 @@ class _Loop:
                 enclosing = enclosing.parentloop
             if iterations > self.loop_limit:
                 raise OverLimit("loop iterations")
-        forloop = ForLoop(
-            name=self.loop_name,
-            it=_NO_ITEMS,
-            length=length,
-            parentloop=parent if parent.__class__ is ForLoop else _NO_PARENT,
-        )
+        forloop = ForLoop(self.loop_name, _NO_ITEMS, length, parent if parent.__class__ is ForLoop else _NO_PARENT)
         saved_item = scope.get(name, _ABSENT)
         scope["forloop"] = forloop
         out: list[str] = []
         append = out.append
-        size, most = 0, self.output_limit or 0
+        size, most = 0, self.output_limit
         try:
             # ForLoop.__next__ only steps `_index`: setting it directly is the same loop
-            for index, item in enumerate(seq):
-                forloop._index = index
-                scope[name] = item
-                text = body(scope)
-                append(text)
-                if most:
+            if most:
+                for index, item in enumerate(seq):
+                    forloop._index = index
+                    scope[name] = item
+                    text = body(scope)
+                    append(text)
                     size += len(text)
                     if size > most:  # characters: at least as many bytes
                         raise OverLimit("output")
+            else:
+                for index, item in enumerate(seq):
+                    forloop._index = index
+                    scope[name] = item
+                    append(body(scope))
         finally:  # the names as they were (inline: this runs once per loop, nested loops often)
             if saved_item is _ABSENT:
                 scope.pop(name, None)
