@@ -248,3 +248,26 @@ async def test_three_processes_racing_jobs_never_exceed_a_cap(tmp_path, redis_ur
     )
     assert promo["ana"] <= 3 and promo["ben"] <= 3
     assert all(per_user[f"solo-{n}"] == 1 for n in range(18))
+
+
+async def test_wait_answers_from_whichever_gateway_ran_the_job(start, tmp_path, redis_url) -> None:
+    """A shared queue: the job may run in the other process; the waiting one reads its
+    decisions from the store. A job whose messages are deferred is decided too (`waiting`)."""
+    import json
+
+    Provider.received = []
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    clock = FakeClock(at("2026-11-28T12:00:00Z"))
+    a = await start(redis_config(tmp_path, redis_url, prefix, **quiet()), clock=clock, extra_plugins=(Providers(),))
+    await start(redis_config(tmp_path, redis_url, prefix, **quiet()), clock=clock, extra_plugins=(Providers(),))
+    for n in range(4):
+        async with a.http.post("/v1/jobs?wait=10s", data=json.dumps(push_job([f"u{n}"]))) as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+            assert body["state"] == "completed" and [d["outcome"] for d in body["decisions"]] == ["sent"]
+    clock.t = at("2026-11-28T22:30:00Z")  # quiet hours in Paris: deferred, and decided
+    async with a.http.post("/v1/jobs?wait=10s", data=json.dumps(push_job(["late"]))) as r:
+        assert r.status == 200
+        body = await r.json()
+        assert body["state"] == "waiting"
+        assert [(d["outcome"], d["reason"]) for d in body["decisions"]] == [("deferred", "quiet_hours")]
