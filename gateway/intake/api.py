@@ -19,7 +19,7 @@ from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
 from gateway.model.address import opt_out_key
 from gateway.model.decision import OUTCOMES
-from gateway.store import StoreUnavailable
+from gateway.store import JobRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -182,13 +182,16 @@ async def _job_when_decided(gw: Gateway, job_id: str, wait: float) -> dict[str, 
             await asyncio.wait_for(asyncio.shield(runner.watch(job_id)), wait)
         except TimeoutError:
             return None
+        record = await gw.store.get_job(job_id)
     else:  # a shared queue: whichever process takes it records it in the store
         deadline = asyncio.get_running_loop().time() + wait
         while (record := await gw.store.get_job(job_id)) is not None and record.state not in DECIDED:
             if asyncio.get_running_loop().time() >= deadline:
                 return None
             await asyncio.sleep(0.05)
-    return await job_view(gw, job_id, 0, 100, decided_only=True)
+    if record is None or record.state not in DECIDED:  # stopped with the process: it resumes later
+        return None
+    return await job_view(gw, record, 0, 100)
 
 
 async def read_body(request: web.Request) -> bytes | web.Response:
@@ -282,22 +285,16 @@ async def get_job(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", 100)
     if offset is None or limit is None or offset < 0 or not 1 <= limit <= MAX_PAGE:
         return error(400, "invalid_query", f"offset must be an integer >= 0 and limit one between 1 and {MAX_PAGE}")
-    body = await job_view(gw, job_id, offset, limit)
-    if body is None:
-        return error(404, "not_found", f"no job {job_id}")
-    return json_response(200, body)
-
-
-async def job_view(
-    gw: Gateway, job_id: str, offset: int, limit: int, decided_only: bool = False
-) -> dict[str, object] | None:
-    """A job's state, counts and a page of its decisions (None: no such job, or with
-    `decided_only` one whose recipients are not all decided yet)."""
     record = await gw.store.get_job(job_id)
-    if record is None or (decided_only and record.state not in DECIDED):
-        return None
-    counts = await gw.store.outcome_counts(job_id)
-    decisions = await gw.store.decisions(job_id, offset, limit)
+    if record is None:
+        return error(404, "not_found", f"no job {job_id}")
+    return json_response(200, await job_view(gw, record, offset, limit))
+
+
+async def job_view(gw: Gateway, record: JobRecord, offset: int, limit: int) -> dict[str, object]:
+    """A job's state, counts and a page of its decisions."""
+    counts = await gw.store.outcome_counts(record.id)
+    decisions = await gw.store.decisions(record.id, offset, limit)
     return {
         "job_id": record.id,
         "campaign": record.campaign,

@@ -204,15 +204,16 @@ class Pipeline(Stages):
             self.acklog.drop(running.id, ids)
         span.inflight += 1
         n = len(running.job.recipients)
+        # The job's last record closes it in the same write (a job of one batch makes two
+        # writes in all: accepted, and decided).
+        last = cursor == n
         try:
-            # The job's last record closes it in the same write (a job of one batch makes
-            # two writes in all: accepted, and decided).
             await self.store.record_batch(
-                running.id, cursor, decisions, self.clock.now(), deferred, running.job.channels, finish=cursor == n
+                running.id, cursor, decisions, self.clock.now(), deferred, running.job.channels, finish=last
             )
         finally:
             span.inflight -= 1
-        running.finished = cursor == n
+        running.finished = last
         self._stored(running, window, cursor)
         self._observe(running.id, decisions)
         if span.unissued == 0 and span.inflight == 0:
