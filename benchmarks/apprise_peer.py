@@ -50,7 +50,8 @@ class Receivers:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.testing.webhook",
+            "gateway.testing.receive",
+            "--count",
             "--unsigned",
             "--smtp",
             stdout=asyncio.subprocess.PIPE,

@@ -50,7 +50,7 @@ async def run(total: int, per_job: int, gateways: int = 1, redis_url: str | None
     secret, api_key = new_secret(), secrets.token_urlsafe(16)
     env = dict(os.environ, WEBHOOK_SECRET=secret, GATEWAY_DEMO_SPEAKER_SECRET=secret, GATEWAY_DEMO_API_KEY=api_key)
     receiver, receiver_url = await spawn(
-        sys.executable, "-m", "gateway.testing.webhook", env=env, ready="webhook receiver on"
+        sys.executable, "-m", "gateway.testing.receive", "--count", env=env, ready="webhook receiver on"
     )
     state: dict[str, float] = {"received": 0, "duplicates": 0, "rejected": 0, "at": 0.0}
     follower = asyncio.create_task(_follow(receiver, state))

@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 from gateway.channel import Channel
+from gateway.checkconfig import references
 from gateway.clock import Clock
-from gateway.config import GatewayConfig, seconds
+from gateway.config import ConfigError, GatewayConfig, seconds
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.loader import channel_classes, configure_channels, plugin_manager
 from gateway.metrics import Metrics
@@ -37,7 +38,12 @@ class Gateway:
         self.config = config
         self.clock = clock or Clock()
         self.pm = plugin_manager(config, extra_plugins)
-        self.channel_specs = configure_channels(config, channel_classes(self.pm))
+        classes = channel_classes(self.pm)
+        if problems := references(config, classes):  # a typo would switch a rule off silently
+            raise ConfigError(problems)
+        self.channel_specs = configure_channels(config, classes)
+        # The subscription groups jobs may name: those of every installed channel.
+        self.subscription_groups = frozenset(cls.subscription_group for cls in classes.values())
         self.store = store or make_store(
             config.store,
             queue_limit=config.intake.max_inflight_recipients,
@@ -48,6 +54,8 @@ class Gateway:
         self.metrics = Metrics(
             queue_depth=lambda: self.admission.inflight,
             template_cache=lambda: {("hit",): CACHE.hits, ("miss",): CACHE.misses},
+            jobs_queued=lambda: self.runner.backlog() if self.runner is not None else (0, 0.0),
+            breakers=lambda: self.pipeline.dispatcher.breaker_gauge() if self.runner is not None else {},
         )
         self.policy = load_policy(config)
         self.channels: dict[str, Channel] = {}
@@ -86,6 +94,7 @@ class Gateway:
         if self.run_background:
             self._tasks = [
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                asyncio.create_task(self._provider_summaries(), name="provider-summaries"),
                 asyncio.create_task(self.scheduler.loop(), name="scheduler"),
                 asyncio.create_task(self._take_over_orphans(), name="takeover"),
             ]
@@ -149,6 +158,13 @@ class Gateway:
                 log.exception("housekeeping")
             await asyncio.sleep(every)
 
+    async def _provider_summaries(self) -> None:
+        """Provider trouble, one line per provider and interval (not one per message)."""
+        every = seconds(self.config.logging.provider_summary)
+        while True:
+            await asyncio.sleep(every)
+            self.pipeline.dispatcher.trouble.flush(every)
+
     async def _resume(self) -> None:
         """Jobs accepted before a crash or a stop carry on from their stored cursor.
         Recipients before the cursor have their decisions stored and are not sent again."""
@@ -163,6 +179,7 @@ class Gateway:
         if self.runner is not None:
             await self.runner.stop(seconds(self.config.server.shutdown_timeout))
             await self.pipeline.acklog.drain()
+            self.pipeline.dispatcher.trouble.flush(seconds(self.config.logging.provider_summary))
         for channel in self.channels.values():
             try:
                 await channel.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -34,30 +34,27 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
-    return load_config(args.config)
+    """The config, checked whole (every problem in one report), for commands that run it."""
+    from gateway.checkconfig import check_config
+
+    return check_config(args.config)[0]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.logs import configure_logging
     from gateway.server import serve
 
-    run(serve(_config(args), args.host, args.port))
+    config = _config(args)
+    configure_logging(config.logging, args.verbose)
+    run(serve(config, args.host, args.port))
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.loader import channel_classes, configure_channels, plugin_manager
-    from gateway.store import make_store
+    from gateway.checkconfig import check_config
 
     path = args.file or args.config
-    config = load_config(path)
-    try:
-        from gateway.policy.engine import load_policy
-
-        make_store(config.store)
-        load_policy(config)
-        configured = configure_channels(config, channel_classes(plugin_manager(config)))
-    except ConfigError as exc:
-        raise ConfigError(exc.problems, str(path or "built-in defaults")) from None
+    _, configured = check_config(path)
     print(
         f"{path or 'built-in defaults'}: OK ({len(configured)} channel(s) configured: "
         f"{', '.join(sorted(configured)) or 'none'})"
@@ -68,7 +65,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from gateway.loader import channel_classes, configure_channels, describe, plugin_manager
 
-    config = _config(args)
+    config = load_config(args.config)
     pm = plugin_manager(config)
     classes = channel_classes(pm)
     try:
@@ -122,19 +119,23 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
     from gateway.intake.validate import JobError, accept_job
     from gateway.loader import channel_classes, configure_channels, plugin_manager
     from gateway.policy.engine import load_policy
-    from gateway.preview import OverRenderLimit, preview, table
+    from gateway.preview import OverRenderLimit, mark_not_configured, preview, stand_in, table
 
     try:
         body = Path(job_path).read_bytes()
     except OSError as exc:
         print(f"{job_path}: {exc.strerror}", file=sys.stderr)
         return 2
-    specs = configure_channels(config, channel_classes(plugin_manager(config)))
+    classes = channel_classes(plugin_manager(config))
+    specs = configure_channels(config, classes)
     policy = load_policy(config)
     channels = {name: await cls.create(cfg) for name, (cls, cfg) in specs.items()}
+    # Installed but not configured here: policy is still worth seeing (a stand-in each).
+    stand_ins = {name: stand_in(cls) for name, cls in classes.items() if name not in channels}
+    groups = frozenset(cls.subscription_group for cls in classes.values())
     try:
         try:
-            accepted = accept_job(body, config.limits, channels)
+            accepted = accept_job(body, config.limits, {**channels, **stand_ins}, groups)
         except JobError as exc:
             print(f"{job_path}: {exc.status}: {exc.path}: {exc.message}", file=sys.stderr)
             return 1
@@ -142,7 +143,9 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         try:
             check = store.check_caps if store is not None else None
             try:
-                result = await preview(accepted, channels, policy, now if now is not None else time.time(), check)
+                everything = {**channels, **stand_ins}
+                result = await preview(accepted, everything, policy, now if now is not None else time.time(), check)
+                mark_not_configured(result, set(stand_ins) & set(accepted.job.channels))
             except OverRenderLimit as exc:
                 print(f"{job_path}: 400: {exc.path}: {exc.message}", file=sys.stderr)
                 return 1
@@ -156,6 +159,32 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
         print(msgspec.json.format(msgspec.json.encode(result)).decode())
     else:
         print(table(result))
+    return 0
+
+
+def cmd_fakes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.testing import local
+
+    directory = Path(args.dir)
+    if args.stop:
+        stopped = local.stop_background(directory)
+        print("local providers stopped" if stopped else f"no local providers running from {directory}")
+        return 0
+    if args.foreground:
+        return run(local.run(directory, args.url)) or 0
+    try:
+        pid = local.start_in_background(directory, args.url)
+    except RuntimeError as exc:
+        print(f"gateway fakes: {exc}", file=sys.stderr)
+        return 1
+    config = directory / "gateway.toml"
+    print(
+        f"local providers running (pid {pid}, log {directory / 'fakes.log'}); config written to {config}\n"
+        f"  serve with: GATEWAY_CONFIG={config} .venv/bin/gateway serve\n"
+        f"  stop with:  .venv/bin/gateway fakes --stop"
+    )
     return 0
 
 
@@ -188,6 +217,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the complete preview as JSON")
     s.add_argument("--now", help="evaluate at this instant (RFC 3339, e.g. 2026-11-28T12:00:00Z)")
     s.set_defaults(fn=cmd_preview)
+    s = sub.add_parser("fakes", help="start local providers (APNs, FCM, SMTP, webhook) and write a config for them")
+    s.add_argument("--dir", default="data/fakes", help="where the config, keys and log go (default data/fakes)")
+    s.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's URL, for unsubscribe links")
+    s.add_argument("--foreground", action="store_true", help="stay in the terminal, printing what arrives")
+    s.add_argument("--stop", action="store_true", help="stop the providers started in the background")
+    s.set_defaults(fn=cmd_fakes)
     s = sub.add_parser("demo", help="run the gateway against local receivers with the example jobs")
     s.add_argument(
         "--recipients", type=int, default=5000, help="size of the synthetic throughput job (default 5000; 0 to skip)"
@@ -197,10 +232,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.logs import configure_logging
+    from gateway.server import StartError
+
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(verbose=args.verbose)
     try:
         return args.fn(args)
     except ConfigError as exc:
@@ -208,5 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `gateway preview job.json | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,8 @@ in `Secret`, whose repr never shows the value.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import functools
 import os
 import re
@@ -21,7 +23,15 @@ import msgspec
 DEFAULT_PATH = Path("config/gateway.toml")
 ENV_VAR = "GATEWAY_CONFIG"
 
-Duration = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)$")]
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)$"
+TIME_OF_DAY_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+Duration = Annotated[str, msgspec.Meta(pattern=DURATION_PATTERN)]
+TimeOfDay = Annotated[str, msgspec.Meta(pattern=TIME_OF_DAY_PATTERN)]
+# What each pattern means, for people: check-config says this instead of the regex.
+_PATTERN_WORDS = {
+    DURATION_PATTERN: "a duration such as 500ms, 30s, 15m, 24h or 7d",
+    TIME_OF_DAY_PATTERN: "a time of day as HH:MM, 00:00 to 23:59",
+}
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -160,8 +170,8 @@ class DeliveryConfig(_Section):
 
 class QuietHoursConfig(_Section):
     enabled: bool = True
-    start: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "21:00"
-    end: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "08:00"
+    start: TimeOfDay = "21:00"
+    end: TimeOfDay = "08:00"
     channels: list[str] = msgspec.field(default_factory=lambda: ["push", "speaker"])  # names, "push", "any"
     action: Literal["defer", "drop", "ignore"] = "defer"
     fallback_timezone: str = "UTC"  # for recipients without a valid IANA zone
@@ -180,6 +190,14 @@ class PluginsConfig(_Section):
     disable: list[str] = []
 
 
+class LoggingConfig(_Section):
+    format: Literal["text", "json"] = "text"  # json: one object per line, with each line's fields
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # Provider trouble (failures by provider and reason) is summarised once per interval,
+    # never logged per message.
+    provider_summary: Duration = "60s"
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -190,6 +208,7 @@ class GatewayConfig(_Section):
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     quiet_hours: QuietHoursConfig = msgspec.field(default_factory=QuietHoursConfig)
     schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     # Frequency caps, as [[caps]] tables; see config/gateway.toml.
     caps: list[Any] = []
     # One table per channel, checked against that channel's own Config Struct once the
@@ -198,16 +217,16 @@ class GatewayConfig(_Section):
 
 
 def struct_problems(data: Any, struct: type[msgspec.Struct], path: str) -> list[str]:
-    """Every problem in `data` for `struct`, each with its dotted key path.
+    """Every problem in `data` for `struct`, each with its dotted key path, in words.
 
     msgspec stops at the first error, so walk the Struct's fields and convert each one on
     its own; nested Structs (and dicts of Structs) are walked the same way.
     """
     if not isinstance(data, dict):
-        return [f"{path or '(top level)'}: expected a table, got {type(data).__name__}"]
+        return [f"{path or '(top level)'}: expected a table, got {_kind(data)}"]
     info = msgspec.inspect.type_info(struct)
     fields = {f.encode_name: f for f in info.fields}  # type: ignore[attr-defined]
-    problems = [f"{_join(path, key)}: unknown key" for key in data if key not in fields]
+    problems = [f"{_join(path, key)}: unknown key{unknown_hint(key, fields)}" for key in data if key not in fields]
     for name, field in fields.items():
         key_path = _join(path, name)
         if name not in data:
@@ -228,8 +247,23 @@ def struct_problems(data: Any, struct: type[msgspec.Struct], path: str) -> list[
             try:
                 msgspec.convert(value, _hints(struct)[field.name])
             except msgspec.ValidationError as exc:
-                problems.append(f"{key_path}: {_plain(exc)}")
+                problems.append(explain(exc, key_path, value, ftype))
     return problems
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """` (did you mean 'speaker'?)` for a near miss among `choices`, else ``."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_hint(word: str, choices: Any) -> str:
+    """A did-you-mean, else the allowed names when there are few of them."""
+    hint = did_you_mean(word, choices)
+    names = sorted(str(c) for c in choices)
+    if not hint and 0 < len(names) <= 12:
+        return f" (allowed: {', '.join(names)})"
+    return hint
 
 
 @functools.cache
@@ -241,9 +275,67 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _plain(exc: msgspec.ValidationError) -> str:
-    # "Expected `int`, got `str` - at `$[0]`" -> the part that helps an operator.
-    return str(exc).split(" - at ")[0]
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a table",
+    "null": "nothing",
+}
+
+
+def explain(exc: msgspec.ValidationError, path: str, value: Any, ftype: Any) -> str:
+    """msgspec's message for an operator: the formats and allowed values in words, the
+    value that was given, the key path down to a list item."""
+    message, _, where = str(exc).partition(" - at ")
+    sub = where.strip("`").removeprefix("$")
+    if sub:  # inside a list or table: that item's path and value
+        path += sub
+        value = _at(value, sub)
+    got = f", got {_show(value)}"
+    if m := re.fullmatch(r"Expected `\w+` matching regex '(.*)'", message):
+        pattern = m.group(1).replace("\\\\", "\\")  # msgspec doubles the backslashes
+        return f"{path}: expected {_PATTERN_WORDS.get(pattern, f'text matching {pattern}')}{got}"
+    if message.startswith("Invalid enum value"):
+        allowed = _literals(ftype)
+        listed = ", ".join(repr(a) for a in allowed)
+        return f"{path}: expected one of {listed}{got}{did_you_mean(str(value), allowed)}"
+    if m := re.fullmatch(r"Expected `([\w |]+)`(?:, got `\w+`)?(.*)", message):
+        kinds = [_TYPE_WORDS.get(t, t) for t in m.group(1).split(" | ") if t != "null"]
+        return f"{path}: expected {' or '.join(kinds)}{m.group(2)}{got}"
+    return f"{path}: {message}"
+
+
+def _at(value: Any, sub: str) -> Any:
+    for part in re.findall(r"\[(\d+)\]|\.(\w+)", sub):
+        try:
+            value = value[int(part[0])] if part[0] else value[part[1]]
+        except (LookupError, TypeError, ValueError):
+            return value
+    return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "true/false"}.get(type(value), type(value).__name__)
+
+
+def _literals(ftype: Any) -> list[Any]:
+    """The values a Literal field (or a list or union of Literals) allows."""
+    if isinstance(ftype, msgspec.inspect.LiteralType):
+        return list(ftype.values)
+    for inner in getattr(ftype, "types", ()) or (getattr(ftype, "item_type", None), getattr(ftype, "value_type", None)):
+        if inner is not None and (found := _literals(inner)):
+            return found
+    return []
 
 
 def convert_section(data: Any, struct: type[msgspec.Struct], path: str) -> Any:
@@ -261,21 +353,65 @@ def default_path() -> Path | None:
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
 
 
-def load_config(path: str | Path | None = None) -> GatewayConfig:
-    path = Path(path) if path is not None else default_path()
-    if path is None:
-        return GatewayConfig()
+def read_config(path: Path) -> dict[str, Any]:
+    """The file's TOML as a dict, or ConfigError (it cannot be read, or is not TOML)."""
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+
+
+def load_config(path: str | Path | None = None) -> GatewayConfig:
+    """The file's sections as Structs, or ConfigError naming every bad key. What refers to
+    plugins and other sections is checked by `gateway.checkconfig.check_config`."""
+    path = Path(path) if path is not None else default_path()
+    if path is None:
+        return GatewayConfig()
+    data = read_config(path)
     try:
-        config = convert_section(data, GatewayConfig, "")
+        return convert_section(data, GatewayConfig, "")
     except ConfigError as exc:
         raise ConfigError(exc.problems, str(path)) from None
-    return config
+
+
+def usable_part(data: dict[str, Any], problems: list[str]) -> GatewayConfig:
+    """The config without its bad keys (left at their defaults), so the checks that need a
+    config (plugins, policy, channels) still run and report in the same round."""
+    try:
+        return msgspec.convert(without_problems(data, problems), GatewayConfig)
+    except msgspec.ValidationError:  # a bad key that cannot be left out: its whole section
+        bad = {re.split(r"[.\[:]", problem, maxsplit=1)[0] for problem in problems}
+        return msgspec.convert({k: v for k, v in data.items() if k not in bad}, GatewayConfig)
+
+
+def without_problems(data: dict[str, Any], problems: list[str], prefix: str = "") -> dict[str, Any]:
+    """A copy of `data` without the keys `problems` name (paths under `prefix`)."""
+    pruned = copy.deepcopy(data)
+    for problem in reversed(problems):  # list items from the last: earlier indexes hold
+        path = problem.split(": ", 1)[0]
+        if prefix:
+            if not path.startswith(prefix + "."):
+                continue
+            path = path[len(prefix) + 1 :]
+        _delete(pruned, re.findall(r"\[\d+\]|[^.\[\]]+", path))
+    return pruned
+
+
+def _delete(data: Any, parts: list[str]) -> None:
+    try:
+        for part in parts[:-1]:
+            data = data[int(part[1:-1])] if part.startswith("[") else data[part]
+        last = parts[-1]
+        del data[int(last[1:-1]) if last.startswith("[") else last]
+    except (LookupError, TypeError, ValueError):
+        pass
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password (`redis://:secret@host` -> `redis://:***@host`), to log."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 def api_keys(server: ServerConfig) -> list[Secret]:

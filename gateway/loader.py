@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pluggy
 
 from gateway import hookspecs
 from gateway.channel import Channel
-from gateway.config import ConfigError, GatewayConfig, convert_section
+from gateway.config import ConfigError, GatewayConfig, struct_problems, without_problems
 
 ENTRY_POINT_GROUP = "gateway"
 # Set to a comma-separated list of entry-point names to load only those (datasette-style).
@@ -97,12 +98,14 @@ def configure_channels(
         table = config.channels.get(name)
         if table is None and cls.requires_config:
             continue
-        try:
-            channel_config = convert_section(table or {}, cls.Config, f"channels.{name}")
-        except ConfigError as exc:
-            problems += exc.problems
+        path = f"channels.{name}"
+        found = struct_problems(table or {}, cls.Config, path)
+        try:  # without its bad keys, what else is wrong (secrets, URLs): all in one round
+            channel_config = msgspec.convert(without_problems(table or {}, found, path), cls.Config)
+        except msgspec.ValidationError:
+            problems += found
             continue
-        found = cls.check_config(channel_config, f"channels.{name}")
+        found += cls.check_config(channel_config, path)
         problems += found
         if not found:
             configured[name] = (cls, channel_config)

@@ -7,6 +7,7 @@ dict increments on the event loop, one per batch where possible.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -51,14 +52,55 @@ class ReadCounter:
     """A counter kept elsewhere (a lower layer that cannot import this one), read when
     rendered: label values -> count."""
 
+    kind = "counter"
+
     def __init__(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], dict[tuple[str, ...], float]]):
         self.name, self.help, self.labels, self.read = name, help, labels, read
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         for key, value in sorted(self.read().items()):
             lines.append(f"{self.name}{_labels(self.labels, key)} {value:g}")
         return lines
+
+
+class LabelledGauge(ReadCounter):
+    """A gauge with labels, read when rendered: label values -> value."""
+
+    kind = "gauge"
+
+
+class History:
+    """Deliveries sent and their summed latency per channel and minute, for the last hour
+    (the console's charts; Prometheus has the histogram)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, minutes: int = 60):
+        self.clock, self.minutes = clock, minutes
+        self.buckets: dict[str, dict[int, list[float]]] = defaultdict(dict)
+
+    def add(self, channel: str, sent: int, latency_sum: float) -> None:
+        minute = int(self.clock() // 60)
+        bucket = self.buckets[channel].get(minute)
+        if bucket is None:
+            bucket = self.buckets[channel][minute] = [0, 0.0]
+            for old in [m for m in self.buckets[channel] if m <= minute - self.minutes]:
+                del self.buckets[channel][old]
+        bucket[0] += sent
+        bucket[1] += latency_sum
+
+    def series(self) -> dict[str, list[dict[str, float]]]:
+        """Per channel, the last hour oldest first: {minutes_ago, per_second, latency_ms}."""
+        now = int(self.clock() // 60)
+        out = {}
+        for channel, buckets in self.buckets.items():
+            points = []
+            for ago in range(self.minutes - 1, -1, -1):
+                sent, total = buckets.get(now - ago, (0, 0.0))
+                points.append(
+                    {"minutes_ago": ago, "per_second": sent / 60, "latency_ms": 1000 * total / sent if sent else 0.0}
+                )
+            out[channel] = points
+        return out
 
 
 class Histogram:
@@ -93,6 +135,8 @@ class Metrics:
         self,
         queue_depth: Callable[[], float] = lambda: 0,
         template_cache: Callable[[], dict[tuple[str, ...], float]] = dict,
+        jobs_queued: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
+        breakers: Callable[[], dict[tuple[str, ...], float]] = dict,
     ):
         self.jobs_accepted = Counter("gateway_jobs_accepted_total", "Send jobs accepted (202).")
         self.recipients_accepted = Counter("gateway_recipients_accepted_total", "Recipients in accepted jobs.")
@@ -103,7 +147,34 @@ class Metrics:
         self.provider_errors = Counter(
             "gateway_provider_errors_total", "Failed delivery attempts, by channel and reason.", ("channel", "reason")
         )
-        self.queue_depth = Gauge("gateway_queue_depth", "Recipients accepted and not yet decided.", queue_depth)
+        self.retries = Counter(
+            "gateway_delivery_retries_total", "Deliveries attempted again after a transient failure.", ("channel",)
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Recipients accepted by this process and not yet decided.", queue_depth
+        )
+        self.jobs_queued = Gauge(
+            "gateway_jobs_queued", "Jobs accepted and waiting for a worker in this process.", lambda: jobs_queued()[0]
+        )
+        self.queue_age = Gauge(
+            "gateway_queue_oldest_age_seconds",
+            "How long the oldest job waiting for a worker has waited.",
+            lambda: jobs_queued()[1],
+        )
+        # Read from the store by the /metrics handler before rendering (an async read).
+        self.deferred_by_reason: dict[tuple[str, ...], float] = {}
+        self.deferred = LabelledGauge(
+            "gateway_deferred_messages",
+            "Messages held back in the store, by reason (quiet_hours, frequency_cap, retrying, ...).",
+            ("reason",),
+            lambda: self.deferred_by_reason,
+        )
+        self.breaker_open = LabelledGauge(
+            "gateway_breaker_open",
+            "1 while a provider's circuit breaker is open (its deliveries wait in the store), else 0.",
+            ("channel", "provider"),
+            breakers,
+        )
         self.template_cache = ReadCounter(
             "gateway_template_cache_lookups_total",
             "Templates and conditions looked up in the compiled-template cache, by result (hit, miss).",
@@ -116,18 +187,36 @@ class Metrics:
             ("channel",),
             LATENCY_BUCKETS,
         )
+        self.history = History()
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in (
+    def all(self) -> list[Counter | Gauge | LabelledGauge | ReadCounter | Histogram]:
+        return [
             self.jobs_accepted,
             self.recipients_accepted,
             self.jobs_rejected,
             self.decisions,
             self.provider_errors,
+            self.retries,
             self.queue_depth,
+            self.jobs_queued,
+            self.queue_age,
+            self.deferred,
+            self.breaker_open,
             self.template_cache,
             self.delivery_latency,
-        ):
+        ]
+
+    def names(self) -> set[str]:
+        """Every series name this gateway exports (histograms with their suffixes)."""
+        found = set()
+        for metric in self.all():
+            found.add(metric.name)
+            if isinstance(metric, Histogram):
+                found |= {f"{metric.name}_bucket", f"{metric.name}_sum", f"{metric.name}_count"}
+        return found
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in self.all():
             lines += metric.render()
         return "\n".join(lines) + "\n"

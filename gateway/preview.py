@@ -234,3 +234,54 @@ def parse_instant(value: str) -> float:
     if problem:
         raise ValueError(problem)
     return instant.timestamp()
+
+
+NOT_CONFIGURED = "not_configured"
+
+
+class _StandIn(Channel):
+    """An installed channel that has no config here, standing in for it in a preview: its
+    name, subscription group, content kind and payload limit, so policy is evaluated as a
+    send would evaluate it. Nothing is ever sent through it."""
+
+    real: type[Channel]
+
+    def __init__(self) -> None:
+        self.config = None
+
+    def destinations(self, recipient: Any) -> list[Any]:
+        try:  # the channel's own rule (an email address, its devices) when it needs no config
+            return self.real.destinations(self, recipient)
+        except AttributeError:
+            return super().destinations(recipient)
+
+    def payload_size(self, content: Any) -> int:
+        try:
+            return self.real.payload_size(self, content)
+        except AttributeError:
+            return super().payload_size(content)
+
+
+def stand_in(cls: type[Channel]) -> Channel:
+    attributes = {
+        "name": cls.name,
+        "content_kind": cls.content_kind,
+        "subscription_group": cls.subscription_group,
+        "max_payload_bytes": cls.max_payload_bytes,
+        "real": cls,
+    }
+    return type(f"Unconfigured{cls.__name__}", (_StandIn,), attributes)()
+
+
+def mark_not_configured(result: Preview, names: set[str]) -> None:
+    """Flag the decisions of stand-in channels, and say so once in the warnings."""
+    if not names:
+        return
+    result.warnings.append(
+        f"not configured here: {', '.join(sorted(names))}; policy is evaluated for them as for a send, "
+        "and nothing could be sent (flag not_configured)"
+    )
+    for recipient in result.recipients:
+        for row in recipient.channels:
+            if row.channel in names:
+                row.flags = [*(row.flags or ()), NOT_CONFIGURED]

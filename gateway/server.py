@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import ConfigError, GatewayConfig, Secret, api_keys, seconds
+from gateway.config import ConfigError, GatewayConfig, Secret, api_keys, redact_url, seconds
 from gateway.intake.api import make_app
 from gateway.intake.guard import GuardedProtocol
 from gateway.intake.guard import log as http_log
+from gateway.logs import json_logs
 
 log = logging.getLogger(__name__)
+
+
+class StartError(Exception):
+    """The server cannot start (a busy port): the CLI prints the message, no traceback."""
 
 
 def is_loopback(host: str) -> bool:
@@ -76,9 +82,15 @@ async def start_server(
     handlers, header_timeout = runner.server, seconds(config.server.header_timeout)
     # Our own listening socket rather than aiohttp's TCPSite: each connection goes through
     # the header clock (intake/guard.py), which aiohttp's server does not have.
-    server = await asyncio.get_running_loop().create_server(
-        lambda: GuardedProtocol(handlers(), header_timeout), host, port, reuse_address=True
-    )
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: GuardedProtocol(handlers(), header_timeout), host, port, reuse_address=True
+        )
+    except OSError as exc:  # a busy port, an address not on this host: one line, not a trace
+        await gateway.stop()
+        await runner.cleanup()
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartError(f"cannot listen on {host}:{port}: {why}") from None
     bound = server.sockets[0].getsockname()[1]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
     return RunningServer(gateway, runner, server, url)
@@ -90,8 +102,25 @@ async def serve(config: GatewayConfig, host: str | None = None, port: int | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("gateway listening on %s (channels: %s)", server.url, ", ".join(sorted(server.gateway.channels)) or "none")
-    print(f"gateway listening on {server.url}", flush=True)
+    gw = server.gateway
+    log.info(
+        "gateway started: channels %s; store %s; %d workers",
+        ", ".join(sorted(gw.channels)) or "none",
+        redact_url(config.store.url),
+        config.pipeline.workers,
+        extra={"event": "started", "channels": sorted(gw.channels), "store": redact_url(config.store.url)},
+    )
+    announce(server.url)
     await stop.wait()
-    log.info("shutting down: no new jobs; finishing batches under way")
+    log.info("shutting down: no new jobs; finishing batches under way", extra={"event": "stopping"})
     await server.stop()
+    log.info("stopped", extra={"event": "stopped"})
+
+
+def announce(url: str) -> None:
+    """`gateway listening on URL`, once: on stdout for scripts (and people) with text logs,
+    as a log line with its own field with JSON logs (stdout is not JSON)."""
+    if json_logs():
+        log.info("gateway listening on %s", url, extra={"event": "listening", "url": url})
+    else:
+        print(f"gateway listening on {url}", flush=True)

@@ -21,6 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.clock": set(),
     "gateway.config": set(),
     "gateway.metrics": set(),
+    "gateway.logs": {"gateway.config"},
+    "gateway.console": set(),  # the console's static files
     "gateway.transport": set(),
     "gateway.channel": {"gateway.model"},
     "gateway.hookspecs": {"gateway.channel", "gateway.model"},
@@ -45,6 +47,8 @@ ALLOWED: dict[str, set[str]] = {
         "gateway.testing",
     },
     "gateway.loader": {"gateway.channel", "gateway.config", "gateway.hookspecs"},
+    # Checking a whole config needs what the config refers to: plugins, policy, store URLs.
+    "gateway.checkconfig": {"gateway.channel", "gateway.config", "gateway.loader", "gateway.policy", "gateway.store"},
     "gateway.pipeline": {
         "gateway.loader",
         "gateway.model",

@@ -49,7 +49,11 @@ class Breaker:
         not already counted adds up; anything else is not the provider failing."""
         if type(result) is Sent:
             if self.open_until is not None:
-                log.info("provider %s recovered: circuit closed", self.name)
+                log.info(
+                    "provider %s recovered: circuit closed",
+                    self.name,
+                    extra={"event": "breaker.closed", "provider": self.name},
+                )
             if self.failing or self.open_until is not None:
                 self.failing.clear()
                 self.open_until, self.current_cooldown = None, 0.0
@@ -67,4 +71,5 @@ class Breaker:
                 self.name,
                 "the probe failed" if probing else f"{self.threshold} deliveries failed transiently in a row",
                 self.current_cooldown,
+                extra={"event": "breaker.opened", "provider": self.name, "cooldown_s": self.current_cooldown},
             )

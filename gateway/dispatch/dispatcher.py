@@ -28,10 +28,11 @@ from gateway.config import DeliveryConfig, seconds
 from gateway.dispatch.breaker import Breaker
 from gateway.dispatch.budget import InFlight
 from gateway.dispatch.retry import Postponed, RetryPolicy
+from gateway.dispatch.trouble import Trouble
 from gateway.loader import observe
 from gateway.metrics import Metrics
 from gateway.model.decision import CHANNEL_ERROR, PROVIDER_UNAVAILABLE
-from gateway.model.delivery import Delivery, PermanentFailure, Result, TransientFailure
+from gateway.model.delivery import Delivery, PermanentFailure, Result, Sent, TransientFailure
 
 log = logging.getLogger(__name__)
 Answer = Result | Postponed
@@ -55,6 +56,7 @@ class Dispatcher:
         self._breakers: dict[tuple[str, str], Breaker] = {}
         self._budgets: dict[str, InFlight] = {}
         self._limits: dict[str, dict[int, Gate]] = {}  # the channels' map_bounded limiters
+        self.trouble = Trouble()  # failures by provider, logged once per interval
 
     # -- breakers and budgets ---------------------------------------------------------------
     def breaker(self, channel: Channel, delivery: Delivery) -> Breaker:
@@ -71,6 +73,18 @@ class Dispatcher:
     def any_open(self, channel: str) -> bool:
         """Is any of this channel's providers' circuits open (or probing)?"""
         return any(b.is_open for (name, _), b in self._breakers.items() if name == channel)
+
+    def states(self) -> dict[str, dict[str, str]]:
+        """Per channel, its providers' circuits: `open` (deliveries wait in the store),
+        `failing` (transient failures since its last success) or `up`."""
+        found: dict[str, dict[str, str]] = {}
+        for (channel, provider), breaker in self._breakers.items():
+            state = "open" if breaker.is_open else "failing" if breaker.failing else "up"
+            found.setdefault(channel, {})[provider] = state
+        return found
+
+    def breaker_gauge(self) -> dict[tuple[str, ...], float]:
+        return {key: float(b.is_open) for key, b in self._breakers.items()}
 
     def held(self, channel: Channel, delivery: Delivery, now: float) -> Postponed | PermanentFailure | None:
         """Postponed when the delivery's provider is open: it is not attempted."""
@@ -118,6 +132,7 @@ class Dispatcher:
             if not retry:
                 break
             await self.clock.sleep(delay)
+            self.metrics.retries.inc(channel.name, by=len(retry))
             for i in retry:
                 deliveries[i].attempt += 1
             pending = retry
@@ -183,7 +198,10 @@ class Dispatcher:
         now = self.clock.now()
         for j, delivery, answer in zip(chunk, going, answers, strict=True):
             results[j] = answer
-            self.breaker(channel, delivery).record(delivery.id, answer, now)
+            breaker = self.breaker(channel, delivery)
+            breaker.record(delivery.id, answer, now)
+            if type(answer) is not Sent:
+                self.trouble.failure(breaker.name, answer)
 
     async def _call(self, channel: Channel, batch: list[Delivery], answered: Answered | None) -> list[Result]:
         """`channel.send_batch`, with its answers passed on as they arrive. A channel that

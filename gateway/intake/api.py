@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.config import Secret, seconds
+from gateway.intake import console
 from gateway.intake.guard import GUARDS
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
@@ -27,8 +28,9 @@ GATEWAY_KEY = web.AppKey("gateway", Gateway)
 INTAKE_KEY = web.AppKey("intake", Intake)
 KEYS_KEY = web.AppKey("api_keys", list)
 SCOPE_KEY = web.RequestKey("key_scope", str)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-PUBLIC_PREFIXES = ("/v1/unsubscribe/",)  # recipients follow these links: no API key
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/console"})
+# Recipients follow unsubscribe links: no API key. The console's files hold no data.
+PUBLIC_PREFIXES = ("/v1/unsubscribe/", "/console/")
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 MAX_PAGE = 1000
 DECIDED = ("completed", "waiting")  # job states once every recipient has a decision
@@ -225,7 +227,7 @@ async def post_preview(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     try:
-        accepted = accept_job(body, gw.config.limits, gw.channels)
+        accepted = accept_job(body, gw.config.limits, gw.channels, gw.subscription_groups)
     except JobError as exc:
         return json_response(exc.status, exc.body())
     try:
@@ -324,18 +326,43 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """`ready`, `degraded` (a channel's provider failing or its circuit open: jobs are still
+    taken, and its deliveries wait in the store) or `not_ready` (503: the store is down, or
+    the gateway is starting or stopping); each channel's state beside it."""
     gw = request.app[GATEWAY_KEY]
     store_ok = await gw.store.ping()
-    checks = {"store": store_ok, "channels": sorted(gw.channels), "accepting": gw.accepting}
+    states = gw.pipeline.dispatcher.states() if gw.runner is not None else {}
+    channels = {name: channel_health(states.get(name, {})) for name in sorted(gw.channels)}
     ready = store_ok and gw.ready
-    return json_response(200 if ready else 503, {"status": "ready" if ready else "not_ready", **checks})
+    status = "not_ready" if not ready else "ready" if all(c["state"] == "up" for c in channels.values()) else "degraded"
+    body = {"status": status, "store": store_ok, "accepting": gw.accepting, "channels": channels}
+    return json_response(200 if ready else 503, body)
+
+
+def channel_health(providers: dict[str, str]) -> dict[str, object]:
+    """`up`; `degraded` when a provider fails or has its circuit open while others work;
+    `open` when every provider it has used has its circuit open."""
+    if all(state == "up" for state in providers.values()):
+        return {"state": "up"}
+    states = set(providers.values())
+    return {"state": "open" if states == {"open"} else "degraded", "providers": providers}
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[GATEWAY_KEY].metrics.render()
+    gw = request.app[GATEWAY_KEY]
+    try:  # the deferred backlog lives in the store: read at scrape time
+        counts = await gw.store.deferred_counts()
+        gw.metrics.deferred_by_reason = {(reason,): n for reason, n in counts.items()}
+    except StoreUnavailable:
+        pass  # the last reading stands; /readyz says the store is down
+    text = gw.metrics.render()
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
     )
+
+
+async def console_summary(request: web.Request) -> web.Response:
+    return json_response(200, await console.summary(request.app[GATEWAY_KEY]))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -353,6 +380,9 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),
+    ("GET", "/v1/console/summary", console_summary),
+    ("GET", "/console", console.page),
+    ("GET", "/console/{name}", console.asset),
 ]
 
 

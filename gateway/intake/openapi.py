@@ -168,12 +168,37 @@ def openapi_spec() -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {
                 "get": {
-                    "summary": "Ready when the store and every configured channel are up",
-                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                    "summary": "Ready (or degraded: a channel's provider failing or its circuit open) when the "
+                    "store is up and the gateway accepts jobs; each channel's state (up, degraded, open)",
+                    "responses": {
+                        "200": {"description": "ready or degraded"},
+                        "503": {"description": "not ready: the store is down, or starting or stopping"},
+                    },
                 }
             },
             "/metrics": {
                 "get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics"}}}
+            },
+            "/v1/console/summary": {
+                "get": {
+                    "summary": "What the console shows: recent jobs with counts, channel health, the deferred "
+                    "backlog by reason, deliveries and latency per channel over the last hour",
+                    "security": bearer,
+                    "responses": {"200": {"description": "the summary"}},
+                }
+            },
+            "/console": {
+                "get": {
+                    "summary": "The operator console (a page; its data needs an API key)",
+                    "responses": {"200": {"description": "HTML"}},
+                }
+            },
+            "/console/{name}": {
+                "get": {
+                    "summary": "The console's script and stylesheet",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
+                }
             },
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}

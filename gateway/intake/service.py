@@ -99,7 +99,7 @@ class Intake:
     async def _accept(self, body: bytes, idempotency: tuple[str, str] | None) -> Reply:
         gw = self.gw
         try:
-            accepted = accept_job(body, gw.config.limits, gw.channels)
+            accepted = accept_job(body, gw.config.limits, gw.channels, gw.subscription_groups)
         except JobError as exc:
             gw.metrics.jobs_rejected.inc(str(exc.status))
             return Reply(exc.status, _json.encode(exc.body()), {})
@@ -170,6 +170,13 @@ class Intake:
             return _replay(existing, idempotency[1])  # type: ignore[index]
         gw.metrics.jobs_accepted.inc()
         gw.metrics.recipients_accepted.inc(by=n)
+        log.info(
+            "job %s accepted: campaign %s, %d recipients",
+            job_id,
+            job.campaign,
+            n,
+            extra={"event": "job.accepted", "job_id": job_id, "campaign": job.campaign, "recipients": n},
+        )
         assert gw.runner is not None
         if not gw.store.shared_queue:
             gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic()))

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.channel import Channel
-from gateway.config import LimitsConfig
+from gateway.config import LimitsConfig, unknown_hint
 from gateway.model.address import AddressError, parse_email
 from gateway.model.job import JOB_DECODER, Device, Job, Variant
 from gateway.personalize.templates import CompiledVariant, TemplateError, compile_job
@@ -125,11 +125,17 @@ def _converts(value: Any, target: Any) -> bool:
     return True
 
 
-def accept_job(body: bytes, limits: LimitsConfig, channels: Mapping[str, Channel]) -> AcceptedJob:
+def accept_job(
+    body: bytes, limits: LimitsConfig, channels: Mapping[str, Channel], groups: frozenset[str] | None = None
+) -> AcceptedJob:
     """Decode, check every cross-field rule and what the configured channels require,
-    compile the templates (once per job)."""
+    compile the templates (once per job). `groups`: the subscription groups of the
+    installed channels; a recipient's subscription to any other is a 400 (a typo would
+    read as "not subscribed" and suppress every marketing message)."""
     job = decode_job(body, limits)
     check_job(job, limits)
+    if groups is not None:
+        check_subscriptions(job, groups)
     check_for_channels(job, channels)
     try:
         variants = compile_job(job, limits.max_template_chars)
@@ -141,6 +147,17 @@ def accept_job(body: bytes, limits: LimitsConfig, channels: Mapping[str, Channel
         if c not in channels
     ]
     return AcceptedJob(job, variants, warnings)
+
+
+def check_subscriptions(job: Job, groups: frozenset[str]) -> None:
+    for r, recipient in enumerate(job.recipients):
+        for group in recipient.subscriptions:
+            if group not in groups:
+                raise JobError(
+                    400,
+                    f"$.recipients[{r}].subscriptions.{group}",
+                    f"no channel has the subscription group {group!r}{unknown_hint(group, groups)}",
+                )
 
 
 def check_for_channels(job: Job, channels: Mapping[str, Channel]) -> None:

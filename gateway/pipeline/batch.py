@@ -30,6 +30,7 @@ class RunningJob:
     # (By recipient, then delivery id.)
     acks: dict[int, dict[str, Result]] = field(default_factory=dict)
     finished: bool = False  # its last record closed it (`finish_job` done)
+    counts: dict[str, int] = field(default_factory=dict)  # decisions by outcome, this run
 
 
 class Batch:

@@ -90,7 +90,32 @@ class Pipeline(Stages):
         self.acklog.forget(running.id)
         if not running.finished:
             await self.store.finish_job(running.id, self.clock.now())
+        self._log_end(running)
         return True
+
+    def _log_end(self, running: RunningJob) -> None:
+        """One line per job: what happened to its recipients (in this run: a resumed job
+        counts from where it resumed) and how long it took."""
+        counts = running.counts
+        deferred = counts.get("deferred", 0)
+        took = self.clock.monotonic() - running.accepted_at
+        log.info(
+            "job %s %s in %.3fs: campaign %s, %d recipients; %s",
+            running.id,
+            f"decided, {deferred} message(s) deferred" if deferred else "completed",
+            took,
+            running.job.campaign,
+            len(running.job.recipients),
+            ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts.items())) or "no decisions",
+            extra={
+                "event": "job.waiting" if deferred else "job.completed",
+                "job_id": running.id,
+                "campaign": running.job.campaign,
+                "recipients": len(running.job.recipients),
+                "counts": dict(counts),
+                "duration_s": round(took, 6),
+            },
+        )
 
     def _budgets(self, running: RunningJob) -> dict[str, int]:
         """How many deliveries each of the job's channels keeps in flight: the core's
@@ -215,7 +240,7 @@ class Pipeline(Stages):
             span.inflight -= 1
         running.finished = last
         self._stored(running, window, cursor)
-        self._observe(running.id, decisions)
+        self._observe(running, decisions)
         if span.unissued == 0 and span.inflight == 0:
             reach, passed = window.complete(span)
             if reach > window.cursor:
@@ -262,7 +287,7 @@ class Pipeline(Stages):
         )
         running.cursor = len(job.recipients)
         running.finished = True
-        self._observe(running.id, decisions)
+        self._observe(running, decisions)
 
     # -- deferred messages coming due ---------------------------------------------------
     async def release(self, running: RunningJob, items: Sequence[DeferredItem]) -> BatchOutcome:
@@ -277,7 +302,7 @@ class Pipeline(Stages):
         outcome = self.outcome(batch, targets)
         if running.job.routing == "first":
             await self._down_the_ladder(running, batch, targets, outcome)
-        self._observe(running.id, outcome.decisions)
+        self._observe(running, outcome.decisions)
         return outcome
 
     async def _down_the_ladder(
@@ -301,13 +326,15 @@ class Pipeline(Stages):
             outcome.decisions += more.decisions
             outcome.deferred += more.deferred
 
-    def _observe(self, job_id: str, decisions: list[Decision]) -> None:
+    def _observe(self, running: RunningJob, decisions: list[Decision]) -> None:
         if not decisions:
             return
         channels = self.channels
+        counts = running.counts
         for decision in decisions:
+            counts[decision.outcome] = counts.get(decision.outcome, 0) + 1
             # A label per configured channel only: jobs may name any channel, and each new
             # name would be another time series on /metrics.
             label = decision.channel if decision.channel in channels else "other"
             self.metrics.decisions.inc(label, decision.outcome)
-        observe(self.pm, "decisions_recorded", job_id=job_id, decisions=decisions)
+        observe(self.pm, "decisions_recorded", job_id=running.id, decisions=decisions)

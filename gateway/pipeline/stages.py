@@ -263,6 +263,7 @@ class Stages:
         if sent:  # one histogram update per batch: the deliveries share `elapsed`
             elapsed = self.clock.monotonic() - batch.running.accepted_at
             self.metrics.delivery_latency.observe(elapsed, channel, times=sent)
+            self.metrics.history.add(channel, sent, elapsed * sent)
         if dead_all:
             observe(self.pm, "tokens_invalidated", channel=channel, deliveries=dead_all)
 

@@ -202,6 +202,14 @@ class Store(abc.ABC):
         time, the rest leave the schedule; the job completes when nothing is left."""
 
     @abc.abstractmethod
+    async def deferred_counts(self) -> dict[str, int]:
+        """Messages waiting in the schedule, by reason (the deferred backlog's gauge)."""
+
+    @abc.abstractmethod
+    async def recent_jobs(self, limit: int) -> list[JobRecord]:
+        """The most recently accepted jobs, newest first (the console's list)."""
+
+    @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod

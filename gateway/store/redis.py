@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.config import redact_url
 from gateway.model.caps import CapOutcome, CapRequest, Denied, Granted, new_reservation_id
 from gateway.model.decision import Decision
 from gateway.model.delivery import Result
@@ -51,9 +52,11 @@ _deferred_state = msgspec.msgpack.Decoder(DeferredState)
 _strings = msgspec.json.Decoder(list[str])
 _json = msgspec.json.Encoder()
 CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
+RECENT_JOBS = 1000  # the newest jobs, listed by the console
 
 # KEYS: idempotency key (or ''), job hash, body, open jobs zset, intake stream, queued
-# recipients counter, queued jobs counter, id of the last entry taken. ARGV: idempotency
+# recipients counter, queued jobs counter, id of the last entry taken, recent jobs zset
+# (the newest RECENT, for the console). ARGV: idempotency
 # record, its TTL ms, campaign, recipients, warnings, created_at, body, job id, queue
 # limit (0: none), queued jobs limit, queue age limit in ms. Returns the existing
 # idempotency record, {what, how many} when the queue is full, or false.
@@ -81,7 +84,19 @@ local entry = redis.call('XADD', KEYS[5], '*', 'job', ARGV[8])
 redis.call('HSET', KEYS[2], 'entry', entry)
 redis.call('INCRBY', KEYS[6], ARGV[4])
 redis.call('INCR', KEYS[7])
+redis.call('ZADD', KEYS[9], ARGV[6], ARGV[8])
+redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -(RECENT + 1))
 return false
+""".replace("RECENT", str(RECENT_JOBS))
+
+# KEYS: deferred reasons hash. Counts its values in Redis (a backlog of 100,000 is one
+# small reply, not 100,000 values over the wire): {reason, count, ...}.
+COUNT_REASONS = """
+local counts = {}
+for _, reason in ipairs(redis.call('HVALS', KEYS[1])) do counts[reason] = (counts[reason] or 0) + 1 end
+local out = {}
+for reason, n in pairs(counts) do table.insert(out, reason); table.insert(out, n) end
+return out
 """
 
 # KEYS: intake stream, queued recipients counter, queued jobs counter, id of the last
@@ -403,7 +418,7 @@ class RedisStore(Store):
         try:
             await self.redis.ping()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot reach {redact_url(self.url)}: {exc}") from exc
         r = self.redis
         self._accept, self._record, self._finish = (
             r.register_script(ACCEPT),
@@ -421,6 +436,7 @@ class RedisStore(Store):
             r.register_script(HOLD),
         )
         self._retry, self._acks = r.register_script(RETRY), r.register_script(ACKS)
+        self._count_reasons = r.register_script(COUNT_REASONS)
         await self._create_group()
 
     async def _create_group(self) -> None:
@@ -491,6 +507,7 @@ class RedisStore(Store):
                 self._k("queued"),
                 self._k("queued", "jobs"),
                 self._k("queued", "taken"),
+                self._k("recent"),
             ],
             [
                 _pack(idempotency) if idempotency else b"",
@@ -635,6 +652,20 @@ class RedisStore(Store):
             delivery_id, result = _ack.decode(entry)
             found.setdefault(int(recipient), {})[delivery_id] = result
         return found
+
+    @_unavailable_on_error
+    async def deferred_counts(self) -> dict[str, int]:
+        raw = await self._call(self._count_reasons, [self._k("deferred", "reason")], [])
+        return {_text(raw[i]): int(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+    @_unavailable_on_error
+    async def recent_jobs(self, limit: int) -> list[JobRecord]:
+        ids: list[bytes] = await self._r.zrevrange(self._k("recent"), 0, limit - 1)  # type: ignore[assignment]
+        async with self._r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(self._k(f"job:{{{i.decode()}}}"))
+            rows = await pipe.execute()
+        return [_job_record(i.decode(), raw) for i, raw in zip(ids, rows, strict=True) if raw]
 
     @_unavailable_on_error
     async def get_job(self, job_id: str) -> JobRecord | None:

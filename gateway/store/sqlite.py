@@ -422,6 +422,16 @@ class SQLiteStore(Store):
 
         self._closed(job_id, await self._write(write))
 
+    async def deferred_counts(self) -> dict[str, int]:
+        rows = await self._read(lambda c: c.execute("SELECT reason, count(*) FROM deferred GROUP BY reason").fetchall())
+        return dict(rows)
+
+    async def recent_jobs(self, limit: int) -> list[JobRecord]:
+        rows = await self._read(
+            lambda c: c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall()
+        )
+        return [_job(row) for row in rows]
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self._read(
             lambda c: c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

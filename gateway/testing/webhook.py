@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import gc
 import hashlib
 import hmac
 import os
@@ -150,62 +149,3 @@ def _key(secret: str) -> bytes:
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
-async def _serve(secret: str | None, host: str, port: int, smtp: bool = False) -> None:
-    receiver = WebhookReceiver(secret)
-    url = await receiver.start(host, port)
-    print(f"webhook receiver on {url}", flush=True)
-    mail = None
-    if smtp:
-        from gateway.testing.smtp import SmtpFake
-
-        mail = SmtpFake()
-        await mail.start()
-        print(f"smtp server on {mail.host}:{mail.port}", flush=True)
-    last = -1
-    while True:  # report progress on stdout so a driving process can follow
-        await asyncio.sleep(0.05)
-        # What was received stays for the life of the process: out of the cyclic GC's walks
-        # (a million kept receipts made each collection, and the receiver, slower by 3x).
-        gc.freeze()
-        total = len(receiver.received) + (len(mail.received) if mail else 0)
-        if total != last:
-            last = total
-            # `at`: time.monotonic() of the latest first receipt (the clock is the same in
-            # every process of the machine), so a driver times the last delivery exactly
-            latest = max([*receiver.arrivals[-1:], *(mail.arrivals[-1:] if mail else [])], default=0.0)
-            print(
-                f"received {len(receiver.received)} duplicates {receiver.duplicates} "
-                f"rejected {len(receiver.rejected)} mails {len(mail.received) if mail else 0} "
-                f"at {latest:.6f}",
-                flush=True,
-            )
-
-
-def main() -> None:
-    """`python -m gateway.testing.webhook --secret whsec_... [--port N]`"""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Standard Webhooks receiver that verifies signatures")
-    parser.add_argument("--secret", default=os.environ.get("WEBHOOK_SECRET"))
-    parser.add_argument("--unsigned", action="store_true", help="accept requests without signatures")
-    parser.add_argument("--smtp", action="store_true", help="also run a local SMTP server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    if not args.secret and not args.unsigned:
-        parser.error("--secret (or $WEBHOOK_SECRET) is required unless --unsigned")
-    serve = _serve(None if args.unsigned else args.secret, args.host, args.port, args.smtp)
-    try:
-        import uvloop
-
-        uvloop.run(serve)
-    except ImportError:
-        asyncio.run(serve)
-    except KeyboardInterrupt:
-        pass
-
-
-if __name__ == "__main__":
-    main()

@@ -32,6 +32,9 @@ ROUTES = [
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/v1/console/summary"),
+    ("GET", "/console"),
+    ("GET", "/console/{}"),
     ("GET", "/v1/{}"),  # no such route
     ("PATCH", "/v1/jobs"),  # no such method
 ]
@@ -152,6 +155,11 @@ def test_every_route_of_the_app_is_fuzzed() -> None:
 
     app = make_app(Gateway(GatewayConfig()), [])
     served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method not in ("HEAD", "*")}  # type: ignore[union-attr]
-    names = {"/v1/jobs/{}": "job_id", "/v1/unsubscribe/{}": "token", "/v1/opt-outs/{}": "address"}
+    names = {
+        "/v1/jobs/{}": "job_id",
+        "/v1/unsubscribe/{}": "token",
+        "/v1/opt-outs/{}": "address",
+        "/console/{}": "name",
+    }
     fuzzed = {(m, p.replace("{}", "{" + names.get(p, "x") + "}")) for m, p in ROUTES}
     assert served <= fuzzed, served - fuzzed

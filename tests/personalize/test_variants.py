@@ -381,6 +381,12 @@ def test_preview_cli_table_and_json(tmp_path) -> None:
     as_json = subprocess.run([*run, "--json"], capture_output=True, text=True, cwd=tmp_path)
     data = json.loads(as_json.stdout)
     assert data["recipients"][2]["channels"][3]["content"]["text"] == "Hi there,\nyour cart is saved for you."
+    # No channel is configured here: policy shows all the same, each channel flagged.
+    assert any("not configured here" in w for w in data["warnings"])
+    decided = {(c["channel"], c["outcome"], c.get("reason")) for r in data["recipients"] for c in r["channels"]}
+    assert not any(outcome == "suppressed" and reason == "channel_unavailable" for _, outcome, reason in decided)
+    assert {("email", "suppressed", "unsubscribed"), ("speaker", "suppressed", "not_subscribed")} <= decided
+    assert all("not_configured" in c["flags"] for r in data["recipients"] for c in r["channels"])
     bad = copy.deepcopy(cart())
     bad["variants"][0]["when"] = "events.cart_abandoned.properties.value >="
     job.write_text(json.dumps(bad))

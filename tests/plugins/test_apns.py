@@ -97,6 +97,15 @@ async def test_alert_payload_headers_and_token_auth(start, tmp_path, apns, ca, k
     assert apns.to("b2" * 32)[0].headers["apns-topic"] == "com.shop.watch"  # the device's app
 
 
+async def test_a_device_naming_an_app_not_configured_is_a_400(start, tmp_path, apns, ca, key_env) -> None:
+    running = await start(apns_config(tmp_path, apns, ca))
+    devices = [{"channel": "apns", "token": TOKEN}, {"channel": "apns", "token": TOKEN, "app": "wacth"}]
+    status, body, _ = await running.post(apns_job(devices))
+    assert status == 400 and body["path"] == "$.recipients[1].devices[0].app"
+    assert "(configured: shop, watch)" in body["message"]
+    assert not apns.received
+
+
 TABLE = [
     (ApnsFault(400, "BadDeviceToken"), "invalid_token", "BadDeviceToken", 1),
     (ApnsFault(410, "Unregistered"), "invalid_token", "Unregistered", 1),

@@ -160,10 +160,7 @@ def test_config_errors_name_the_rule() -> None:
     )
     with pytest.raises(ConfigError) as err:
         load_policy(config)
-    assert "caps[2].limit: Expected `int` >= 0" in err.value.problems
-    assert (
-        "caps[2].window: Expected `str` matching regex '^[0-9]+(\\\\.[0-9]+)?(ms|s|m|h|d|w)$'" in err.value.problems
-        or any(p.startswith("caps[2].window") for p in err.value.problems)
-    )
+    assert "caps[2].limit: expected an integer >= 0, got -1" in err.value.problems
+    assert "caps[2].window: expected a duration such as 500ms, 30s, 15m, 24h or 7d, got 'soon'" in err.value.problems
     assert "caps[0]: give exactly one of `window` or `calendar`" in err.value.problems
     assert "caps[1].name: duplicate rule name 'a'" in err.value.problems
