@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -22,6 +22,7 @@ from gateway.channel import Channel
 from gateway.intake.validate import AcceptedJob, instant_problem
 from gateway.model import decision as d
 from gateway.model.caps import CapOutcome, CapRequest, Denied
+from gateway.model.instant import rfc3339
 from gateway.model.job import Job
 from gateway.personalize.render import Personalizer
 from gateway.pipeline.plan import Ready, RecipientPlan, plan_recipient
@@ -100,7 +101,7 @@ async def preview(
     warnings = list(accepted.warnings)
     if check_caps is None and policy.caps:
         warnings.append("frequency caps were not evaluated (no store): every capped message shows would_send")
-    return Preview(job.campaign, _iso(now), warnings, out)
+    return Preview(job.campaign, rfc3339(now), warnings, out)
 
 
 class OverRenderLimit(Exception):
@@ -177,14 +178,10 @@ def _recipient_preview(i: int, job: Job, plan: RecipientPlan, steps: dict[tuple[
             sends = len(step.destinations)
             rows.append(ChannelPreview(name, WOULD_SEND, None, step.note, None, step.flags, sends, content))
         else:
-            until = _iso(step.until) if step.until is not None else None
+            until = rfc3339(step.until) if step.until is not None else None
             rows.append(ChannelPreview(name, step.outcome, step.reason, step.detail, until, step.flags, 0, content))
     skipped = [SkippedVariant(s.variant, s.reason, s.path, s.detail) for s in choice.skipped]
     return RecipientPreview(i, job.recipients[i].user_id, choice.variant, skipped, rows)
-
-
-def _iso(instant: float) -> str:
-    return datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z")
 
 
 def summary(content: dict[str, Any] | None, width: int = 60) -> str:

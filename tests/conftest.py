@@ -147,6 +147,13 @@ async def start(tmp_path: Path, api_key_env: str) -> AsyncIterator[Callable[...,
         await running.server.stop()
 
 
+def epoch(instant: str) -> float:
+    """An RFC 3339 time the API shows, as epoch seconds."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp()
+
+
 def speaker_job(n: int = 3, **overrides: Any) -> dict[str, Any]:
     job: dict[str, Any] = {
         "campaign": "test-campaign",

@@ -244,18 +244,12 @@ def _print_job(name: str, status: dict[str, Any]) -> bool:
     print(f"{name}  (job {status['job_id'][:8]}, {status['state']}: {counts})")
     rows = [("recipient", "channel", "decision", "reason / detail", "variant")]
     for d in status["decisions"]:
-        until = f"until {_iso(d['until'])}" if d.get("until") else None
+        until = f"until {d['until'][:16].replace('T', ' ')} UTC" if d.get("until") else None
         why = " - ".join(x for x in (d.get("reason"), d.get("detail"), until, *d.get("flags", ())) if x)
         rows.append((d["user_id"], d["channel"], d["outcome"], why, d.get("variant", "")))
     _table(rows)
     expected = status["recipients"] * len({d["channel"] for d in status["decisions"]} or {1})
     return status["state"] in SETTLED and len(status["decisions"]) == expected
-
-
-def _iso(instant: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _print_receiver(receiver: WebhookReceiver) -> None:

@@ -18,9 +18,9 @@ from gateway.intake import console
 from gateway.intake.guard import GUARDS
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
+from gateway.intake.views import job_view
 from gateway.model.address import opt_out_key
-from gateway.model.decision import OUTCOMES
-from gateway.store import JobRecord, StoreUnavailable
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -193,7 +193,7 @@ async def _job_when_decided(gw: Gateway, job_id: str, wait: float) -> dict[str, 
             await asyncio.sleep(0.05)
     if record is None or record.state not in DECIDED:  # stopped with the process: it resumes later
         return None
-    return await job_view(gw, record, 0, 100)
+    return await job_view(gw.store, record, 0, 100)
 
 
 async def read_body(request: web.Request) -> bytes | web.Response:
@@ -290,27 +290,7 @@ async def get_job(request: web.Request) -> web.Response:
     record = await gw.store.get_job(job_id)
     if record is None:
         return error(404, "not_found", f"no job {job_id}")
-    return json_response(200, await job_view(gw, record, offset, limit))
-
-
-async def job_view(gw: Gateway, record: JobRecord, offset: int, limit: int) -> dict[str, object]:
-    """A job's state, counts and a page of its decisions."""
-    counts = await gw.store.outcome_counts(record.id)
-    decisions = await gw.store.decisions(record.id, offset, limit)
-    return {
-        "job_id": record.id,
-        "campaign": record.campaign,
-        "state": record.state,
-        "recipients": record.recipients,
-        "recipients_done": record.cursor,
-        "warnings": record.warnings,
-        "created_at": record.created_at,
-        "finished_at": record.finished_at,
-        "counts": {o: counts.get(o, 0) for o in OUTCOMES},
-        "decisions": decisions,
-        "offset": offset,
-        "next_offset": offset + limit if len(decisions) == limit else None,
-    }
+    return json_response(200, await job_view(gw.store, record, offset, limit))
 
 
 def _int_query(request: web.Request, name: str, default: int) -> int | None:

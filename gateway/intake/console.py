@@ -6,12 +6,12 @@ CDN) and is public: it holds no data. What it shows comes from `/v1/console/summ
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from importlib import resources
 
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.intake.views import job_summary
 
 RECENT = 25
 _FILES = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -48,23 +48,8 @@ async def summary(gw: Gateway) -> dict[str, object]:
     channels = {name: channel_health(states.get(name, {})) for name in sorted(gw.channels)}
     return {
         "status": "ready" if all(c["state"] == "up" for c in channels.values()) else "degraded",
-        "jobs": [
-            {
-                "job_id": r.id,
-                "campaign": r.campaign,
-                "state": r.state,
-                "recipients": r.recipients,
-                "recipients_done": r.cursor,
-                "created_at": rfc3339(r.created_at),
-                "counts": c,
-            }
-            for r, c in zip(records, counts, strict=True)
-        ],
+        "jobs": [job_summary(r, c) for r, c in zip(records, counts, strict=True)],
         "channels": channels,
         "deferred": await gw.store.deferred_counts(),
         "history": gw.metrics.history.series(),
     }
-
-
-def rfc3339(instant: float) -> str:
-    return datetime.fromtimestamp(instant, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

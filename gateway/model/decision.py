@@ -15,6 +15,16 @@ Outcome = Literal["sent", "deferred", "suppressed", "capped", "failed", "invalid
 OUTCOMES: tuple[str, ...] = ("sent", "deferred", "suppressed", "capped", "failed", "invalid_token")
 
 
+class Earlier(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A state a decision had before its latest one (deferred, then released)."""
+
+    outcome: Outcome
+    reason: str | None = None
+    detail: str | None = None
+    until: float | None = None
+    at: float = 0.0
+
+
 class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
     recipient: int
     user_id: str
@@ -29,6 +39,8 @@ class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
     invalid_tokens: list[str] | None = None
     # Facts about how it was decided, e.g. "timezone_fallback".
     flags: list[str] | None = None
+    # What it was before, oldest first: a message deferred and then sent keeps its deferral.
+    history: list[Earlier] | None = None
 
 
 # Reasons the core itself gives (channels add provider reasons of their own).

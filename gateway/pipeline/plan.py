@@ -64,7 +64,8 @@ def plan_recipient(
         else:
             assert channel is not None and type(screening) is Screening
             passing.append((name, channel, screening))
-    if not passing and not always_choose:
+    # A deferred message says which variant it will carry (rendered again when released).
+    if not passing and not always_choose and not any(v.outcome == "deferred" for v in steps.values()):  # type: ignore[union-attr]
         return RecipientPlan(None, steps)
     choice = personalizer.choose(recipient)
     failure = choice.failure

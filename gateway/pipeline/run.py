@@ -202,7 +202,7 @@ class Pipeline(Stages):
                 decision = decided[(i, name)]
                 decisions.append(decision)
                 if decision.outcome == "deferred" and decision.until is not None:
-                    deferred.append(deferred_item(batch, job_id, (i, name), decision.until, decision.reason))
+                    deferred.append(deferred_item(batch, job_id, (i, name), decision))
         return decisions, deferred
 
     @staticmethod

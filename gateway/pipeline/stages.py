@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pluggy
 
 from gateway.channel import Channel
@@ -29,6 +30,7 @@ from gateway.loader import observe
 from gateway.metrics import Metrics
 from gateway.model import decision as d
 from gateway.model.caps import Denied
+from gateway.model.decision import Decision
 from gateway.model.delivery import Delivery, InvalidToken, Result, Sent
 from gateway.personalize.render import Personalizer
 from gateway.pipeline.acks import AckLog
@@ -287,30 +289,42 @@ class Stages:
         result = BatchOutcome()
         job_id = batch.running.id
         channels = batch.running.job.channels
+        carried = batch.carried
         for i, only in targets:
             for channel in [only] if only is not None else channels:
                 decision = batch.decided[(i, channel)]
+                if carried and (released := carried.get((i, channel))) is not None:
+                    decision.history = released.as_earlier()  # deferred before: kept, not overwritten
                 result.decisions.append(decision)
                 if decision.outcome == "deferred" and decision.until is not None:
-                    result.deferred.append(deferred_item(batch, job_id, (i, channel), decision.until, decision.reason))
+                    result.deferred.append(deferred_item(batch, job_id, (i, channel), decision))
         return result
 
 
-def deferred_item(batch: Batch, job_id: str, target: Target, until: float, reason: str | None) -> DeferredItem:
-    state = batch.retry.get(target)
-    if state is None:
-        return DeferredItem(job_id, target[0], target[1], until, reason or "")
-    return DeferredItem(
+def deferred_item(batch: Batch, job_id: str, target: Target, decision: Decision) -> DeferredItem:
+    """The store's item for a deferred decision: its retry state, and what the decision
+    was, for the history of the one its release makes."""
+    assert decision.until is not None
+    item = DeferredItem(
         job_id,
         target[0],
         target[1],
-        until,
-        reason or "",
-        state.attempts,
-        state.first_attempt,
-        state.last_error,
-        state.devices,
-        state.answers,
+        decision.until,
+        decision.reason or "",
+        detail=decision.detail,
+        deferred_at=decision.at,
+        history=decision.history,
+    )
+    state = batch.retry.get(target)
+    if state is None:
+        return item
+    return msgspec.structs.replace(
+        item,
+        attempts=state.attempts,
+        first_attempt=state.first_attempt,
+        last_error=state.last_error,
+        devices=state.devices,
+        answers=state.answers,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import msgspec
 
 from gateway.model.caps import CapOutcome, CapRequest
-from gateway.model.decision import Decision
+from gateway.model.decision import Decision, Earlier
 from gateway.model.delivery import Result
 
 JobState = str  # "accepted" | "running" | "waiting" (deferred messages left) | "completed"
@@ -54,16 +54,68 @@ class DeferredItem(msgspec.Struct, frozen=True):
     # the answers the others already gave (their index -> Result), for the final decision.
     devices: list[int] | None = None
     answers: dict[int, Result] | None = None
+    # The deferred decision, for the history of the one its release makes.
+    detail: str | None = None
+    deferred_at: float | None = None
+    history: list[Earlier] | None = None
+
+    def as_earlier(self) -> list[Earlier]:
+        """The decision's history once released: what it had, then this deferral."""
+        entry = Earlier(outcome="deferred", reason=self.reason or None, detail=self.detail, until=self.due)
+        if self.deferred_at is not None:
+            entry.at = self.deferred_at
+        return [*(self.history or ()), entry]
 
 
 class DeferredState(msgspec.Struct, array_like=True):
-    """A deferred item's retry state, as the stores keep it beside the item."""
+    """A deferred item's retry state and its decision's past, as the stores keep it beside
+    the item (fields are only ever added at the end: stored states stay readable)."""
 
     attempts: int
     first_attempt: float | None
     last_error: str | None
     devices: list[int] | None
     answers: dict[int, Result] | None
+    detail: str | None = None
+    deferred_at: float | None = None
+    history: list[Earlier] | None = None
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(DeferredState).decode
+
+
+def pack_state(item: DeferredItem) -> bytes:
+    return _pack(
+        DeferredState(
+            item.attempts,
+            item.first_attempt,
+            item.last_error,
+            item.devices,
+            item.answers,
+            item.detail,
+            item.deferred_at,
+            item.history,
+        )
+    )
+
+
+def with_state(item: DeferredItem, blob: bytes | None) -> DeferredItem:
+    """The item with the state the store kept beside it (none: as it is)."""
+    if not blob:
+        return item
+    s = _unpack(blob)
+    return msgspec.structs.replace(
+        item,
+        attempts=s.attempts,
+        first_attempt=s.first_attempt,
+        last_error=s.last_error,
+        devices=s.devices,
+        answers=s.answers,
+        detail=s.detail,
+        deferred_at=s.deferred_at,
+        history=s.history,
+    )
 
 
 class StoreUnavailable(Exception):

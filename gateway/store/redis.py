@@ -36,19 +36,19 @@ from gateway.model.decision import Decision
 from gateway.model.delivery import Result
 from gateway.store.base import (
     DeferredItem,
-    DeferredState,
     IdempotencyRecord,
     JobRecord,
     Store,
     StoreBusy,
     StoreUnavailable,
+    pack_state,
+    with_state,
 )
 
 _pack = msgspec.msgpack.encode
 _decision = msgspec.msgpack.Decoder(Decision)
 _idem = msgspec.msgpack.Decoder(IdempotencyRecord)
 _ack = msgspec.msgpack.Decoder(tuple[str, Result])
-_deferred_state = msgspec.msgpack.Decoder(DeferredState)
 _strings = msgspec.json.Decoder(list[str])
 _json = msgspec.json.Encoder()
 CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
@@ -339,13 +339,6 @@ return out
 """
 
 
-def _pack_state(item: DeferredItem) -> bytes | None:
-    """A retried message's retry state; None for the others (nothing to carry)."""
-    if not (item.attempts or item.devices is not None or item.answers):
-        return None
-    return _pack(DeferredState(item.attempts, item.first_attempt, item.last_error, item.devices, item.answers))
-
-
 def _bytes(value: bytes | str) -> bytes:
     """A reply value: bytes, as the client never decodes (redis-py types it bytes | str)."""
     return value if isinstance(value, bytes) else value.encode()
@@ -607,7 +600,7 @@ class RedisStore(Store):
     def _deferred_args(self, job_id: str, items: Sequence[DeferredItem]) -> list[Any]:
         args: list[Any] = [len(items)]
         for item in items:
-            state = _pack_state(item) or b""
+            state = pack_state(item)
             args += [f"{job_id}|{item.recipient}|{item.channel}", repr(item.due), item.reason, state]
         return args
 
@@ -759,18 +752,7 @@ class RedisStore(Store):
         items = []
         for member, due, reason, state in raw:
             job_id, recipient, channel = member.decode().split("|")
-            item = DeferredItem(job_id, int(recipient), channel, float(due), reason.decode())
-            if state:
-                s = _deferred_state.decode(state)
-                item = msgspec.structs.replace(
-                    item,
-                    attempts=s.attempts,
-                    first_attempt=s.first_attempt,
-                    last_error=s.last_error,
-                    devices=s.devices,
-                    answers=s.answers,
-                )
-            items.append(item)
+            items.append(with_state(DeferredItem(job_id, int(recipient), channel, float(due), reason.decode()), state))
         return items
 
     async def settle_deferred(

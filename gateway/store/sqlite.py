@@ -28,7 +28,15 @@ from gateway.model.decision import Decision
 from gateway.model.delivery import Result
 from gateway.store import sqlite_decisions as decision_rows
 from gateway.store.ackfile import AckFile
-from gateway.store.base import DeferredItem, DeferredState, IdempotencyRecord, JobRecord, Store, StoreUnavailable
+from gateway.store.base import (
+    DeferredItem,
+    IdempotencyRecord,
+    JobRecord,
+    Store,
+    StoreUnavailable,
+    pack_state,
+    with_state,
+)
 from gateway.store.caps import CapLedger
 
 SCHEMA = (
@@ -85,7 +93,6 @@ _STOP = object()
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack
 _strings = msgspec.json.Decoder(list[str])
-_deferred_state = msgspec.msgpack.Decoder(DeferredState)
 # The WAL is truncated to this after each checkpoint: a burst cannot leave it huge, and a
 # disk near full gets its space back (`housekeep` also checkpoints with TRUNCATE).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -508,27 +515,13 @@ def _write_deferred(conn: sqlite3.Connection, items: Sequence[DeferredItem]) -> 
     conn.executemany(
         "INSERT OR REPLACE INTO deferred (job_id, recipient, channel, due, reason, claimed_until, state) "
         "VALUES (?, ?, ?, ?, ?, 0, ?)",
-        [(i.job_id, i.recipient, i.channel, i.due, i.reason, _pack_state(i)) for i in items],
-    )
-
-
-def _pack_state(item: DeferredItem) -> bytes | None:
-    """A retried message's retry state; None for the others (nothing to carry)."""
-    if not (item.attempts or item.devices is not None or item.answers):
-        return None
-    return _msgpack.encode(
-        DeferredState(item.attempts, item.first_attempt, item.last_error, item.devices, item.answers)
+        [(i.job_id, i.recipient, i.channel, i.due, i.reason, pack_state(i)) for i in items],
     )
 
 
 def _deferred_item(row: tuple[Any, ...]) -> DeferredItem:
     job_id, recipient, channel, due, reason, state = row
-    if state is None:
-        return DeferredItem(job_id, recipient, channel, due, reason)
-    s = _deferred_state.decode(state)
-    return DeferredItem(
-        job_id, recipient, channel, due, reason, s.attempts, s.first_attempt, s.last_error, s.devices, s.answers
-    )
+    return with_state(DeferredItem(job_id, recipient, channel, due, reason), state)
 
 
 class _Aborted(Exception):

@@ -137,7 +137,7 @@ async def test_cap_defer_waits_for_the_slot_then_sends(start, tmp_path) -> None:
     status = await running.wait(second["job_id"], states=("waiting",))
     decision = status["decisions"][0]
     assert (decision["outcome"], decision["reason"], decision["detail"]) == ("deferred", "frequency_cap", "hourly")
-    assert decision["until"] == at("2026-11-28T13:00:00Z")
+    assert decision["until"] == "2026-11-28T13:00:00Z"
     assert await running.gateway.scheduler.run_due() == 0  # not yet due
     clock.advance(3000)
     assert await running.gateway.scheduler.run_due() == 1
@@ -183,12 +183,24 @@ async def test_quiet_hours_defer_to_the_local_morning_and_release(start, tmp_pat
     decision = status["decisions"][0]
     assert (decision["outcome"], decision["reason"]) == ("deferred", "quiet_hours")
     release = at("2026-11-29T07:00:00Z")  # 08:00 in Paris
-    assert release <= decision["until"] < release + 900  # spread over 15 minutes
-    clock.t = decision["until"]
+    assert release <= at(decision["until"]) < release + 900  # spread over 15 minutes
+    clock.t = at(decision["until"])
     assert await running.gateway.scheduler.run_due() == 1
+    assert decision["variant"] == "d"  # a deferred decision says which variant it will carry
+    deferred_at = decision["at"]
     status = await running.wait(body["job_id"])
     assert status["state"] == "completed" and status["decisions"][0]["outcome"] == "sent"
-    assert status["decisions"][0]["at"] >= release
+    assert at(status["decisions"][0]["at"]) >= release
+    # The release did not overwrite the deferral: the decision keeps it, with its times.
+    assert status["decisions"][0]["history"] == [
+        {
+            "outcome": "deferred",
+            "reason": "quiet_hours",
+            "detail": decision["detail"],
+            "until": decision["until"],
+            "at": deferred_at,
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -227,7 +239,7 @@ async def test_invalid_zone_uses_the_fallback_and_says_so(start, tmp_path) -> No
     _, body, _ = await running.post(push_job(["ana"], tz="Not/AZone"))
     decision = (await running.wait(body["job_id"], states=("waiting",)))["decisions"][0]
     assert decision["flags"] == ["timezone_fallback"]
-    assert decision["until"] == at("2026-11-29T08:00:00Z")
+    assert decision["until"] == "2026-11-29T08:00:00Z"
 
 
 async def test_deliver_at_local_then_released_once(start, tmp_path) -> None:
@@ -235,7 +247,7 @@ async def test_deliver_at_local_then_released_once(start, tmp_path) -> None:
     running = await started(start, tmp_path, clock, **quiet(enabled=False))
     _, body, _ = await running.post(push_job(["ana"], deliver_at_local="09:00"))
     decision = (await running.wait(body["job_id"], states=("waiting",)))["decisions"][0]
-    assert (decision["reason"], decision["until"]) == ("deliver_at_local", at("2026-11-28T08:00:00Z"))
+    assert (decision["reason"], decision["until"]) == ("deliver_at_local", "2026-11-28T08:00:00Z")
     clock.t = at("2026-11-28T08:00:30Z")  # released a little late: not pushed to tomorrow
     await running.gateway.scheduler.run_due()
     assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"

@@ -48,6 +48,9 @@ async def test_quiet_hours_release_and_a_second_gateway_reads_the_job(start, tmp
     done = await a.wait(body["job_id"])
     assert [d["outcome"] for d in done["decisions"]] == ["sent", "sent"]
     assert sorted(d.user_id for d in Provider.received) == ["ana", "ben"]
+    # Each keeps its deferral, as the other gateway recorded it.
+    assert [[e["reason"] for e in d["history"]] for d in done["decisions"]] == [["quiet_hours"]] * 2
+    assert [d["history"][0]["until"] for d in done["decisions"]] == [d["until"] for d in waiting["decisions"]]
 
 
 async def test_idempotency_key_shared_between_gateways(start, tmp_path, redis_url) -> None:

@@ -1,0 +1,51 @@
+"""What the API shows of jobs and decisions: the stores' records with RFC 3339 times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gateway.model.decision import OUTCOMES, Decision
+from gateway.model.instant import rfc3339
+from gateway.store import JobRecord, Store
+
+
+def decision_view(decision: Decision) -> dict[str, Any]:
+    view: dict[str, Any] = msgspec.to_builtins(decision)
+    _times(view)
+    for earlier in view.get("history") or ():
+        _times(earlier)
+    return view
+
+
+def _times(view: dict[str, Any]) -> None:
+    if view.get("at"):
+        view["at"] = rfc3339(view["at"])
+    if view.get("until") is not None:
+        view["until"] = rfc3339(view["until"])
+
+
+def job_summary(record: JobRecord, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "job_id": record.id,
+        "campaign": record.campaign,
+        "state": record.state,
+        "recipients": record.recipients,
+        "recipients_done": record.cursor,
+        "warnings": record.warnings,
+        "created_at": rfc3339(record.created_at),
+        "finished_at": rfc3339(record.finished_at) if record.finished_at is not None else None,
+        "counts": {o: counts.get(o, 0) for o in OUTCOMES},
+    }
+
+
+async def job_view(store: Store, record: JobRecord, offset: int, limit: int) -> dict[str, Any]:
+    """A job's state, counts and a page of its decisions."""
+    decisions = await store.decisions(record.id, offset, limit)
+    return {
+        **job_summary(record, await store.outcome_counts(record.id)),
+        "decisions": [decision_view(d) for d in decisions],
+        "offset": offset,
+        "next_offset": offset + limit if len(decisions) == limit else None,
+    }
