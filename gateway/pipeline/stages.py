@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import pluggy
 
 from gateway.channel import Channel
@@ -39,7 +38,7 @@ from gateway.pipeline.fold import Answer, fold_devices, retry_state, token_of
 from gateway.pipeline.plan import Ready, RecipientPlan, Verdict, plan_recipient
 from gateway.policy.engine import Policy, cap_verdict
 from gateway.store import Store
-from gateway.store.base import DeferredItem
+from gateway.store.base import DeferredItem, with_retry
 
 log = logging.getLogger(__name__)
 YIELD_EVERY = 0.005  # seconds of planning between yields to the event loop
@@ -316,16 +315,7 @@ def deferred_item(batch: Batch, job_id: str, target: Target, decision: Decision)
         history=decision.history,
     )
     state = batch.retry.get(target)
-    if state is None:
-        return item
-    return msgspec.structs.replace(
-        item,
-        attempts=state.attempts,
-        first_attempt=state.first_attempt,
-        last_error=state.last_error,
-        devices=state.devices,
-        answers=state.answers,
-    )
+    return item if state is None else with_retry(item, state)
 
 
 def _carry(item: DeferredItem, deliveries: list[Delivery], known: list[Answer | None]) -> None:

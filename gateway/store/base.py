@@ -105,6 +105,11 @@ def with_state(item: DeferredItem, blob: bytes | None) -> DeferredItem:
     if not blob:
         return item
     s = _unpack(blob)
+    return msgspec.structs.replace(with_retry(item, s), detail=s.detail, deferred_at=s.deferred_at, history=s.history)
+
+
+def with_retry(item: DeferredItem, s: DeferredState) -> DeferredItem:
+    """The item going on from this retry state (its count, first attempt, devices left)."""
     return msgspec.structs.replace(
         item,
         attempts=s.attempts,
@@ -112,9 +117,6 @@ def with_state(item: DeferredItem, blob: bytes | None) -> DeferredItem:
         last_error=s.last_error,
         devices=s.devices,
         answers=s.answers,
-        detail=s.detail,
-        deferred_at=s.deferred_at,
-        history=s.history,
     )
 
 
