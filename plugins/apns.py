@@ -42,7 +42,6 @@ from gateway.plugin import (
     InvalidToken,
     PermanentFailure,
     PushContent,
-    Recipient,
     Result,
     SecretRef,
     Sent,
@@ -285,15 +284,6 @@ class ApnsChannel(Channel):
             )
         )
         return results  # type: ignore[return-value]  # every slot was filled
-
-    def check_recipient(self, recipient: Recipient) -> list[tuple[str, str]]:
-        """A device naming an app this gateway does not have is a 400 at intake."""
-        pools = self.pools
-        return [
-            (f"devices[{k}].app", f"no app {d.app!r} in [channels.apns.apps] (configured: {', '.join(sorted(pools))})")
-            for k, d in enumerate(recipient.devices)
-            if d.channel == "apns" and d.app is not None and d.app not in pools
-        ]
 
     def provider(self, delivery: Delivery) -> str:
         """An app in its environment: each has its own key, topic and connections."""

@@ -153,17 +153,6 @@ class SpeakerChannel(Channel):
     def destinations(self, recipient: Recipient) -> list[Device | str]:
         return [d for d in recipient.devices if d.channel == "speaker"]
 
-    def check_recipient(self, recipient: Recipient) -> list[tuple[str, str]]:
-        """A device naming a target this gateway does not have is a 400 at intake, naming
-        the targets it has (a typo would otherwise fail every delivery to it)."""
-        targets = self.targets
-        configured = ", ".join(sorted(targets)) or "none"
-        return [
-            (f"devices[{k}].target", f"no target {d.target!r} in [channels.speaker.targets] (configured: {configured})")
-            for k, d in enumerate(recipient.devices)
-            if d.channel == "speaker" and d.target not in targets
-        ]
-
     def max_in_flight(self) -> int:
         return self.config.concurrency
 

@@ -97,13 +97,14 @@ async def test_alert_payload_headers_and_token_auth(start, tmp_path, apns, ca, k
     assert apns.to("b2" * 32)[0].headers["apns-topic"] == "com.shop.watch"  # the device's app
 
 
-async def test_a_device_naming_an_app_not_configured_is_a_400(start, tmp_path, apns, ca, key_env) -> None:
+async def test_a_device_naming_an_app_not_configured_fails_alone(start, tmp_path, apns, ca, key_env) -> None:
+    """A typo in one device's app: that delivery fails (unknown_app), its job goes on."""
     running = await start(apns_config(tmp_path, apns, ca))
-    devices = [{"channel": "apns", "token": TOKEN}, {"channel": "apns", "token": TOKEN, "app": "wacth"}]
-    status, body, _ = await running.post(apns_job(devices))
-    assert status == 400 and body["path"] == "$.recipients[1].devices[0].app"
-    assert "(configured: shop, watch)" in body["message"]
-    assert not apns.received
+    devices = [{"channel": "apns", "token": TOKEN}, {"channel": "apns", "token": "c3" * 32, "app": "wacth"}]
+    _, body, _ = await running.post(apns_job(devices))
+    done = await running.wait(body["job_id"])
+    assert [(d["outcome"], d.get("reason")) for d in done["decisions"]] == [("sent", None), ("failed", "unknown_app")]
+    assert [n.token for n in apns.received] == [TOKEN]
 
 
 TABLE = [

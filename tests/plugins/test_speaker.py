@@ -8,7 +8,6 @@ import hmac
 import time
 from typing import Any
 
-import msgspec
 import pytest
 from aiohttp import web
 
@@ -134,33 +133,13 @@ async def test_redirect_is_never_followed(start, receiver, tmp_path) -> None:
         await runner.cleanup()
 
 
-async def test_an_unknown_target_is_a_400_naming_the_configured_ones(start, receiver, tmp_path) -> None:
+async def test_unknown_target_fails_without_a_request(start, receiver, tmp_path) -> None:
     running = await start(make_config(tmp_path, receiver.url))
-    job = speaker_job(2)
-    job["recipients"][1]["devices"][0]["target"] = "http://169.254.169.254/latest"
-    status, body, _ = await running.post(job)
-    assert status == 400 and body["path"] == "$.recipients[1].devices[0].target"
-    assert "(configured: home-hub)" in body["message"]
-    assert not receiver.attempts
-
-
-async def test_a_stored_job_naming_a_target_no_longer_configured_fails_without_a_request(receiver) -> None:
-    """A job accepted before the target left the config: that delivery fails, alone."""
-    from gateway.model.delivery import Delivery, PermanentFailure
-    from gateway.model.job import Device
-    from plugins.speaker import SpeakerChannel, SpeakerConfig
-
-    target = {"url": receiver.url, "secret": {"env": "GATEWAY_TEST_SPEAKER_SECRET"}}
-    config = msgspec.convert({"targets": {"home-hub": target}}, SpeakerConfig)
-    channel = await SpeakerChannel.create(config)
-    try:
-        gone = Delivery(id="d1", job_id="j", campaign="c", category="transactional", recipient=0, user_id="u",
-                        channel="speaker", to=Device(channel="speaker", target="old-hub", device_id="x"),
-                        content=None)  # fmt: skip
-        [result] = await channel.send_batch([gone])
-    finally:
-        await channel.aclose()
-    assert isinstance(result, PermanentFailure) and result.reason == "unknown_target"
+    job = speaker_job(1)
+    job["recipients"][0]["devices"][0]["target"] = "http://169.254.169.254/latest"
+    _, body, _ = await running.post(job)
+    done = await running.wait(body["job_id"])
+    assert (done["decisions"][0]["outcome"], done["decisions"][0]["reason"]) == ("failed", "unknown_target")
     assert not receiver.attempts
 
 
