@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -20,6 +21,7 @@ from gateway.pipeline import RunningJob
 from gateway.store import IdempotencyRecord, JobRecord, StoreBusy
 
 _json = msgspec.json.Encoder()
+_sorted = msgspec.json.Encoder(order="sorted")
 
 
 class _Accepted(msgspec.Struct):
@@ -75,15 +77,35 @@ class Intake:
         # Claim the key with no await between the check above and this line.
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight_keys[key] = done
-        body_hash = hashlib.sha256(body).hexdigest()
+        body_hash = meaning_hash(body)
         try:
             existing = await self.gw.store.get_idempotency(key, self.gw.clock.now())
             if existing is not None:
-                return _replay(existing, body_hash)
+                if existing.body_hash != body_hash:
+                    return await self._conflict(existing, body)
+                return _replay(existing)
             return await self._accept(body, (key, body_hash))
         finally:
             del self._inflight_keys[key]
             done.set_result(None)
+
+    async def _conflict(self, existing: IdempotencyRecord, body: bytes) -> Reply:
+        """409, naming where this body's job differs from the one the key was first used for."""
+        job_id = _replayed.decode(existing.response).job_id if existing.status == 202 else None
+        where = ""
+        if job_id is not None:
+            try:
+                found = differences(
+                    msgspec.json.decode(await self.gw.store.job_body(job_id)), msgspec.json.decode(body)
+                )
+                where = f"; it differs at {', '.join(found)}" if found else ""
+            except (msgspec.DecodeError, KeyError, LookupError):
+                pass  # the first job's body is gone (retention): the message stays general
+        return _error(
+            409,
+            "idempotency_key_reused",
+            f"this Idempotency-Key was used with a different job{where}; use a new key for a new job",
+        )
 
     def _backlog(self) -> str | None:
         """Why a new job would wait too long behind those already queued, if it would."""
@@ -167,7 +189,9 @@ class Intake:
             )
         if existing is not None:  # another process took the key between our read and write
             gw.admission.release(held)
-            return _replay(existing, idempotency[1])  # type: ignore[index]
+            if existing.body_hash != idempotency[1]:  # type: ignore[index]
+                return await self._conflict(existing, body)
+            return _replay(existing)
         gw.metrics.jobs_accepted.inc()
         gw.metrics.recipients_accepted.inc(by=n)
         log.info(
@@ -183,15 +207,44 @@ class Intake:
         return Reply(202, reply_body, {"Location": f"/v1/jobs/{job_id}"}, job_id)
 
 
-def _replay(existing: IdempotencyRecord, body_hash: str) -> Reply:
-    if existing.body_hash != body_hash:
-        return _error(
-            409,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different body; use a new key for a new job",
-        )
+def _replay(existing: IdempotencyRecord) -> Reply:
     job_id = _replayed.decode(existing.response).job_id if existing.status == 202 else None
     return Reply(existing.status, existing.response, {"Idempotent-Replayed": "true"}, job_id)
+
+
+def meaning_hash(body: bytes) -> str:
+    """What an Idempotency-Key is compared on: the decoded JSON, whatever its whitespace or
+    key order (a body that is not JSON: its bytes)."""
+    try:
+        canonical = _sorted.encode(msgspec.json.decode(body))
+    except msgspec.DecodeError:
+        canonical = body
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def differences(first: Any, second: Any, path: str = "$", limit: int = 5) -> list[str]:
+    """JSON paths where two decoded documents differ (at most `limit`)."""
+    if type(first) is not type(second):
+        return [path]
+    if isinstance(first, dict):
+        found: list[str] = []
+        for key in sorted(first.keys() | second.keys(), key=str):
+            if len(found) >= limit:
+                break
+            sub = f"{path}.{key}"
+            if key not in first or key not in second:
+                found.append(sub)
+            else:
+                found += differences(first[key], second[key], sub, limit - len(found))
+        return found
+    if isinstance(first, list):
+        found = [] if len(first) == len(second) else [f"{path} (length {len(first)} then {len(second)})"]
+        for n, (a, b) in enumerate(zip(first, second, strict=False)):
+            if len(found) >= limit:
+                break
+            found += differences(a, b, f"{path}[{n}]", limit - len(found))
+        return found
+    return [] if first == second else [path]
 
 
 def _error(status: int, error: str, message: str, retry_after: int | None = None) -> Reply:

@@ -5,6 +5,8 @@ import json
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.server import keys_for, start_server
@@ -59,8 +61,42 @@ async def test_idempotency_same_body_replays_different_body_conflicts(api) -> No
     conflict = await api.post(other, headers={"Idempotency-Key": "k-1"})
     assert conflict[0] == 409
     assert conflict[1]["error"] == "idempotency_key_reused"
+    assert "it differs at $.campaign;" in conflict[1]["message"]
     fresh = await api.post(other, headers={"Idempotency-Key": "k-2"})
     assert fresh[0] == 202 and fresh[1]["job_id"] != first[1]["job_id"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.randoms(use_true_random=False), indent=st.sampled_from([None, 1, 4]))
+def test_idempotency_compares_the_job_not_its_bytes(seed, indent) -> None:
+    """The same job re-serialized on retry (other whitespace, another key order) is the same
+    job; any change of a value is not, and the 409 names where."""
+    from gateway.intake.service import differences, meaning_hash
+
+    job = speaker_job(3, tags=["a", "b"], expires_at="2030-01-01T00:00:00Z")
+
+    def shuffled(value):
+        if isinstance(value, dict):
+            items = list(value.items())
+            seed.shuffle(items)
+            return {k: shuffled(v) for k, v in items}
+        return [shuffled(v) for v in value] if isinstance(value, list) else value
+
+    retried = json.dumps(shuffled(job), indent=indent, separators=None if indent else (",", ":")).encode()
+    assert meaning_hash(retried) == meaning_hash(json.dumps(job).encode())
+    changed = json.loads(retried)
+    changed["recipients"][2]["attributes"]["first_name"] = "Other"
+    assert meaning_hash(json.dumps(changed).encode()) != meaning_hash(retried)
+    assert differences(job, changed) == ["$.recipients[2].attributes.first_name"]
+
+
+async def test_idempotency_a_reserialized_retry_replays(api) -> None:
+    job = speaker_job(2)
+    first = await api.post(json.dumps(job).encode(), headers={"Idempotency-Key": "k-3"})
+    again = await api.post(
+        json.dumps(dict(reversed(job.items())), indent=2).encode(), headers={"Idempotency-Key": "k-3"}
+    )
+    assert first[0] == again[0] == 202 and first[1] == again[1]
 
 
 async def test_idempotency_concurrent_requests_make_one_job(api) -> None:
