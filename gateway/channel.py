@@ -107,9 +107,10 @@ class Channel:
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
         raise NotImplementedError
 
-    def read_unsubscribe_token(self, token: str) -> tuple[str, str] | None:
+    def read_unsubscribe_token(self, token: str) -> tuple[str, ...] | None:
         """Channels that put one-click unsubscribe links in their messages verify their
-        tokens here: (address, campaign), or None for a token they did not sign."""
+        tokens here: (address, campaign) or (address, campaign, tenant) (`Delivery.tenant`;
+        opt-outs are per tenant), or None for a token they did not sign."""
         return None
 
     async def aclose(self) -> None:

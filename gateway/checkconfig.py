@@ -19,8 +19,8 @@ from gateway.channel import Channel
 from gateway.config import (
     ConfigError,
     GatewayConfig,
-    api_keys,
     default_path,
+    key_table,
     read_config,
     struct_problems,
     unknown_hint,
@@ -108,7 +108,7 @@ def _store(config: GatewayConfig) -> None:
 
 
 def _keys(config: GatewayConfig) -> None:
-    api_keys(config.server)
+    key_table(config)
 
 
 def _problems_of(step: Any, config: GatewayConfig) -> list[str]:

@@ -95,8 +95,11 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     # API keys come from the environment or a file, never from this file: it gets committed.
+    # These are the keys of the `default` tenant; [tenants.<name>] adds others.
     api_keys_env: str = "GATEWAY_API_KEYS"
     api_keys_file: str | None = None
+    # Keys that see every tenant's jobs (their own jobs belong to `default`).
+    admin_keys_env: str = "GATEWAY_ADMIN_KEYS"
     shutdown_timeout: Duration = "30s"
     # A client must send a request's headers within this, and its body within `body_timeout`
     # of the headers: a client that trickles bytes holds a connection for no longer.
@@ -190,6 +193,15 @@ class PluginsConfig(_Section):
     disable: list[str] = []
 
 
+TenantName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+DEFAULT_TENANT = "default"
+
+
+class TenantConfig(_Section):
+    # The tenant's API keys, comma or newline separated: `{ env = "CRM_API_KEYS" }`.
+    api_keys: SecretRef
+
+
 class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"  # json: one object per line, with each line's fields
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -209,6 +221,9 @@ class GatewayConfig(_Section):
     quiet_hours: QuietHoursConfig = msgspec.field(default_factory=QuietHoursConfig)
     schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    # Upstream systems apart: each tenant's keys see only its jobs, decisions, idempotency
+    # keys and opt-outs, and its caps count apart.
+    tenants: dict[TenantName, TenantConfig] = {}
     # Frequency caps, as [[caps]] tables; see config/gateway.toml.
     caps: list[Any] = []
     # One table per channel, checked against that channel's own Config Struct once the
@@ -412,6 +427,41 @@ def _delete(data: Any, parts: list[str]) -> None:
 def redact_url(url: str) -> str:
     """A URL without its password (`redis://:secret@host` -> `redis://:***@host`), to log."""
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+class ApiKey(typing.NamedTuple):
+    secret: Secret
+    tenant: str
+    admin: bool = False
+
+
+def key_table(config: GatewayConfig) -> list[ApiKey]:
+    """Every API key with its tenant: the server's keys (`default`), admin keys, and each
+    tenant's; a key given to two tenants is an error."""
+    found = [ApiKey(k, DEFAULT_TENANT) for k in api_keys(config.server)]
+    found += [ApiKey(Secret(k), DEFAULT_TENANT, True) for k in _split(os.environ.get(config.server.admin_keys_env, ""))]
+    problems = []
+    for name, tenant in config.tenants.items():
+        if name == DEFAULT_TENANT:
+            problems.append(f"tenants.{name}: `default` is the tenant of server.api_keys_env's keys")
+            continue
+        try:
+            keys = _split(tenant.api_keys.resolve(f"tenants.{name}.api_keys").reveal())
+            found += [ApiKey(Secret(k), name) for k in keys]
+        except ConfigError as exc:
+            problems += exc.problems
+    owners: dict[str, str] = {}
+    for key in found:
+        owner = owners.setdefault(key.secret.reveal(), key.tenant)
+        if owner != key.tenant:
+            problems.append(f"tenants.{key.tenant}.api_keys: a key of tenant {owner!r} too; each key has one tenant")
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+def _split(raw: str) -> list[str]:
+    return [k.strip() for k in re.split(r"[,\n]", raw) if k.strip() and not k.strip().startswith("#")]
 
 
 def api_keys(server: ServerConfig) -> list[Secret]:

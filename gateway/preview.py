@@ -75,9 +75,10 @@ async def preview(
     policy: Policy,
     now: float,
     check_caps: CheckCaps | None = None,
+    tenant: str = "default",
 ) -> Preview:
     """`check_caps`: the store's read-only check; without one, caps are not evaluated (a
-    warning says so)."""
+    warning says so). `tenant`: whose opt-outs and caps apply."""
     job = accepted.job
     personalizer = Personalizer(job, accepted.variants, {n: c.content_kind for n, c in channels.items()})
     plans = []
@@ -86,13 +87,13 @@ async def preview(
         if time.perf_counter() > slice_ends:  # costly templates must not stall the API
             await asyncio.sleep(0)
             slice_ends = time.perf_counter() + YIELD_EVERY
-        plan = plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True)
+        plan = plan_recipient(job, personalizer, channels, policy, recipient, now, always_choose=True, tenant=tenant)
         _refuse_over_limit(job, i, plan)
         plans.append(plan)
     steps: dict[tuple[int, str], Step] = {
         (i, name): step for i, plan in enumerate(plans) for name, step in plan.channels.items()
     }
-    caps = _Caps(job, policy, steps, now, check_caps)
+    caps = _Caps(job, policy, steps, now, check_caps, tenant)
     if job.routing == "first":
         await _walk_ladder(job, steps, caps)
     else:
@@ -125,9 +126,16 @@ class _Caps:
     """Read-only cap checks, round after round, each counting the grants of those before."""
 
     def __init__(
-        self, job: Job, policy: Policy, steps: dict[tuple[int, str], Step], now: float, check: CheckCaps | None
+        self,
+        job: Job,
+        policy: Policy,
+        steps: dict[tuple[int, str], Step],
+        now: float,
+        check: CheckCaps | None,
+        tenant: str,
     ):
         self.job, self.policy, self.steps, self.now, self._check = job, policy, steps, now, check
+        self.tenant = tenant
         self.granted: list[CapRequest] = []
         self.expires = job.expires_at.timestamp() if job.expires_at is not None else None
 
@@ -139,7 +147,7 @@ class _Caps:
         for i, name in targets:
             step = self.steps[(i, name)]
             assert isinstance(step, Ready)
-            requests.append(self.policy.caps_request(self.job, recipients[i], name, step.tz, self.now))
+            requests.append(self.policy.caps_request(self.job, recipients[i], name, step.tz, self.now, self.tenant))
         outcomes = (await self._check([*self.granted, *requests], self.now))[len(self.granted) :]
         for target, request, outcome in zip(targets, requests, outcomes, strict=True):
             if isinstance(outcome, Denied):

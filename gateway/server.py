@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import ConfigError, GatewayConfig, Secret, api_keys, redact_url, seconds
+from gateway.config import ApiKey, ConfigError, GatewayConfig, key_table, redact_url, seconds
 from gateway.intake.api import make_app
 from gateway.intake.guard import GuardedProtocol
 from gateway.intake.guard import log as http_log
@@ -34,8 +34,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def keys_for(config: GatewayConfig, host: str) -> list[Secret]:
-    keys = api_keys(config.server)
+def keys_for(config: GatewayConfig, host: str) -> list[ApiKey]:
+    keys = key_table(config)
     if not keys and not is_loopback(host):
         raise ConfigError(
             [

@@ -78,14 +78,15 @@ class MailConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     smtputf8: bool = False
 
 
-def sign_token(key: bytes, address: str, campaign: str) -> str:
-    payload = base64.urlsafe_b64encode(msgspec.json.encode([address, campaign])).rstrip(b"=")
+def sign_token(key: bytes, address: str, campaign: str, tenant: str = "default") -> str:
+    fields = [address, campaign] if tenant == "default" else [address, campaign, tenant]
+    payload = base64.urlsafe_b64encode(msgspec.json.encode(fields)).rstrip(b"=")
     mac = base64.urlsafe_b64encode(hmac.new(key, payload, hashlib.sha256).digest()[:18])
     return (payload + b"." + mac).decode()
 
 
-def read_token(key: bytes, token: str) -> tuple[str, str] | None:
-    """(address, campaign) for an authentic token, else None."""
+def read_token(key: bytes, token: str) -> tuple[str, ...] | None:
+    """(address, campaign[, tenant]) for an authentic token, else None."""
     try:
         payload, _, mac = token.encode("ascii").partition(b".")
     except UnicodeEncodeError:  # a token of ours is base64url: this one was not made here
@@ -94,10 +95,12 @@ def read_token(key: bytes, token: str) -> tuple[str, str] | None:
     if not mac or not hmac.compare_digest(mac, expected):
         return None
     try:
-        address, campaign = msgspec.json.decode(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+        fields = msgspec.json.decode(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
     except (ValueError, msgspec.DecodeError):
         return None
-    return str(address), str(campaign)
+    if not isinstance(fields, list) or len(fields) not in (2, 3):
+        return None
+    return tuple(str(f) for f in fields)
 
 
 async def _reset(client: aiosmtplib.SMTP) -> bool:
@@ -296,7 +299,7 @@ class MailChannel(Channel):
         if delivery.category == "marketing" and self.unsubscribe_key is not None:
             unsubscribe = self.config.unsubscribe
             assert unsubscribe is not None
-            token = sign_token(self.unsubscribe_key, to, delivery.campaign)
+            token = sign_token(self.unsubscribe_key, to, delivery.campaign, delivery.tenant)
             links = [f"<{unsubscribe.url.rstrip('/')}/v1/unsubscribe/{token}>"]
             if unsubscribe.mailto:
                 links.append(f"<mailto:{unsubscribe.mailto}?subject=unsubscribe>")
@@ -357,7 +360,7 @@ class MailChannel(Channel):
         except ValueError as exc:  # an address or message aiosmtplib will not put on the wire
             return invalid_request(exc), False
 
-    def read_unsubscribe_token(self, token: str) -> tuple[str, str] | None:
+    def read_unsubscribe_token(self, token: str) -> tuple[str, ...] | None:
         return read_token(self.unsubscribe_key, token) if self.unsubscribe_key else None
 
     async def aclose(self) -> None:

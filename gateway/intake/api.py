@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import re
@@ -13,26 +12,30 @@ import msgspec
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.config import Secret, seconds
+from gateway.config import DEFAULT_TENANT, ApiKey, seconds
 from gateway.intake import console
 from gateway.intake.guard import GUARDS
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
-from gateway.intake.views import job_view
-from gateway.model.address import opt_out_key
-from gateway.store import StoreUnavailable
+from gateway.intake.views import decode_cursor, encode_cursor, job_summary, job_view
+from gateway.model.address import opt_out_key, tenant_key
+from gateway.preview import parse_instant
+from gateway.store import JobQuery, JobRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 INTAKE_KEY = web.AppKey("intake", Intake)
 KEYS_KEY = web.AppKey("api_keys", list)
-SCOPE_KEY = web.RequestKey("key_scope", str)
+TENANT_KEY = web.RequestKey("tenant", str)
+ADMIN_KEY = web.RequestKey("admin", bool)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/console"})
 # Recipients follow unsubscribe links: no API key. The console's files hold no data.
 PUBLIC_PREFIXES = ("/v1/unsubscribe/", "/console/")
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 MAX_PAGE = 1000
+MAX_JOBS_PAGE = 200  # jobs listed per page (each with its counts)
+JOB_STATES = ("accepted", "running", "waiting", "completed")
 DECIDED = ("completed", "waiting")  # job states once every recipient has a decision
 _DURATION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?(ms|s)")
 
@@ -109,11 +112,11 @@ def _refuse_remote(request: web.Request) -> web.Response | None:
 
 
 def _authenticate(request: web.Request) -> web.Response | None:
-    """The request's key scope (for idempotency keys), or the 401 to answer."""
-    keys: list[Secret] = request.app[KEYS_KEY]
-    # No keys: allowed on loopback only (server.keys_for).
+    """The request's tenant (and whether its key is an admin's), or the 401 to answer."""
+    keys: list[ApiKey] = request.app[KEYS_KEY]
+    # No keys: allowed on loopback only (server.keys_for), where the caller sees everything.
     if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES) or not keys:
-        request[SCOPE_KEY] = "local"
+        request[TENANT_KEY], request[ADMIN_KEY] = DEFAULT_TENANT, not keys
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -123,11 +126,17 @@ def _authenticate(request: web.Request) -> web.Response | None:
     if not _VISIBLE_ASCII.fullmatch(token):  # keys are visible ASCII; anything else is no key of ours
         return error(401, "unauthorized", "unknown API key", challenge)
     # Compare against every key so the time taken does not reveal which prefix matched.
-    matched = [hmac.compare_digest(token.encode(), k.reveal().encode()) for k in keys]
+    matched = [hmac.compare_digest(token.encode(), k.secret.reveal().encode()) for k in keys]
     if not any(matched):
         return error(401, "unauthorized", "unknown API key", challenge)
-    request[SCOPE_KEY] = hashlib.sha256(token.encode()).hexdigest()[:16]
+    key = keys[matched.index(True)]
+    request[TENANT_KEY], request[ADMIN_KEY] = key.tenant, key.admin
     return None
+
+
+def visible(request: web.Request, record: JobRecord | None) -> bool:
+    """Another tenant's job is not found (404), as if it did not exist; admins see all."""
+    return record is not None and (request[ADMIN_KEY] or record.tenant == request[TENANT_KEY])
 
 
 async def post_job(request: web.Request) -> web.Response:
@@ -153,7 +162,7 @@ async def post_job(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         gw.metrics.jobs_rejected.inc(str(body.status))
         return body
-    reply = await request.app[INTAKE_KEY].submit(body, request[SCOPE_KEY], key)
+    reply = await request.app[INTAKE_KEY].submit(body, request[TENANT_KEY], key)
     if wait and reply.status == 202 and reply.job_id is not None:
         view = await _job_when_decided(gw, reply.job_id, wait)
         if view is not None:
@@ -231,13 +240,13 @@ async def post_preview(request: web.Request) -> web.Response:
     except JobError as exc:
         return json_response(exc.status, exc.body())
     try:
-        result = await preview(accepted, gw.channels, gw.policy, now, gw.store.check_caps)
+        result = await preview(accepted, gw.channels, gw.policy, now, gw.store.check_caps, request[TENANT_KEY])
     except OverRenderLimit as exc:
         return json_response(400, {"error": "render_limit", "path": exc.path, "message": exc.message})
     return json_response(200, result)
 
 
-def _unsubscriber(gw: Gateway, token: str) -> tuple[str, str] | None:
+def _unsubscriber(gw: Gateway, token: str) -> tuple[str, ...] | None:
     for channel in gw.channels.values():
         found = channel.read_unsubscribe_token(token)
         if found is not None:
@@ -251,8 +260,8 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
     found = _unsubscriber(gw, request.match_info["token"])
     if found is None:
         return error(404, "not_found", "unknown unsubscribe link")
-    address, campaign = found
-    key = opt_out_key(address)
+    address, campaign, tenant = (*found, DEFAULT_TENANT)[:3]
+    key = tenant_key(tenant, opt_out_key(address))
     await gw.store.record_opt_out(key, campaign, gw.clock.now())
     gw.policy.opt_outs.add(key)
     log.info("one-click unsubscribe recorded (campaign %s)", campaign)
@@ -274,10 +283,57 @@ async def get_unsubscribe(request: web.Request) -> web.Response:
 async def delete_opt_out(request: web.Request) -> web.Response:
     """Upstream has a new subscription state for the address: stop suppressing it."""
     gw = request.app[GATEWAY_KEY]
-    key = opt_out_key(request.match_info["address"])
+    key = tenant_key(request[TENANT_KEY], opt_out_key(request.match_info["address"]))
     existed = await gw.store.clear_opt_out(key)
     gw.policy.opt_outs.discard(key)
     return web.Response(status=204 if existed else 404)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """`GET /v1/jobs?campaign=&state=&created_after=&limit=&cursor=`: the tenant's jobs,
+    newest first (an admin's: every tenant's, or `?tenant=`)."""
+    gw = request.app[GATEWAY_KEY]
+    query = _job_query(request)
+    if isinstance(query, web.Response):
+        return query
+    records, last = await gw.store.list_jobs(query)
+    counts = await asyncio.gather(*(gw.store.outcome_counts(r.id) for r in records))
+    return json_response(
+        200,
+        {
+            "jobs": [job_summary(r, c) for r, c in zip(records, counts, strict=True)],
+            "next_cursor": encode_cursor(last) if last is not None else None,
+        },
+    )
+
+
+def _job_query(request: web.Request) -> JobQuery | web.Response:
+    q = request.query
+    limit = _int_query(request, "limit", 50)
+    if limit is None or not 1 <= limit <= MAX_JOBS_PAGE:
+        return _bad_query("limit", f"limit must be an integer between 1 and {MAX_JOBS_PAGE}")
+    if q.get("state") is not None and q["state"] not in JOB_STATES:
+        return _bad_query("state", f"state must be one of {', '.join(JOB_STATES)}")
+    created_after = None
+    if "created_after" in q:
+        try:
+            created_after = parse_instant(q["created_after"])
+        except ValueError as exc:
+            return _bad_query("created_after", f"created_after: {exc}")
+    before = None
+    if "cursor" in q:
+        before = decode_cursor(q["cursor"], tuple[float, str])
+        if before is None:
+            return _bad_query("cursor", "not a cursor this API gave")
+    tenant = q.get("tenant") if request[ADMIN_KEY] else request[TENANT_KEY]
+    return JobQuery(
+        tenant=tenant, campaign=q.get("campaign"), state=q.get("state"), created_after=created_after,
+        limit=limit, before=before,
+    )  # fmt: skip
+
+
+def _bad_query(name: str, message: str) -> web.Response:
+    return json_response(400, {"error": "invalid_query", "path": name, "message": message})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -288,7 +344,7 @@ async def get_job(request: web.Request) -> web.Response:
     if offset is None or limit is None or offset < 0 or not 1 <= limit <= MAX_PAGE:
         return error(400, "invalid_query", f"offset must be an integer >= 0 and limit one between 1 and {MAX_PAGE}")
     record = await gw.store.get_job(job_id)
-    if record is None:
+    if record is None or not visible(request, record):
         return error(404, "not_found", f"no job {job_id}")
     return json_response(200, await job_view(gw.store, record, offset, limit))
 
@@ -342,7 +398,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def console_summary(request: web.Request) -> web.Response:
-    return json_response(200, await console.summary(request.app[GATEWAY_KEY]))
+    tenant = None if request[ADMIN_KEY] else request[TENANT_KEY]
+    return json_response(200, await console.summary(request.app[GATEWAY_KEY], tenant))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -351,6 +408,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
     ("POST", "/v1/jobs", post_job),
+    ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", get_job),
     ("POST", "/v1/preview", post_preview),
     ("POST", "/v1/unsubscribe/{token}", post_unsubscribe),
@@ -388,7 +446,7 @@ def _no_such_route(known: list[tuple[re.Pattern[str], str]]) -> Callable[[web.Re
     return handler
 
 
-def make_app(gateway: Gateway, api_keys: list[Secret]) -> web.Application:
+def make_app(gateway: Gateway, api_keys: list[ApiKey]) -> web.Application:
     # One byte over the limit so aiohttp's own check fires only past it; our handler gives
     # the JSON error naming the limit.
     app = web.Application(

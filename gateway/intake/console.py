@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.intake.views import job_summary
+from gateway.store import JobQuery
 
 RECENT = 25
 _FILES = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -38,11 +39,12 @@ def _headers() -> dict[str, str]:
     return {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 
-async def summary(gw: Gateway) -> dict[str, object]:
-    """Recent jobs with their counts, channel health, the deferred backlog, the last hour."""
+async def summary(gw: Gateway, tenant: str | None) -> dict[str, object]:
+    """Recent jobs (the tenant's; None: every tenant's) with their counts, channel health,
+    the deferred backlog, the last hour."""
     from gateway.intake.api import channel_health
 
-    records = await gw.store.recent_jobs(RECENT)
+    records, _ = await gw.store.list_jobs(JobQuery(tenant=tenant, limit=RECENT))
     counts = await asyncio.gather(*(gw.store.outcome_counts(r.id) for r in records))
     states = gw.pipeline.dispatcher.states() if gw.runner is not None else {}
     channels = {name: channel_health(states.get(name, {})) for name in sorted(gw.channels)}

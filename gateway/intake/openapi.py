@@ -38,6 +38,11 @@ _ERROR = {
 def openapi_spec() -> dict[str, Any]:
     (job_schema, decision_schema), components = msgspec.json.schema_components((Job, Decision), ref_template=_REF)
     components["Error"] = _ERROR
+    instant = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
+    for name in ("Decision", "Earlier"):  # stored as epoch seconds, shown as RFC 3339
+        properties = components[name]["properties"]
+        properties["at"] = instant
+        properties["until"] = {**instant, "description": "deferred: when it is released (RFC 3339, UTC)"}
     components["Accepted"] = {
         "type": "object",
         "properties": {
@@ -59,17 +64,24 @@ def openapi_spec() -> dict[str, Any]:
             "recipients": {"type": "integer"},
             "recipients_done": {"type": "integer"},
             "warnings": {"type": "array", "items": {"type": "string"}},
-            "created_at": {"type": "number"},
-            "finished_at": {"type": ["number", "null"]},
+            "created_at": instant,
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "decisions": {"type": "array", "items": decision_schema},
             "offset": {"type": "integer"},
             "next_offset": {"type": ["integer", "null"]},
         },
     }
+    components["JobList"] = {
+        "type": "object",
+        "properties": {
+            "jobs": {"type": "array", "items": _ref("JobStatus"), "description": "without their decisions"},
+            "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
+        },
+    }
     err = _ref("Error")
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Notification gateway", "version": __version__},
         "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
@@ -205,3 +217,17 @@ def openapi_spec() -> dict[str, Any]:
             },
         },
     }
+    spec["paths"]["/v1/jobs"]["get"] = {
+        "summary": "The tenant's jobs, newest first (an admin key: every tenant's, or `tenant=`), with their counts",
+        "security": bearer,
+        "parameters": [
+            {"name": "campaign", "in": "query", "schema": {"type": "string"}},
+            {"name": "state", "in": "query", "schema": {"enum": ["accepted", "running", "waiting", "completed"]}},
+            {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            {"name": "tenant", "in": "query", "schema": {"type": "string"}, "description": "admin keys only"},
+        ],
+        "responses": {"200": _json(_ref("JobList"), "A page of jobs"), "400": _json(err, "A bad query parameter")},
+    }
+    return spec

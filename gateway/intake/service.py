@@ -64,14 +64,14 @@ class Intake:
         self._inflight_keys: dict[str, asyncio.Future[None]] = {}
         self._max_queue_age = seconds(gateway.config.intake.max_queue_age)
 
-    async def submit(self, body: bytes, key_scope: str, idempotency_key: str | None) -> Reply:
+    async def submit(self, body: bytes, tenant: str, idempotency_key: str | None) -> Reply:
         if not self.gw.accepting:
             return _error(503, "shutting_down", "the gateway is not accepting jobs", retry_after=5)
         if idempotency_key is None:
-            return await self._accept(body, None)
+            return await self._accept(body, tenant, None)
         if len(idempotency_key) > 255:
             return _error(400, "invalid_idempotency_key", "Idempotency-Key is longer than 255 characters")
-        key = f"{key_scope}:{idempotency_key}"
+        key = f"{tenant}:{idempotency_key}"  # a tenant's keys are its own
         while (pending := self._inflight_keys.get(key)) is not None:
             await asyncio.shield(pending)
         # Claim the key with no await between the check above and this line.
@@ -84,7 +84,7 @@ class Intake:
                 if existing.body_hash != body_hash:
                     return await self._conflict(existing, body)
                 return _replay(existing)
-            return await self._accept(body, (key, body_hash))
+            return await self._accept(body, tenant, (key, body_hash))
         finally:
             del self._inflight_keys[key]
             done.set_result(None)
@@ -118,7 +118,7 @@ class Intake:
             return f"the oldest queued job has waited {age:.1f}s (limit {intake.max_queue_age}); retry later"
         return None
 
-    async def _accept(self, body: bytes, idempotency: tuple[str, str] | None) -> Reply:
+    async def _accept(self, body: bytes, tenant: str, idempotency: tuple[str, str] | None) -> Reply:
         gw = self.gw
         try:
             accepted = accept_job(body, gw.config.limits, gw.channels, gw.subscription_groups)
@@ -164,7 +164,8 @@ class Intake:
             recipients=n,
             cursor=0,
             warnings=accepted.warnings,
-            created_at=now,
+            created_at=round(now, 6),  # as the API shows it (RFC 3339, microseconds): filters match exactly
+            tenant=tenant,
         )
         try:
             existing = await gw.store.accept_job(job_record, body, record, now)
@@ -203,7 +204,7 @@ class Intake:
         )
         assert gw.runner is not None
         if not gw.store.shared_queue:
-            gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic()))
+            gw.runner.submit(RunningJob(job_id, job, accepted.variants, 0, gw.clock.monotonic(), tenant=tenant))
         return Reply(202, reply_body, {"Location": f"/v1/jobs/{job_id}"}, job_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
@@ -9,6 +10,19 @@ import msgspec
 from gateway.model.decision import OUTCOMES, Decision
 from gateway.model.instant import rfc3339
 from gateway.store import JobRecord, Store
+
+
+def encode_cursor(position: Any) -> str:
+    """An opaque cursor for the next page: the position of the last item shown."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(position)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: Any) -> Any:
+    """The position a cursor of ours holds, or None for anything else."""
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=kind)
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def decision_view(decision: Decision) -> dict[str, Any]:

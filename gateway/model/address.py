@@ -71,6 +71,12 @@ def _domain(domain: str) -> str:
     return ascii_domain
 
 
+def tenant_key(tenant: str, key: str) -> str:
+    """A key of one tenant's (an opt-out, a capped user): the `default` tenant's as it is,
+    others' prefixed with their name and a separator no address or user id holds."""
+    return key if tenant == "default" else f"{tenant}\x1f{key}"
+
+
 def opt_out_key(raw: str) -> str:
     """What one-click opt-outs are stored and compared by; a string that does not parse
     is compared as it is, lower-cased (it is never sent to)."""

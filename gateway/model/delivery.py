@@ -36,6 +36,7 @@ class Delivery(msgspec.Struct, kw_only=True):
     content: Any  # the RenderedContent of the channel's content kind
     tags: list[str] = []
     expires_at: datetime | None = None
+    tenant: str = "default"  # whose job: a one-click unsubscribe link records the opt-out for it
     attempt: int = 1  # counted across restarts and deferrals, as is the first attempt's time
     first_attempt: float | None = None  # epoch seconds; retries stop max_delivery_time after it
 

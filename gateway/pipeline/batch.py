@@ -31,6 +31,7 @@ class RunningJob:
     acks: dict[int, dict[str, Result]] = field(default_factory=dict)
     finished: bool = False  # its last record closed it (`finish_job` done)
     counts: dict[str, int] = field(default_factory=dict)  # decisions by outcome, this run
+    tenant: str = "default"  # whose job: opt-outs and caps are per tenant
 
 
 class Batch:

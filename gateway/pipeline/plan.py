@@ -51,6 +51,7 @@ def plan_recipient(
     only: Sequence[str] | None = None,
     released: bool = False,
     always_choose: bool = False,
+    tenant: str = "default",
 ) -> RecipientPlan:
     """`only`: plan just these channels (a deferred message coming due, with `released`).
     `always_choose`: render even when no channel can send (preview shows the copy)."""
@@ -58,7 +59,7 @@ def plan_recipient(
     passing: list[tuple[str, Channel, Screening]] = []
     for name in only if only is not None else job.channels:
         channel = channels.get(name)
-        screening = policy.check(job, recipient, channel, name, now, released)
+        screening = policy.check(job, recipient, channel, name, now, released, tenant)
         if type(screening) is Verdict:
             steps[name] = screening
         else:

@@ -29,13 +29,16 @@ from gateway.store.base import DeferredItem
 log = logging.getLogger(__name__)
 
 
-async def load_job(store: Store, job_id: str, cursor: int, accepted_at: float) -> RunningJob:
+async def load_job(store: Store, job_id: str, cursor: int, accepted_at: float, tenant: str | None = None) -> RunningJob:
     """A stored job, ready to run again (resumed at start-up, taken over, or deferred
     messages due): decoded from its stored body, templates compiled once more (they were
     validated at intake, so no length limit applies here), with the providers' answers
     recorded since its cursor."""
     job = JOB_DECODER.decode(await store.job_body(job_id))
-    running = RunningJob(job_id, job, compile_job(job, max_template_chars=10**9), cursor, accepted_at)
+    if tenant is None:  # whose job decides whose opt-outs and caps apply
+        record = await store.get_job(job_id)
+        tenant = record.tenant if record is not None else "default"
+    running = RunningJob(job_id, job, compile_job(job, max_template_chars=10**9), cursor, accepted_at, tenant=tenant)
     running.acks = await store.acks(job_id)
     return running
 

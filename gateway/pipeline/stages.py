@@ -98,7 +98,15 @@ class Stages:
                 slice_ends = time.perf_counter() + YIELD_EVERY
             try:
                 plan = plan_recipient(
-                    job, personalizer, self.channels, self.policy, job.recipients[i], now, only=only, released=released
+                    job,
+                    personalizer,
+                    self.channels,
+                    self.policy,
+                    job.recipients[i],
+                    now,
+                    only=only,
+                    released=released,
+                    tenant=running.tenant,
                 )
             except Exception:  # a bug met by this recipient's data: its decision, not the job's end
                 if not failed:
@@ -152,6 +160,7 @@ class Stages:
                     content=step.content,
                     tags=job.tags,
                     expires_at=job.expires_at,
+                    tenant=running.tenant,
                 )
                 for k, to in enumerate(step.destinations)
             ]
@@ -192,7 +201,8 @@ class Stages:
         plans = batch.plans
         steps: list[tuple[Target, Any]] = [(t, plans[t[0]].channels[t[1]]) for t in targets]  # Ready, by routing
         caps_request = self.policy.caps_request
-        requests = [caps_request(job, job.recipients[i], name, step.tz, batch.now) for (i, name), step in steps]
+        tenant = batch.running.tenant
+        requests = [caps_request(job, job.recipients[i], name, step.tz, batch.now, tenant) for (i, name), step in steps]
         expires = job.expires_at.timestamp() if job.expires_at is not None else None
         granted: list[tuple[Target, Ready]] = []
         for (target, step), outcome in zip(steps, await self.store.reserve_caps(requests, batch.now), strict=True):

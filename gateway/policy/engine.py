@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from gateway.channel import Channel
 from gateway.config import ConfigError, GatewayConfig, QuietHoursConfig, convert_section, seconds
 from gateway.model import decision as d
-from gateway.model.address import opt_out_key
+from gateway.model.address import opt_out_key, tenant_key
 from gateway.model.caps import CapRequest, Check, Denied
 from gateway.model.job import Device, Job, Recipient
 from gateway.policy.caps import GROUPS, Cap, CapRule, validate_rules
@@ -103,9 +103,17 @@ class Policy:
         return rules
 
     def check(
-        self, job: Job, recipient: Recipient, channel: Channel | None, name: str, now: float, released: bool = False
+        self,
+        job: Job,
+        recipient: Recipient,
+        channel: Channel | None,
+        name: str,
+        now: float,
+        released: bool = False,
+        tenant: str = "default",
     ) -> Screening | Verdict:
-        """`released`: a deferred message coming due; its deliver_at_local has passed."""
+        """`released`: a deferred message coming due; its deliver_at_local has passed.
+        `tenant`: whose job (opt-outs are per tenant)."""
         if channel is None:
             return Verdict("suppressed", d.CHANNEL_UNAVAILABLE)
         rules = self._rules(job)
@@ -124,7 +132,7 @@ class Policy:
                 self.opt_outs
                 and channel.subscription_group == "email"
                 and recipient.email
-                and opt_out_key(recipient.email) in self.opt_outs
+                and tenant_key(tenant, opt_out_key(recipient.email)) in self.opt_outs
             ):
                 return Verdict(
                     "suppressed",
@@ -149,7 +157,9 @@ class Policy:
                 return _defer(release, d.QUIET_HOURS, window, expires, flags)
         return Screening(destinations, tz, flags)
 
-    def caps_request(self, job: Job, recipient: Recipient, name: str, tz: ZoneInfo, now: float) -> CapRequest:
+    def caps_request(
+        self, job: Job, recipient: Recipient, name: str, tz: ZoneInfo, now: float, tenant: str = "default"
+    ) -> CapRequest:
         # A batch shares one `now`, so a message's checks depend only on (job, channel,
         # zone): built once per batch and shared, not once per message.
         if now != self._checks_at:
@@ -164,7 +174,7 @@ class Policy:
                     since, reset = cap.bounds(now, tz)
                     checks.append(Check(cap.name, since, cap.limit, cap.period, reset, cap.action))
             self._checks_cache[key] = checks
-        return CapRequest(recipient.user_id, checks)
+        return CapRequest(tenant_key(tenant, recipient.user_id), checks)  # caps count per tenant
 
 
 def _expand(channels: Sequence[str]) -> frozenset[str] | _Any:

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from gateway.config import ConfigError, StoreConfig
-from gateway.store.base import DeferredItem, IdempotencyRecord, JobRecord, Store, StoreBusy, StoreUnavailable
+from gateway.store.base import (
+    DeferredItem,
+    IdempotencyRecord,
+    JobCursor,
+    JobQuery,
+    JobRecord,
+    Store,
+    StoreBusy,
+    StoreUnavailable,
+)
 
-__all__ = ["DeferredItem", "IdempotencyRecord", "JobRecord", "Store", "StoreBusy", "StoreUnavailable", "make_store"]
+__all__ = [
+    "DeferredItem",
+    "IdempotencyRecord",
+    "JobCursor",
+    "JobQuery",
+    "JobRecord",
+    "Store",
+    "StoreBusy",
+    "StoreUnavailable",
+    "make_store",
+]
 
 
 def make_store(config: StoreConfig, queue_limit: int = 0, queue_jobs: int = 0, queue_age: float = 0.0) -> Store:

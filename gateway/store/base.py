@@ -27,6 +27,29 @@ class JobRecord(msgspec.Struct, kw_only=True):
     warnings: list[str]
     created_at: float
     finished_at: float | None = None
+    tenant: str = "default"
+
+
+JobCursor = tuple[float, str]  # (created_at, id) of the last job of a page
+
+
+class JobQuery(msgspec.Struct, kw_only=True):
+    """`GET /v1/jobs`: None is any."""
+
+    tenant: str | None = None
+    campaign: str | None = None
+    state: str | None = None
+    created_after: float | None = None
+    limit: int = 50
+    before: JobCursor | None = None
+
+    def matches(self, record: JobRecord) -> bool:
+        return (
+            (self.tenant is None or record.tenant == self.tenant)
+            and (self.campaign is None or record.campaign == self.campaign)
+            and (self.state is None or record.state == self.state)
+            and (self.created_after is None or record.created_at > self.created_after)
+        )
 
 
 class IdempotencyRecord(msgspec.Struct, kw_only=True):
@@ -260,8 +283,9 @@ class Store(abc.ABC):
         """Messages waiting in the schedule, by reason (the deferred backlog's gauge)."""
 
     @abc.abstractmethod
-    async def recent_jobs(self, limit: int) -> list[JobRecord]:
-        """The most recently accepted jobs, newest first (the console's list)."""
+    async def list_jobs(self, query: JobQuery) -> tuple[list[JobRecord], JobCursor | None]:
+        """Jobs matching `query`, newest first, at most `query.limit`; and the cursor to
+        pass as `query.before` for the next page (None: there is none)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -37,6 +37,8 @@ from gateway.model.delivery import Result
 from gateway.store.base import (
     DeferredItem,
     IdempotencyRecord,
+    JobCursor,
+    JobQuery,
     JobRecord,
     Store,
     StoreBusy,
@@ -52,13 +54,13 @@ _ack = msgspec.msgpack.Decoder(tuple[str, Result])
 _strings = msgspec.json.Decoder(list[str])
 _json = msgspec.json.Encoder()
 CAP_TTL_FLOOR = 8 * 86400  # calendar weeks and a day of slack
-RECENT_JOBS = 1000  # the newest jobs, listed by the console
+SCAN_PAGES = 10  # listing jobs with filters: pages of the time index read per call, at most
 
 # KEYS: idempotency key (or ''), job hash, body, open jobs zset, intake stream, queued
-# recipients counter, queued jobs counter, id of the last entry taken, recent jobs zset
-# (the newest RECENT, for the console). ARGV: idempotency
+# recipients counter, queued jobs counter, id of the last entry taken, the jobs by time of
+# every tenant and of this one (zsets, for listing). ARGV: idempotency
 # record, its TTL ms, campaign, recipients, warnings, created_at, body, job id, queue
-# limit (0: none), queued jobs limit, queue age limit in ms. Returns the existing
+# limit (0: none), queued jobs limit, queue age limit in ms, tenant. Returns the existing
 # idempotency record, {what, how many} when the queue is full, or false.
 ACCEPT = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('GET', KEYS[1]) end
@@ -77,7 +79,7 @@ if jobs > 0 and tonumber(ARGV[11]) > 0 then
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 redis.call('HSET', KEYS[2], 'campaign', ARGV[3], 'state', 'accepted', 'recipients', ARGV[4], 'cursor', 0,
-           'warnings', ARGV[5], 'created_at', ARGV[6])
+           'warnings', ARGV[5], 'created_at', ARGV[6], 'tenant', ARGV[12])
 redis.call('SET', KEYS[3], ARGV[7])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[8])
 local entry = redis.call('XADD', KEYS[5], '*', 'job', ARGV[8])
@@ -85,9 +87,9 @@ redis.call('HSET', KEYS[2], 'entry', entry)
 redis.call('INCRBY', KEYS[6], ARGV[4])
 redis.call('INCR', KEYS[7])
 redis.call('ZADD', KEYS[9], ARGV[6], ARGV[8])
-redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -(RECENT + 1))
+redis.call('ZADD', KEYS[10], ARGV[6], ARGV[8])
 return false
-""".replace("RECENT", str(RECENT_JOBS))
+"""
 
 # KEYS: deferred reasons hash. Counts its values in Redis (a backlog of 100,000 is one
 # small reply, not 100,000 values over the wire): {reason, count, ...}.
@@ -359,6 +361,7 @@ def _job_record(job_id: str, raw: dict[bytes | str, bytes | str]) -> JobRecord:
         warnings=_strings.decode(f["warnings"]),
         created_at=float(f["created_at"]),
         finished_at=float(f["finished_at"]) if "finished_at" in f else None,
+        tenant=f.get("tenant", "default"),
     )
 
 
@@ -500,7 +503,8 @@ class RedisStore(Store):
                 self._k("queued"),
                 self._k("queued", "jobs"),
                 self._k("queued", "taken"),
-                self._k("recent"),
+                self._k("jobs-by-time"),
+                self._k("jobs-by-time", job.tenant),
             ],
             [
                 _pack(idempotency) if idempotency else b"",
@@ -514,6 +518,7 @@ class RedisStore(Store):
                 self.queue_limit,
                 self.queue_jobs,
                 int(self.queue_age * 1000),
+                job.tenant,
             ],
         )
         if isinstance(existing, list):
@@ -652,13 +657,40 @@ class RedisStore(Store):
         return {_text(raw[i]): int(raw[i + 1]) for i in range(0, len(raw), 2)}
 
     @_unavailable_on_error
-    async def recent_jobs(self, limit: int) -> list[JobRecord]:
-        ids: list[bytes] = await self._r.zrevrange(self._k("recent"), 0, limit - 1)  # type: ignore[assignment]
+    async def list_jobs(self, query: JobQuery) -> tuple[list[JobRecord], JobCursor | None]:
+        """Newest first from the tenant's time index (ties by id, as the index orders them),
+        filtered here a page of records at a time, reading at most `SCAN_PAGES` pages per
+        call: the cursor goes on from where the reading stopped."""
+        index = self._k("jobs-by-time", query.tenant) if query.tenant is not None else self._k("jobs-by-time")
+        low = f"({query.created_after!r}" if query.created_after is not None else "-inf"
+        size = max(query.limit, 100)
+        found: list[JobRecord] = []
+        cursor = query.before
+        for _ in range(SCAN_PAGES):
+            top = repr(cursor[0]) if cursor is not None else "+inf"
+            page: list[tuple[bytes, float]] = await self._r.zrevrangebyscore(  # type: ignore[assignment]
+                index, top, low, start=0, num=size, withscores=True
+            )
+            fresh = [(_text(m), s) for m, s in page if cursor is None or s < cursor[0] or _text(m) < cursor[1]]
+            if not fresh:
+                return found, None
+            records = await self._records([m for m, _ in fresh])
+            for (member, score), record in zip(fresh, records, strict=True):
+                cursor = (score, member)
+                if record is not None and query.matches(record):
+                    found.append(record)
+                    if len(found) == query.limit:
+                        return found, cursor
+            if len(page) < size:
+                return found, None
+        return found, cursor
+
+    async def _records(self, ids: list[str]) -> list[JobRecord | None]:
         async with self._r.pipeline(transaction=False) as pipe:
             for i in ids:
-                pipe.hgetall(self._k(f"job:{{{i.decode()}}}"))
+                pipe.hgetall(self._k(f"job:{{{i}}}"))
             rows = await pipe.execute()
-        return [_job_record(i.decode(), raw) for i, raw in zip(ids, rows, strict=True) if raw]
+        return [_job_record(i, raw) if raw else None for i, raw in zip(ids, rows, strict=True)]
 
     @_unavailable_on_error
     async def get_job(self, job_id: str) -> JobRecord | None:

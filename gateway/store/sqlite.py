@@ -31,6 +31,8 @@ from gateway.store.ackfile import AckFile
 from gateway.store.base import (
     DeferredItem,
     IdempotencyRecord,
+    JobCursor,
+    JobQuery,
     JobRecord,
     Store,
     StoreUnavailable,
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     body BLOB NOT NULL,  -- bodies up to INLINE_BODY_BYTES; larger ones in job_bodies
     retry_cursor INTEGER NOT NULL DEFAULT -1,
-    retries INTEGER NOT NULL DEFAULT 0
+    retries INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT NOT NULL DEFAULT 'default'
 );
 -- A job's body apart from its row: the row changes with every recorded batch, and SQLite
 -- rewrites a whole row to change one column (a 10 MB body per cursor move).
@@ -87,7 +90,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     + decision_rows.SCHEMA
 )
 
-_JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at"
+_JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at, tenant"
 log = logging.getLogger(__name__)
 _STOP = object()
 _json = msgspec.json.Encoder()
@@ -248,7 +251,7 @@ class SQLiteStore(Store):
                     ),
                 )
             conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.campaign,
@@ -258,6 +261,7 @@ class SQLiteStore(Store):
                     _json.encode(job.warnings).decode(),
                     job.created_at,
                     job.finished_at,
+                    job.tenant,
                     body if len(body) <= INLINE_BODY_BYTES else b"",
                 ),
             )
@@ -433,11 +437,25 @@ class SQLiteStore(Store):
         rows = await self._read(lambda c: c.execute("SELECT reason, count(*) FROM deferred GROUP BY reason").fetchall())
         return dict(rows)
 
-    async def recent_jobs(self, limit: int) -> list[JobRecord]:
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall()
-        )
-        return [_job(row) for row in rows]
+    async def list_jobs(self, query: JobQuery) -> tuple[list[JobRecord], JobCursor | None]:
+        where: list[str] = []
+        args: list[object] = []
+        for column, value in (("tenant", query.tenant), ("campaign", query.campaign), ("state", query.state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.created_after is not None:
+            where.append("created_at > ?")
+            args.append(query.created_after)
+        if query.before is not None:  # the cursor: older than the last job shown, ties by id
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [query.before[0], query.before[0], query.before[1]]
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+        sql += "ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, (*args, query.limit)).fetchall())
+        records = [_job(row) for row in rows]
+        more = len(records) == query.limit
+        return records, (records[-1].created_at, records[-1].id) if more else None
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self._read(
@@ -470,9 +488,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
         ("jobs", "retry_cursor", "INTEGER NOT NULL DEFAULT -1"),
         ("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"),
         ("deferred", "state", "BLOB"),
+        ("jobs", "tenant", "TEXT NOT NULL DEFAULT 'default'"),
     ):
         if name not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+    # A tenant's jobs, newest first (the list endpoint): after the column exists.
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs(tenant, created_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs(created_at)")
     _migrate_decision_rows(conn)
     decision_rows.migrate(conn)
 
@@ -607,4 +629,5 @@ def _job(row: tuple[Any, ...]) -> JobRecord:
         warnings=_strings.decode(row[5]),
         created_at=row[6],
         finished_at=row[7],
+        tenant=row[8],
     )

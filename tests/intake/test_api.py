@@ -119,15 +119,6 @@ async def test_idempotency_keys_expire(start, tmp_path) -> None:
     assert await running.gateway.store.purge_expired(clock.now() + 7200) == 1
 
 
-async def test_idempotency_keys_are_scoped_per_api_key(api, monkeypatch) -> None:
-    job = speaker_job(1)
-    first = await api.post(job, headers={"Idempotency-Key": "shared"})
-    async with aiohttp.ClientSession(api.server.url, headers={"Authorization": "Bearer other-key"}) as other:
-        async with other.post("/v1/jobs", json=dict(job, campaign="x"), headers={"Idempotency-Key": "shared"}) as r:
-            assert r.status == 202
-            assert (await r.json())["job_id"] != first[1]["job_id"]
-
-
 @pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz", "Bearer", API_KEY])
 async def test_auth_required(api, header: str | None) -> None:
     headers = {"Authorization": header} if header else {}
@@ -218,7 +209,7 @@ def test_refuses_non_loopback_without_keys(monkeypatch) -> None:
     assert keys_for(config, "127.0.0.1") == []
     assert keys_for(config, "::1") == []
     monkeypatch.setenv("GATEWAY_API_KEYS", "a, b")
-    assert [k.reveal() for k in keys_for(config, "0.0.0.0")] == ["a", "b"]
+    assert [(k.secret.reveal(), k.tenant) for k in keys_for(config, "0.0.0.0")] == [("a", "default"), ("b", "default")]
 
 
 async def test_loopback_without_keys_is_open_to_local_json_requests_only(tmp_path, monkeypatch) -> None:

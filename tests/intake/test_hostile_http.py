@@ -23,6 +23,7 @@ from tests.hostile import SCALE, GatewayThread, hostile_string, json_value, muta
 
 ROUTES = [
     ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
     ("POST", "/v1/preview"),
     ("GET", "/v1/jobs/{}"),
     ("POST", "/v1/unsubscribe/{}"),
@@ -38,7 +39,7 @@ ROUTES = [
     ("GET", "/v1/{}"),  # no such route
     ("PATCH", "/v1/jobs"),  # no such method
 ]
-QUERIES = ["offset", "limit", "now", "x"]
+QUERIES = ["offset", "limit", "now", "x", "cursor", "state", "created_after", "campaign", "tenant"]
 SETTINGS = settings(
     max_examples=300 * SCALE,
     deadline=None,
