@@ -152,7 +152,7 @@ class Runner:
             log.exception("job %s: could not record its failure; it resumes on the next start", item.id)
 
     async def _load(self, record: JobRecord) -> RunningJob:
-        return await load_job(self.pipeline.store, record.id, record.cursor, self.clock.monotonic(), record.tenant)
+        return await load_job(self.pipeline.store, record.id, record.cursor, self.clock.monotonic(), record)
 
     async def _run(self, item: RunningJob | JobRecord) -> None:
         """Run a job; while the store is unreachable, pause and go on from the last recorded

@@ -62,6 +62,9 @@ class Scheduler:
 
     async def _release(self, job_id: str, channel: str, items: list[DeferredItem]) -> None:
         running = await self._job(job_id)
+        if await self._cancelled(running):  # cancelled since they were deferred: they never go
+            await self.pipeline.cancel_deferred(running, items)
+            return
         if self._under_way[channel] >= RELEASES_PER_CHANNEL:
             await self._busy(running, items)
             return
@@ -79,6 +82,13 @@ class Scheduler:
         until = self.pipeline.dispatcher.policy.busy_until(self.clock.now())
         again = [msgspec.structs.replace(item, due=until) for item in items]
         await self.store.settle_deferred(running.id, [], again, self.clock.now(), channels=running.job.channels)
+
+    async def _cancelled(self, running: RunningJob) -> bool:
+        """Asked for in this process, or in any (the store says; one read per release)."""
+        if running.id in self.pipeline.cancelled:
+            return True
+        record = await self.store.get_job(running.id)
+        return record is not None and record.cancelled_at is not None
 
     async def _job(self, job_id: str) -> RunningJob:
         running = self._jobs.get(job_id)

@@ -19,6 +19,7 @@ from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
 from gateway.intake.views import decode_cursor, encode_cursor, job_summary, job_view
 from gateway.model.address import opt_out_key, tenant_key
+from gateway.pipeline import load_job
 from gateway.preview import parse_instant
 from gateway.store import JobQuery, JobRecord, StoreUnavailable
 
@@ -35,8 +36,8 @@ PUBLIC_PREFIXES = ("/v1/unsubscribe/", "/console/")
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 MAX_PAGE = 1000
 MAX_JOBS_PAGE = 200  # jobs listed per page (each with its counts)
-JOB_STATES = ("accepted", "running", "waiting", "completed")
-DECIDED = ("completed", "waiting")  # job states once every recipient has a decision
+JOB_STATES = ("accepted", "running", "waiting", "completed", "cancelled")
+DECIDED = ("completed", "waiting", "cancelled")  # job states once every recipient has a decision
 _DURATION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?(ms|s)")
 
 
@@ -289,6 +290,31 @@ async def delete_opt_out(request: web.Request) -> web.Response:
     return web.Response(status=204 if existed else 404)
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    """`POST /v1/jobs/{id}/cancel`: no further batch starts, messages waiting in the schedule
+    are `suppressed: cancelled`; the job ends `cancelled`. Again: the same answer. A job that
+    has completed: 409."""
+    gw = request.app[GATEWAY_KEY]
+    job_id = request.match_info["job_id"]
+    record = await gw.store.get_job(job_id)
+    if record is None or not visible(request, record):
+        return error(404, "not_found", f"no job {job_id}")
+    if record.state == "completed":
+        return error(409, "job_completed", f"job {job_id} has completed: there is nothing left to cancel")
+    record = await gw.store.cancel_job(job_id, gw.clock.now())
+    if record is None or record.state == "completed":  # it completed meanwhile
+        return error(409, "job_completed", f"job {job_id} has completed: there is nothing left to cancel")
+    gw.pipeline.cancelled.add(job_id)  # a worker here stops at its next batch
+    if record.state == "waiting":  # every recipient decided: only its schedule is left
+        await gw.pipeline.cancel_deferred(await load_job(gw.store, job_id, record.recipients, 0.0, record))
+    log.info(
+        "job %s: cancel asked for (it was %s)", job_id, record.state, extra={"event": "job.cancel", "job_id": job_id}
+    )
+    record = await gw.store.get_job(job_id)
+    assert record is not None
+    return json_response(200, job_summary(record, await gw.store.outcome_counts(job_id)))
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     """`GET /v1/jobs?campaign=&state=&created_after=&limit=&cursor=`: the tenant's jobs,
     newest first (an admin's: every tenant's, or `?tenant=`)."""
@@ -410,6 +436,7 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("POST", "/v1/jobs", post_job),
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", get_job),
+    ("POST", "/v1/jobs/{job_id}/cancel", cancel_job),
     ("POST", "/v1/preview", post_preview),
     ("POST", "/v1/unsubscribe/{token}", post_unsubscribe),
     ("GET", "/v1/unsubscribe/{token}", get_unsubscribe),

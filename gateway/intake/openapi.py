@@ -58,8 +58,9 @@ def openapi_spec() -> dict[str, Any]:
             "job_id": {"type": "string"},
             "campaign": {"type": "string"},
             "state": {
-                "enum": ["accepted", "running", "waiting", "completed"],
-                "description": "waiting: every recipient decided, deferred messages scheduled",
+                "enum": ["accepted", "running", "waiting", "completed", "cancelled"],
+                "description": "waiting: every recipient decided, deferred messages scheduled; cancelled: a cancel "
+                "was asked for before it completed",
             },
             "recipients": {"type": "integer"},
             "recipients_done": {"type": "integer"},
@@ -133,6 +134,19 @@ def openapi_spec() -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     ],
                     "responses": {"200": _json(_ref("JobStatus"), "The job"), "404": _json(err, "No such job")},
+                }
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a job: no further batch starts, its messages waiting in the schedule are "
+                    "suppressed: cancelled, and it ends `cancelled`; asking again gives the same answer",
+                    "security": bearer,
+                    "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json(_ref("JobStatus"), "Cancelled, or cancelling (the batches under way finish)"),
+                        "404": _json(err, "No such job (or another tenant's)"),
+                        "409": _json(err, "The job has completed"),
+                    },
                 }
             },
             "/v1/preview": {
@@ -222,7 +236,11 @@ def openapi_spec() -> dict[str, Any]:
         "security": bearer,
         "parameters": [
             {"name": "campaign", "in": "query", "schema": {"type": "string"}},
-            {"name": "state", "in": "query", "schema": {"enum": ["accepted", "running", "waiting", "completed"]}},
+            {
+                "name": "state",
+                "in": "query",
+                "schema": {"enum": ["accepted", "running", "waiting", "completed", "cancelled"]},
+            },
             {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
             {"name": "cursor", "in": "query", "schema": {"type": "string"}},

@@ -45,6 +45,7 @@ class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 # Reasons the core itself gives (channels add provider reasons of their own).
 CHANNEL_UNAVAILABLE = "channel_unavailable"
+CANCELLED = "cancelled"  # suppressed: upstream cancelled the job before this message went
 NO_DEVICE = "no_device"
 MISSING_DATA = "missing_data"
 EXPIRED = "expired"

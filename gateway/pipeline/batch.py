@@ -32,6 +32,7 @@ class RunningJob:
     finished: bool = False  # its last record closed it (`finish_job` done)
     counts: dict[str, int] = field(default_factory=dict)  # decisions by outcome, this run
     tenant: str = "default"  # whose job: opt-outs and caps are per tenant
+    cancelled: bool = False  # a cancel was asked for: no further batch starts
 
 
 class Batch:

@@ -23,22 +23,25 @@ from gateway.pipeline.batch import Batch, BatchOutcome, RunningJob, Target
 from gateway.pipeline.routing import ready_targets, route_all, route_first
 from gateway.pipeline.stages import Answers, Share, Stages, deferred_item
 from gateway.pipeline.window import Span, Window
-from gateway.store import Store
+from gateway.store import JobRecord, Store
 from gateway.store.base import DeferredItem
 
 log = logging.getLogger(__name__)
 
 
-async def load_job(store: Store, job_id: str, cursor: int, accepted_at: float, tenant: str | None = None) -> RunningJob:
+async def load_job(
+    store: Store, job_id: str, cursor: int, accepted_at: float, record: JobRecord | None = None
+) -> RunningJob:
     """A stored job, ready to run again (resumed at start-up, taken over, or deferred
     messages due): decoded from its stored body, templates compiled once more (they were
     validated at intake, so no length limit applies here), with the providers' answers
     recorded since its cursor."""
     job = JOB_DECODER.decode(await store.job_body(job_id))
-    if tenant is None:  # whose job decides whose opt-outs and caps apply
+    if record is None:  # whose job (opt-outs and caps are per tenant), and is it cancelled?
         record = await store.get_job(job_id)
-        tenant = record.tenant if record is not None else "default"
-    running = RunningJob(job_id, job, compile_job(job, max_template_chars=10**9), cursor, accepted_at, tenant=tenant)
+    running = RunningJob(job_id, job, compile_job(job, max_template_chars=10**9), cursor, accepted_at)
+    if record is not None:
+        running.tenant, running.cancelled = record.tenant, record.cancelled_at is not None
     running.acks = await store.acks(job_id)
     return running
 
@@ -56,6 +59,8 @@ class Pipeline(Stages):
         on from the stored cursor, and what was answered meanwhile is not sent again."""
         job = running.job
         n = len(job.recipients)
+        if running.cancelled or running.id in self.cancelled:
+            return await self._end_cancelled(running, running.cursor)
         window = Window(running.cursor, self._budgets(running), self.batch_size, job.routing != "first")
         stopped = stopping is not None and stopping.is_set()
         if 0 < n - running.cursor <= self.batch_size and not stopped:  # one batch (transactional): no task
@@ -66,7 +71,7 @@ class Pipeline(Stages):
         try:
             while lo < n and not (stopping is not None and stopping.is_set()):
                 await window.room()
-                if any(map(_failed, tasks)):
+                if any(map(_failed, tasks)) or await self._cancel_asked(running):
                     break
                 span = window.start(lo, min(lo + self.batch_size, n))
                 task = asyncio.create_task(self._batch(running, window, span))
@@ -83,7 +88,67 @@ class Pipeline(Stages):
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             raise failure
+        if running.cancelled:  # every batch started is recorded: the rest was never planned
+            return await self._end_cancelled(running, lo)
         return await self._finished(running)
+
+    async def _cancel_asked(self, running: RunningJob) -> bool:
+        """Before each batch of a job of several: was a cancel asked for, here or (through
+        the store) in another process?"""
+        if not running.cancelled and running.id not in self.cancelled:
+            record = await self.store.get_job(running.id)
+            running.cancelled = record is not None and record.cancelled_at is not None
+        running.cancelled = running.cancelled or running.id in self.cancelled
+        return running.cancelled
+
+    async def _end_cancelled(self, running: RunningJob, start: int) -> bool:
+        """Recipients from `start` on get `suppressed: cancelled` on every channel, a batch
+        at a time; then the messages waiting in the schedule; the job ends `cancelled`."""
+        job, n = running.job, len(running.job.recipients)
+        for lo in range(start, n, self.batch_size):
+            hi = min(lo + self.batch_size, n)
+            now = self.clock.now()
+            decisions = [
+                Decision(recipient=i, user_id=job.recipients[i].user_id, channel=channel, outcome="suppressed",
+                         reason=d.CANCELLED, detail="the job was cancelled", at=now)
+                for i in range(lo, hi)
+                for channel in job.channels
+            ]  # fmt: skip
+            await self.store.record_batch(running.id, hi, decisions, now, channels=job.channels, finish=hi == n)
+            self._observe(running, decisions)
+        if start >= n and not running.finished:
+            await self.store.finish_job(running.id, self.clock.now())
+        running.cursor, running.finished = n, True
+        await self.cancel_deferred(running)
+        self.cancelled.discard(running.id)
+        self.acklog.forget(running.id)
+        log.info(
+            "job %s cancelled: campaign %s, %d recipients; %s",
+            running.id,
+            job.campaign,
+            n,
+            ", ".join(f"{outcome} {k}" for outcome, k in sorted(running.counts.items())) or "no decisions",
+            extra={"event": "job.cancelled", "job_id": running.id, "campaign": job.campaign, "counts": running.counts},
+        )
+        return True
+
+    async def cancel_deferred(self, running: RunningJob, items: Sequence[DeferredItem] | None = None) -> None:
+        """The job's messages waiting in the schedule (or these of them) are settled as
+        `suppressed: cancelled`, keeping their deferral in their history."""
+        if items is None:
+            items = await self.store.deferred_of(running.id)
+        if not items:
+            return
+        now = self.clock.now()
+        recipients = running.job.recipients
+        decisions = [
+            Decision(recipient=item.recipient, user_id=recipients[item.recipient].user_id, channel=item.channel,
+                     outcome="suppressed", reason=d.CANCELLED, detail="the job was cancelled", at=now,
+                     history=item.as_earlier())
+            for item in items
+        ]  # fmt: skip
+        await self.store.settle_deferred(running.id, decisions, [], now, channels=running.job.channels)
+        self._observe(running, decisions)
 
     async def _finished(self, running: RunningJob) -> bool:
         """Every batch has ended: True when the job is done (closed by its last record, or
@@ -91,6 +156,7 @@ class Pipeline(Stages):
         if running.cursor < len(running.job.recipients):
             return False
         self.acklog.forget(running.id)
+        self.cancelled.discard(running.id)
         if not running.finished:
             await self.store.finish_job(running.id, self.clock.now())
         self._log_end(running)

@@ -64,6 +64,7 @@ class Stages:
     ):
         self.store = store
         self.channels = channels
+        self.cancelled: set[str] = set()  # jobs a cancel was asked for in this process
         self.dispatcher = dispatcher
         self.pm = pm
         self.metrics = metrics

@@ -15,7 +15,8 @@ from gateway.model.caps import CapOutcome, CapRequest
 from gateway.model.decision import Decision, Earlier
 from gateway.model.delivery import Result
 
-JobState = str  # "accepted" | "running" | "waiting" (deferred messages left) | "completed"
+JobState = str  # "accepted" | "running" | "waiting" (deferred messages left) | "completed" | "cancelled"
+ENDED = ("completed", "cancelled")
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -28,6 +29,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     created_at: float
     finished_at: float | None = None
     tenant: str = "default"
+    cancelled_at: float | None = None  # cancel asked for: it ends `cancelled`
 
 
 JobCursor = tuple[float, str]  # (created_at, id) of the last job of a page
@@ -277,6 +279,16 @@ class Store(abc.ABC):
     ) -> None:
         """Record released messages' decisions; those deferred again get their new due
         time, the rest leave the schedule; the job completes when nothing is left."""
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: str, now: float) -> JobRecord | None:
+        """Mark a job cancelled (the first time: `cancelled_at` stays), unless it has
+        completed; its record as it is now (None: no such job). Whoever runs it stops at
+        its next batch; the job ends `cancelled` once every message has its decision."""
+
+    @abc.abstractmethod
+    async def deferred_of(self, job_id: str) -> list[DeferredItem]:
+        """The job's messages still waiting in the schedule."""
 
     @abc.abstractmethod
     async def deferred_counts(self) -> dict[str, int]:

@@ -203,23 +203,32 @@ for _ = 1, m do
   i = i + 4
 end
 local state = redis.call('HGET', KEYS[1], 'state')
-if tonumber(ARGV[2]) >= 0 and state ~= 'completed' then
+local ended = redis.call('HEXISTS', KEYS[1], 'cancelled_at') == 1 and 'cancelled' or 'completed'
+if tonumber(ARGV[2]) >= 0 and state ~= 'completed' and state ~= 'cancelled' then
   local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '0')
   if tonumber(ARGV[2]) > cursor then redis.call('HSET', KEYS[1], 'cursor', ARGV[2]) end
   if state == 'accepted' then redis.call('HSET', KEYS[1], 'state', 'running') end
   redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', '(' .. ARGV[2])
 end
 if state == 'waiting' and redis.call('SCARD', KEYS[8]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[i])
+  redis.call('HSET', KEYS[1], 'state', ended, 'finished_at', ARGV[i])
   redis.call('DEL', KEYS[11])
 end
 return true
 """
 
+# KEYS: job hash. ARGV: now. Marks the job cancelled unless it completed; its fields.
+CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'state') ~= 'completed' then redis.call('HSETNX', KEYS[1], 'cancelled_at', ARGV[1]) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 # KEYS: job hash, acks. ARGV: score, member pairs. Providers' answers, unless the job is
 # completed (a late flush must not leave them behind for good).
 ACKS = """
-if redis.call('HGET', KEYS[1], 'state') == 'completed' then return false end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'completed' or state == 'cancelled' then return false end
 for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return true
 """
@@ -247,7 +256,8 @@ redis.call('HSET', KEYS[1], 'cursor', recipients)
 if redis.call('SCARD', KEYS[2]) > 0 then
   redis.call('HSET', KEYS[1], 'state', 'waiting')
 else
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[1])
+  local ended = redis.call('HEXISTS', KEYS[1], 'cancelled_at') == 1 and 'cancelled' or 'completed'
+  redis.call('HSET', KEYS[1], 'state', ended, 'finished_at', ARGV[1])
 end
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[5])
@@ -362,6 +372,7 @@ def _job_record(job_id: str, raw: dict[bytes | str, bytes | str]) -> JobRecord:
         created_at=float(f["created_at"]),
         finished_at=float(f["finished_at"]) if "finished_at" in f else None,
         tenant=f.get("tenant", "default"),
+        cancelled_at=float(f["cancelled_at"]) if "cancelled_at" in f else None,
     )
 
 
@@ -433,6 +444,7 @@ class RedisStore(Store):
         )
         self._retry, self._acks = r.register_script(RETRY), r.register_script(ACKS)
         self._count_reasons = r.register_script(COUNT_REASONS)
+        self._cancel = r.register_script(CANCEL)
         await self._create_group()
 
     async def _create_group(self) -> None:
@@ -650,6 +662,34 @@ class RedisStore(Store):
             delivery_id, result = _ack.decode(entry)
             found.setdefault(int(recipient), {})[delivery_id] = result
         return found
+
+    @_unavailable_on_error
+    async def cancel_job(self, job_id: str, now: float) -> JobRecord | None:
+        raw = await self._call(self._cancel, [self._k(f"job:{{{job_id}}}")], [repr(now)])
+        if not raw:
+            return None
+        return _job_record(job_id, dict(zip(raw[::2], raw[1::2], strict=True)))
+
+    @_unavailable_on_error
+    async def deferred_of(self, job_id: str) -> list[DeferredItem]:
+        keys = self._job_keys(job_id)
+        members = sorted(_text(m) for m in await self._r.smembers(keys[7]))
+        if not members:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.zmscore(keys[5], members)
+            pipe.hmget(keys[6], members)
+            pipe.hmget(keys[9], members)
+            dues, reasons, states = await pipe.execute()
+        items = []
+        for member, due, reason, state in zip(members, dues, reasons, states, strict=True):
+            if due is None:
+                continue
+            _, recipient, channel = member.split("|")
+            items.append(
+                with_state(DeferredItem(job_id, int(recipient), channel, float(due), _text(reason or b"")), state)
+            )
+        return items
 
     @_unavailable_on_error
     async def deferred_counts(self) -> dict[str, int]:

@@ -29,6 +29,7 @@ from gateway.model.delivery import Result
 from gateway.store import sqlite_decisions as decision_rows
 from gateway.store.ackfile import AckFile
 from gateway.store.base import (
+    ENDED,
     DeferredItem,
     IdempotencyRecord,
     JobCursor,
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB NOT NULL,  -- bodies up to INLINE_BODY_BYTES; larger ones in job_bodies
     retry_cursor INTEGER NOT NULL DEFAULT -1,
     retries INTEGER NOT NULL DEFAULT 0,
-    tenant TEXT NOT NULL DEFAULT 'default'
+    tenant TEXT NOT NULL DEFAULT 'default',
+    cancelled_at REAL
 );
 -- A job's body apart from its row: the row changes with every recorded batch, and SQLite
 -- rewrites a whole row to change one column (a 10 MB body per cursor move).
@@ -90,7 +92,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     + decision_rows.SCHEMA
 )
 
-_JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at, tenant"
+_JOB_COLUMNS = "id, campaign, state, recipients, cursor, warnings, created_at, finished_at, tenant, cancelled_at"
 log = logging.getLogger(__name__)
 _STOP = object()
 _json = msgspec.json.Encoder()
@@ -251,7 +253,7 @@ class SQLiteStore(Store):
                     ),
                 )
             conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.campaign,
@@ -262,6 +264,7 @@ class SQLiteStore(Store):
                     job.created_at,
                     job.finished_at,
                     job.tenant,
+                    job.cancelled_at,
                     body if len(body) <= INLINE_BODY_BYTES else b"",
                 ),
             )
@@ -309,7 +312,8 @@ class SQLiteStore(Store):
                 return _close_job(conn, job_id, now)
             if cursor >= 0:
                 conn.execute(
-                    "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? AND state != 'completed'",
+                    "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? "
+                    "AND state NOT IN ('completed', 'cancelled')",
                     (cursor, job_id),
                 )
             return None
@@ -348,7 +352,7 @@ class SQLiteStore(Store):
         self._closed(job_id, await self._write(lambda c: _close_job(c, job_id, now)))
 
     def _closed(self, job_id: str, state: str | None) -> None:
-        if state == "completed":
+        if state in ENDED:
             self.ackfile.finished(job_id)
 
     # -- frequency caps ----------------------------------------------------------------
@@ -433,6 +437,25 @@ class SQLiteStore(Store):
 
         self._closed(job_id, await self._write(write))
 
+    async def cancel_job(self, job_id: str, now: float) -> JobRecord | None:
+        def write(conn: sqlite3.Connection) -> JobRecord | None:
+            conn.execute(
+                "UPDATE jobs SET cancelled_at = COALESCE(cancelled_at, ?) WHERE id = ? AND state != 'completed'",
+                (now, job_id),
+            )
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return _job(row) if row else None
+
+        return await self._write(write)
+
+    async def deferred_of(self, job_id: str) -> list[DeferredItem]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT job_id, recipient, channel, due, reason, state FROM deferred WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        )
+        return [_deferred_item(row) for row in rows]
+
     async def deferred_counts(self) -> dict[str, int]:
         rows = await self._read(lambda c: c.execute("SELECT reason, count(*) FROM deferred GROUP BY reason").fetchall())
         return dict(rows)
@@ -489,6 +512,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         ("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"),
         ("deferred", "state", "BLOB"),
         ("jobs", "tenant", "TEXT NOT NULL DEFAULT 'default'"),
+        ("jobs", "cancelled_at", "REAL"),
     ):
         if name not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
@@ -551,9 +575,11 @@ class _Aborted(Exception):
 
 
 def _close_job(conn: sqlite3.Connection, job_id: str, now: float) -> str:
-    """`waiting` while deferred messages remain, else `completed`."""
+    """`waiting` while deferred messages remain, else `completed` (`cancelled` when a
+    cancel was asked for)."""
     waiting = conn.execute("SELECT 1 FROM deferred WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
-    state = "waiting" if waiting else "completed"
+    cancelled = conn.execute("SELECT cancelled_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    state = "waiting" if waiting else "cancelled" if cancelled and cancelled[0] is not None else "completed"
     conn.execute(
         "UPDATE jobs SET state = ?, finished_at = ?, cursor = recipients WHERE id = ?",
         (state, None if waiting else now, job_id),
@@ -630,4 +656,5 @@ def _job(row: tuple[Any, ...]) -> JobRecord:
         created_at=row[6],
         finished_at=row[7],
         tenant=row[8],
+        cancelled_at=row[9],
     )

@@ -26,6 +26,7 @@ ROUTES = [
     ("GET", "/v1/jobs"),
     ("POST", "/v1/preview"),
     ("GET", "/v1/jobs/{}"),
+    ("POST", "/v1/jobs/{}/cancel"),
     ("POST", "/v1/unsubscribe/{}"),
     ("GET", "/v1/unsubscribe/{}"),
     ("DELETE", "/v1/opt-outs/{}"),
@@ -158,6 +159,7 @@ def test_every_route_of_the_app_is_fuzzed() -> None:
     served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method not in ("HEAD", "*")}  # type: ignore[union-attr]
     names = {
         "/v1/jobs/{}": "job_id",
+        "/v1/jobs/{}/cancel": "job_id",
         "/v1/unsubscribe/{}": "token",
         "/v1/opt-outs/{}": "address",
         "/console/{}": "name",
