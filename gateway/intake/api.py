@@ -7,6 +7,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -17,17 +18,20 @@ from gateway.intake import console
 from gateway.intake.guard import GUARDS
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
-from gateway.intake.views import decode_cursor, encode_cursor, job_summary, job_view
+from gateway.intake.users import UserIndex
+from gateway.intake.views import decision_view, decode_cursor, encode_cursor, job_summary, job_view
 from gateway.model.address import opt_out_key, tenant_key
+from gateway.model.decision import OUTCOMES
 from gateway.pipeline import load_job
 from gateway.preview import parse_instant
-from gateway.store import JobQuery, JobRecord, StoreUnavailable
+from gateway.store import DecisionQuery, JobQuery, JobRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 INTAKE_KEY = web.AppKey("intake", Intake)
 KEYS_KEY = web.AppKey("api_keys", list)
+USERS_KEY = web.AppKey("users", UserIndex)
 TENANT_KEY = web.RequestKey("tenant", str)
 ADMIN_KEY = web.RequestKey("admin", bool)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/console"})
@@ -315,6 +319,37 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(200, job_summary(record, await gw.store.outcome_counts(job_id)))
 
 
+async def find_decisions(request: web.Request) -> web.Response:
+    """`GET /v1/jobs/{id}/decisions?outcome=&channel=&user_id=&limit=&cursor=`: the job's
+    decisions that match, in recipient then channel order, a page at a time."""
+    gw = request.app[GATEWAY_KEY]
+    job_id = request.match_info["job_id"]
+    record = await gw.store.get_job(job_id)
+    if record is None or not visible(request, record):
+        return error(404, "not_found", f"no job {job_id}")
+    q = request.query
+    limit = _limit(request, 100, MAX_PAGE)
+    if isinstance(limit, web.Response):
+        return limit
+    problem = _one_of(request, "outcome", OUTCOMES)
+    after = _cursor(request, tuple[int, int])
+    if problem is not None or isinstance(after, web.Response):
+        return problem or after
+    recipients = None
+    if "user_id" in q:
+        recipients = await request.app[USERS_KEY].recipients(gw.store, job_id, q["user_id"])
+        if not recipients:
+            return json_response(200, {"decisions": [], "next_cursor": None})
+    query = DecisionQuery(
+        outcome=q.get("outcome"), channel=q.get("channel"), recipients=recipients, limit=limit, after=after
+    )
+    found, last = await gw.store.find_decisions(job_id, query)
+    return json_response(
+        200,
+        {"decisions": [decision_view(d) for d in found], "next_cursor": encode_cursor(last) if last else None},
+    )
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     """`GET /v1/jobs?campaign=&state=&created_after=&limit=&cursor=`: the tenant's jobs,
     newest first (an admin's: every tenant's, or `?tenant=`)."""
@@ -335,27 +370,47 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 def _job_query(request: web.Request) -> JobQuery | web.Response:
     q = request.query
-    limit = _int_query(request, "limit", 50)
-    if limit is None or not 1 <= limit <= MAX_JOBS_PAGE:
-        return _bad_query("limit", f"limit must be an integer between 1 and {MAX_JOBS_PAGE}")
-    if q.get("state") is not None and q["state"] not in JOB_STATES:
-        return _bad_query("state", f"state must be one of {', '.join(JOB_STATES)}")
+    limit = _limit(request, 50, MAX_JOBS_PAGE)
+    if isinstance(limit, web.Response):
+        return limit
+    if (problem := _one_of(request, "state", JOB_STATES)) is not None:
+        return problem
     created_after = None
     if "created_after" in q:
         try:
             created_after = parse_instant(q["created_after"])
         except ValueError as exc:
             return _bad_query("created_after", f"created_after: {exc}")
-    before = None
-    if "cursor" in q:
-        before = decode_cursor(q["cursor"], tuple[float, str])
-        if before is None:
-            return _bad_query("cursor", "not a cursor this API gave")
+    before = _cursor(request, tuple[float, str])
+    if isinstance(before, web.Response):
+        return before
     tenant = q.get("tenant") if request[ADMIN_KEY] else request[TENANT_KEY]
     return JobQuery(
         tenant=tenant, campaign=q.get("campaign"), state=q.get("state"), created_after=created_after,
         limit=limit, before=before,
     )  # fmt: skip
+
+
+def _limit(request: web.Request, default: int, maximum: int) -> int | web.Response:
+    limit = _int_query(request, "limit", default)
+    if limit is None or not 1 <= limit <= maximum:
+        return _bad_query("limit", f"limit must be an integer between 1 and {maximum}")
+    return limit
+
+
+def _one_of(request: web.Request, name: str, allowed: tuple[str, ...]) -> web.Response | None:
+    value = request.query.get(name)
+    if value is not None and value not in allowed:
+        return _bad_query(name, f"{name} must be one of {', '.join(allowed)}")
+    return None
+
+
+def _cursor(request: web.Request, kind: Any) -> Any:
+    """The position `cursor=` holds (None without one), or the 400 to answer."""
+    if "cursor" not in request.query:
+        return None
+    position = decode_cursor(request.query["cursor"], kind)
+    return position if position is not None else _bad_query("cursor", "not a cursor this API gave")
 
 
 def _bad_query(name: str, message: str) -> web.Response:
@@ -437,6 +492,7 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", get_job),
     ("POST", "/v1/jobs/{job_id}/cancel", cancel_job),
+    ("GET", "/v1/jobs/{job_id}/decisions", find_decisions),
     ("POST", "/v1/preview", post_preview),
     ("POST", "/v1/unsubscribe/{token}", post_unsubscribe),
     ("GET", "/v1/unsubscribe/{token}", get_unsubscribe),
@@ -483,6 +539,7 @@ def make_app(gateway: Gateway, api_keys: list[ApiKey]) -> web.Application:
     app[GATEWAY_KEY] = gateway
     app[INTAKE_KEY] = Intake(gateway)
     app[KEYS_KEY] = api_keys
+    app[USERS_KEY] = UserIndex()
     known = []
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler, expect_handler=expect)

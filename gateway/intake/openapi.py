@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from gateway import __version__
-from gateway.model.decision import Decision
+from gateway.model.decision import OUTCOMES, Decision
 from gateway.model.job import Job
 
 _REF = "#/components/schemas/{name}"
@@ -73,6 +73,13 @@ def openapi_spec() -> dict[str, Any]:
             "next_offset": {"type": ["integer", "null"]},
         },
     }
+    components["DecisionPage"] = {
+        "type": "object",
+        "properties": {
+            "decisions": {"type": "array", "items": decision_schema},
+            "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
+        },
+    }
     components["JobList"] = {
         "type": "object",
         "properties": {
@@ -134,6 +141,26 @@ def openapi_spec() -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     ],
                     "responses": {"200": _json(_ref("JobStatus"), "The job"), "404": _json(err, "No such job")},
+                }
+            },
+            "/v1/jobs/{job_id}/decisions": {
+                "get": {
+                    "summary": "The job's decisions that match (by outcome, channel, user), in recipient then "
+                    "channel order, a page at a time",
+                    "security": bearer,
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "outcome", "in": "query", "schema": {"enum": list(OUTCOMES)}},
+                        {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                        {"name": "user_id", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json(_ref("DecisionPage"), "A page of decisions"),
+                        "400": _json(err, "A bad query parameter"),
+                        "404": _json(err, "No such job (or another tenant's)"),
+                    },
                 }
             },
             "/v1/jobs/{job_id}/cancel": {

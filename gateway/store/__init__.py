@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gateway.config import ConfigError, StoreConfig
 from gateway.store.base import (
+    DecisionCursor,
+    DecisionQuery,
     DeferredItem,
     IdempotencyRecord,
     JobCursor,
@@ -15,6 +17,8 @@ from gateway.store.base import (
 )
 
 __all__ = [
+    "DecisionCursor",
+    "DecisionQuery",
     "DeferredItem",
     "IdempotencyRecord",
     "JobCursor",

@@ -54,6 +54,19 @@ class JobQuery(msgspec.Struct, kw_only=True):
         )
 
 
+DecisionCursor = tuple[int, int]  # (recipient, the channel's place in the job) of the last shown
+
+
+class DecisionQuery(msgspec.Struct, kw_only=True):
+    """`GET /v1/jobs/{id}/decisions`: None is any."""
+
+    outcome: str | None = None
+    channel: str | None = None
+    recipients: list[int] | None = None  # a user's places in the job (`user_id=`)
+    limit: int = 100
+    after: DecisionCursor | None = None
+
+
 class IdempotencyRecord(msgspec.Struct, kw_only=True):
     key: str  # scoped: "<api key id>:<Idempotency-Key header>"
     body_hash: str
@@ -308,6 +321,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
         """Decisions ordered by recipient, then by the job's channel order."""
+
+    @abc.abstractmethod
+    async def find_decisions(self, job_id: str, query: DecisionQuery) -> tuple[list[Decision], DecisionCursor | None]:
+        """Decisions matching `query` after its cursor, in the same order, at most
+        `query.limit`, without reading the job's others (an index, not a scan); and the
+        cursor for the next page (None: there is none)."""
 
     # -- several processes (backends shared between processes override these) ------------
     async def take_jobs(self, count: int, wait: float) -> list[JobRecord]:

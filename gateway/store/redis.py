@@ -35,6 +35,8 @@ from gateway.model.caps import CapOutcome, CapRequest, Denied, Granted, new_rese
 from gateway.model.decision import Decision
 from gateway.model.delivery import Result
 from gateway.store.base import (
+    DecisionCursor,
+    DecisionQuery,
     DeferredItem,
     IdempotencyRecord,
     JobCursor,
@@ -749,6 +751,50 @@ class RedisStore(Store):
         if not fields:
             return []
         return [_decision.decode(_bytes(blob)) for blob in await self._r.hmget(keys[1], fields) if blob is not None]
+
+    @_unavailable_on_error
+    async def find_decisions(self, job_id: str, query: DecisionQuery) -> tuple[list[Decision], DecisionCursor | None]:
+        """The order zset gives places, the outcomes hash filters; only matches' bodies are
+        read. A user's places are read directly; other filters read the zset a page at a
+        time, at most `SCAN_PAGES` pages per call (the cursor goes on from there)."""
+        keys = self._job_keys(job_id)
+        after: float = query.after[0] * 1000 + query.after[1] if query.after is not None else -1
+        picked: list[tuple[str, float]] = []
+        for _ in range(SCAN_PAGES):
+            page, last = await self._places(keys[4], after, query)
+            if query.channel is not None:
+                page = [(f, s) for f, s in page if f.partition("|")[2] == query.channel]
+            if query.outcome is not None and page:
+                outcomes = await self._r.hmget(keys[2], [f for f, _ in page])
+                page = [p for p, o in zip(page, outcomes, strict=True) if o is not None and _text(o) == query.outcome]
+            picked += page[: query.limit - len(picked)]
+            if len(picked) == query.limit or last is None:
+                break
+            after = last
+        blobs = await self._r.hmget(keys[1], [f for f, _ in picked]) if picked else []
+        found = [_decision.decode(_bytes(b)) for b in blobs if b is not None]
+        if len(picked) < query.limit and last is None:
+            return found, None
+        end = int(picked[-1][1]) if len(picked) == query.limit else int(after)
+        return found, (end // 1000, end % 1000)
+
+    async def _places(
+        self, order: str, after: float, query: DecisionQuery
+    ) -> tuple[list[tuple[str, float]], float | None]:
+        """(field, score) after `after`: the user's, or the next page; and where a next
+        page would start (None: nothing is left)."""
+        if query.recipients is not None:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for r in sorted(set(query.recipients)):
+                    pipe.zrangebyscore(order, r * 1000, r * 1000 + 999, withscores=True)
+                places = [(_text(f), s) for rows in await pipe.execute() for f, s in rows if s > after]
+            return places, None
+        size = max(query.limit, 1000)
+        rows: list[tuple[bytes, float]] = await self._r.zrangebyscore(  # type: ignore[assignment]
+            order, f"({after!r}", "+inf", start=0, num=size, withscores=True
+        )
+        places = [(_text(f), s) for f, s in rows]
+        return places, (places[-1][1] if len(rows) == size else None)
 
     async def purge_expired(self, now: float) -> int:
         return 0  # idempotency keys carry a Redis TTL

@@ -30,6 +30,8 @@ from gateway.store import sqlite_decisions as decision_rows
 from gateway.store.ackfile import AckFile
 from gateway.store.base import (
     ENDED,
+    DecisionCursor,
+    DecisionQuery,
     DeferredItem,
     IdempotencyRecord,
     JobCursor,
@@ -492,6 +494,9 @@ class SQLiteStore(Store):
     async def decisions(self, job_id: str, offset: int, limit: int) -> list[Decision]:
         return await self._read(lambda c: decision_rows.page(c, job_id, offset, limit))
 
+    async def find_decisions(self, job_id: str, query: DecisionQuery) -> tuple[list[Decision], DecisionCursor | None]:
+        return await self._read(lambda c: decision_rows.find(c, job_id, query))
+
     async def purge_expired(self, now: float) -> int:
         return await self._write(lambda c: c.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,)).rowcount)
 
@@ -513,6 +518,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         ("deferred", "state", "BLOB"),
         ("jobs", "tenant", "TEXT NOT NULL DEFAULT 'default'"),
         ("jobs", "cancelled_at", "REAL"),
+        ("decision_rows", "outcomes", "INTEGER NOT NULL DEFAULT 63"),  # every bit: read when filtering
     ):
         if name not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")

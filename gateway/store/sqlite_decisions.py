@@ -21,7 +21,8 @@ from operator import attrgetter
 
 import msgspec
 
-from gateway.model.decision import Decision
+from gateway.model.decision import OUTCOMES, Decision
+from gateway.store.base import DecisionCursor, DecisionQuery
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decision_rows (
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS decision_rows (
     last INTEGER NOT NULL,
     n INTEGER NOT NULL,
     decisions BLOB NOT NULL,
+    outcomes INTEGER NOT NULL DEFAULT 63,  -- a bit per outcome present (filters skip the rest)
     PRIMARY KEY (job_id, first, channel)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decision_counts (
@@ -45,6 +47,14 @@ CREATE TABLE IF NOT EXISTS decision_counts (
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[Decision]).decode
 _by_recipient = attrgetter("recipient")
+BIT = {outcome: 1 << n for n, outcome in enumerate(OUTCOMES)}
+
+
+def _mask(decisions: Iterable[Decision]) -> int:
+    mask = 0
+    for d in decisions:
+        mask |= BIT[d.outcome]
+    return mask
 
 
 class _Row:
@@ -157,8 +167,12 @@ def _merge(
             holder.decisions.sort(key=_by_recipient)
             holder.changed = True
     conn.executemany(
-        "UPDATE decision_rows SET n = ?, decisions = ? WHERE job_id = ? AND first = ? AND channel = ?",
-        [(len(row.decisions), _encode(row.decisions), job_id, row.first, channel) for row in rows if row.changed],
+        "UPDATE decision_rows SET n = ?, decisions = ?, outcomes = ? WHERE job_id = ? AND first = ? AND channel = ?",
+        [
+            (len(row.decisions), _encode(row.decisions), _mask(row.decisions), job_id, row.first, channel)
+            for row in rows
+            if row.changed
+        ],
     )
     for d in sorted(outside, key=_by_recipient):  # in no stored range: one row each keeps them disjoint
         _insert(conn, job_id, channel, rank, [d])
@@ -167,8 +181,8 @@ def _merge(
 def _insert(conn: sqlite3.Connection, job_id: str, channel: str, rank: int, decisions: list[Decision]) -> None:
     first, last = decisions[0].recipient, decisions[-1].recipient
     conn.execute(
-        "INSERT INTO decision_rows VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (job_id, first, channel, rank, last, len(decisions), _encode(decisions)),
+        "INSERT INTO decision_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (job_id, first, channel, rank, last, len(decisions), _encode(decisions), _mask(decisions)),
     )
 
 
@@ -205,6 +219,61 @@ def page(conn: sqlite3.Connection, job_id: str, offset: int, limit: int) -> list
         if start >= end:
             break
     return out
+
+
+def find(conn: sqlite3.Connection, job_id: str, query: DecisionQuery) -> tuple[list[Decision], DecisionCursor | None]:
+    """Decisions matching `query` after its cursor, in recipient then channel order.
+
+    Row headers are read in order and grouped as `page` groups them; a row's blob is read
+    and decoded only when its channel, its outcomes (a bit mask per row) and its range of
+    recipients can hold a match, so finding one outcome or one user in a job of 10,000
+    recipients decodes the rows that hold them, not the job."""
+    after = query.after or (-1, -1)
+    wanted = set(query.recipients) if query.recipients is not None else None
+    bit = BIT.get(query.outcome, 0) if query.outcome is not None else None
+    found: list[tuple[int, int, Decision]] = []
+    headers = conn.execute(
+        "SELECT first, last, channel, rank, outcomes FROM decision_rows WHERE job_id = ? AND last >= ? ORDER BY first",
+        (job_id, after[0]),
+    ).fetchall()
+    for cluster in _clusters(headers):
+        lo, hi = cluster[0][0], max(h[1] for h in cluster)
+        if wanted is not None and not any(lo <= r <= hi for r in wanted):
+            continue
+        for first, _, channel, rank, outcomes in cluster:
+            if (query.channel is not None and channel != query.channel) or (bit is not None and not outcomes & bit):
+                continue
+            (blob,) = conn.execute(
+                "SELECT decisions FROM decision_rows WHERE job_id = ? AND first = ? AND channel = ?",
+                (job_id, first, channel),
+            ).fetchone()
+            found += [
+                (d.recipient, rank, d)
+                for d in _decode(blob)
+                if (d.recipient, rank) > after
+                and (query.outcome is None or d.outcome == query.outcome)
+                and (wanted is None or d.recipient in wanted)
+            ]
+        if len(found) >= query.limit:  # a cluster is sorted whole: the cursor stays exact
+            break
+    found.sort(key=lambda entry: entry[:2])
+    page = found[: query.limit]
+    more = len(found) > query.limit
+    return [entry[2] for entry in page], (page[-1][0], page[-1][1]) if more or len(page) == query.limit else None
+
+
+def _clusters(headers: list[tuple[int, int, str, int, int]]) -> list[list[tuple[int, int, str, int, int]]]:
+    """Rows whose ranges overlap, together (ordered by `first`)."""
+    clusters: list[list[tuple[int, int, str, int, int]]] = []
+    reach = -1
+    for header in headers:
+        if clusters and header[0] <= reach:
+            clusters[-1].append(header)
+            reach = max(reach, header[1])
+        else:
+            clusters.append([header])
+            reach = header[1]
+    return clusters
 
 
 def counts(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:

@@ -27,6 +27,7 @@ ROUTES = [
     ("POST", "/v1/preview"),
     ("GET", "/v1/jobs/{}"),
     ("POST", "/v1/jobs/{}/cancel"),
+    ("GET", "/v1/jobs/{}/decisions"),
     ("POST", "/v1/unsubscribe/{}"),
     ("GET", "/v1/unsubscribe/{}"),
     ("DELETE", "/v1/opt-outs/{}"),
@@ -41,6 +42,7 @@ ROUTES = [
     ("PATCH", "/v1/jobs"),  # no such method
 ]
 QUERIES = ["offset", "limit", "now", "x", "cursor", "state", "created_after", "campaign", "tenant"]
+QUERIES += ["outcome", "channel", "user_id"]
 SETTINGS = settings(
     max_examples=300 * SCALE,
     deadline=None,
@@ -160,6 +162,7 @@ def test_every_route_of_the_app_is_fuzzed() -> None:
     names = {
         "/v1/jobs/{}": "job_id",
         "/v1/jobs/{}/cancel": "job_id",
+        "/v1/jobs/{}/decisions": "job_id",
         "/v1/unsubscribe/{}": "token",
         "/v1/opt-outs/{}": "address",
         "/console/{}": "name",
