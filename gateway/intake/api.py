@@ -22,6 +22,7 @@ from gateway.intake.users import UserIndex
 from gateway.intake.views import decision_view, decode_cursor, encode_cursor, job_summary, job_view
 from gateway.model.address import opt_out_key, tenant_key
 from gateway.model.decision import OUTCOMES
+from gateway.model.instant import rfc3339
 from gateway.pipeline import load_job
 from gateway.preview import parse_instant
 from gateway.store import DecisionQuery, JobQuery, JobRecord, StoreUnavailable
@@ -350,6 +351,32 @@ async def find_decisions(request: web.Request) -> web.Response:
     )
 
 
+async def opt_out_feed(request: web.Request) -> web.Response:
+    """`GET /v1/opt-outs?cursor=&limit=`: the tenant's one-click opt-outs, oldest first, for
+    a CRM to sync without callbacks."""
+    gw = request.app[GATEWAY_KEY]
+    limit = _limit(request, 100, MAX_PAGE)
+    after = _cursor(request, tuple[float, str])
+    if isinstance(limit, web.Response) or isinstance(after, web.Response):
+        return limit if isinstance(limit, web.Response) else after
+    found, last = await gw.store.opt_out_feed(request[TENANT_KEY], after, limit)
+    entries = [{"address": o.address, "campaign": o.campaign, "at": rfc3339(o.at)} for o in found]
+    return json_response(200, {"opt_outs": entries, "next_cursor": encode_cursor(last) if last else None})
+
+
+async def invalid_token_feed(request: web.Request) -> web.Response:
+    """`GET /v1/invalid-tokens?cursor=&limit=`: device tokens and subscriptions the tenant's
+    jobs found dead, oldest first: upstream deletes them."""
+    gw = request.app[GATEWAY_KEY]
+    limit = _limit(request, 100, MAX_PAGE)
+    after = _cursor(request, str)
+    if isinstance(limit, web.Response) or isinstance(after, web.Response):
+        return limit if isinstance(limit, web.Response) else after
+    found, last = await gw.store.invalid_token_feed(request[TENANT_KEY], after, limit)
+    entries = [{**msgspec.to_builtins(t), "at": rfc3339(t.at)} for t in found]
+    return json_response(200, {"invalid_tokens": entries, "next_cursor": encode_cursor(last) if last else None})
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     """`GET /v1/jobs?campaign=&state=&created_after=&limit=&cursor=`: the tenant's jobs,
     newest first (an admin's: every tenant's, or `?tenant=`)."""
@@ -497,6 +524,8 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("POST", "/v1/unsubscribe/{token}", post_unsubscribe),
     ("GET", "/v1/unsubscribe/{token}", get_unsubscribe),
     ("DELETE", "/v1/opt-outs/{address}", delete_opt_out),
+    ("GET", "/v1/opt-outs", opt_out_feed),
+    ("GET", "/v1/invalid-tokens", invalid_token_feed),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),

@@ -34,6 +34,34 @@ _ERROR = {
 }
 
 
+_INSTANT = {"type": "string", "format": "date-time"}
+_OPT_OUT = {
+    "type": "object",
+    "properties": {"address": {"type": "string"}, "campaign": {"type": ["string", "null"]}, "at": _INSTANT},
+}
+_INVALID_TOKEN = {
+    "type": "object",
+    "properties": {
+        "channel": {"type": "string"},
+        "token": {"type": "string"},
+        "user_id": {"type": "string"},
+        "job_id": {"type": "string"},
+        "at": _INSTANT,
+    },
+}
+_page_parameters = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+]
+
+
+def _feed(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: {"type": "array", "items": item}, "next_cursor": {"type": ["string", "null"]}},
+    }
+
+
 @functools.cache
 def openapi_spec() -> dict[str, Any]:
     (job_schema, decision_schema), components = msgspec.json.schema_components((Job, Decision), ref_template=_REF)
@@ -216,6 +244,22 @@ def openapi_spec() -> dict[str, Any]:
                     "security": bearer,
                     "parameters": [{"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {"204": {"description": "cleared"}, "404": {"description": "no opt-out recorded"}},
+                }
+            },
+            "/v1/opt-outs": {
+                "get": {
+                    "summary": "The tenant's one-click opt-outs, oldest first, a page at a time",
+                    "security": bearer,
+                    "parameters": _page_parameters,
+                    "responses": {"200": _json(_feed("opt_outs", _OPT_OUT), "A page of opt-outs")},
+                }
+            },
+            "/v1/invalid-tokens": {
+                "get": {
+                    "summary": "Device tokens and push subscriptions the tenant's jobs found dead, oldest first",
+                    "security": bearer,
+                    "parameters": _page_parameters,
+                    "responses": {"200": _json(_feed("invalid_tokens", _INVALID_TOKEN), "A page of dead tokens")},
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},

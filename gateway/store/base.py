@@ -67,6 +67,23 @@ class DecisionQuery(msgspec.Struct, kw_only=True):
     after: DecisionCursor | None = None
 
 
+class OptOut(msgspec.Struct, kw_only=True):
+    address: str  # as opt-outs are compared (`opt_out_key`), without the tenant
+    campaign: str | None
+    at: float
+
+
+class InvalidTokenEntry(msgspec.Struct, kw_only=True):
+    channel: str
+    token: str
+    user_id: str
+    job_id: str
+    at: float
+
+
+FeedCursor = tuple[float, str]  # opt-outs: (at, address) of the last shown
+
+
 class IdempotencyRecord(msgspec.Struct, kw_only=True):
     key: str  # scoped: "<api key id>:<Idempotency-Key header>"
     body_hash: str
@@ -274,6 +291,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def opt_outs(self) -> set[str]:
         """Every opted-out address (lower case), loaded at start-up."""
+
+    @abc.abstractmethod
+    async def opt_out_feed(
+        self, tenant: str, after: FeedCursor | None, limit: int
+    ) -> tuple[list[OptOut], FeedCursor | None]:
+        """The tenant's current opt-outs, oldest first, a page after `after`."""
+
+    @abc.abstractmethod
+    async def invalid_token_feed(
+        self, tenant: str, after: str | None, limit: int
+    ) -> tuple[list[InvalidTokenEntry], str | None]:
+        """Dead tokens and subscriptions the tenant's jobs met (recorded with their
+        decisions), oldest first, a page after `after`."""
 
     # -- deferred messages -----------------------------------------------------------
     @abc.abstractmethod

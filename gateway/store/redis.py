@@ -38,10 +38,13 @@ from gateway.store.base import (
     DecisionCursor,
     DecisionQuery,
     DeferredItem,
+    FeedCursor,
     IdempotencyRecord,
+    InvalidTokenEntry,
     JobCursor,
     JobQuery,
     JobRecord,
+    OptOut,
     Store,
     StoreBusy,
     StoreUnavailable,
@@ -172,7 +175,8 @@ return out
 # KEYS: job hash, decisions hash, outcomes hash, counts hash, order zset, deferred zset,
 # deferred reasons hash, job's deferred set, open jobs zset.
 # ARGV: job id, cursor (or -1 to keep), n decisions, then per decision: field, outcome,
-# blob, order score; then n deferred, per item: member, due, reason.
+# blob, order score; then n deferred, per item: member, due, reason; now; then n dead
+# tokens, per token: user, channel, token (to the invalid-tokens stream, KEYS[12]).
 RECORD = """
 local n = tonumber(ARGV[3])
 local i = 4
@@ -215,6 +219,12 @@ end
 if state == 'waiting' and redis.call('SCARD', KEYS[8]) == 0 then
   redis.call('HSET', KEYS[1], 'state', ended, 'finished_at', ARGV[i])
   redis.call('DEL', KEYS[11])
+end
+local t = tonumber(ARGV[i + 1] or '0')
+local tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
+for j = i + 2, i + 1 + 3 * t, 3 do
+  redis.call('XADD', KEYS[12], 'MAXLEN', '~', 1000000, '*', 'tenant', tenant, 'job', ARGV[1],
+             'user', ARGV[j], 'channel', ARGV[j + 1], 'token', ARGV[j + 2], 'at', ARGV[i])
 end
 return true
 """
@@ -378,6 +388,12 @@ def _job_record(job_id: str, raw: dict[bytes | str, bytes | str]) -> JobRecord:
     )
 
 
+def _tenant_of(key: str) -> str:
+    """The tenant of a tenant-qualified key (`tenant_key`)."""
+    tenant, separator, _ = key.partition("\x1f")
+    return tenant if separator else "default"
+
+
 def _unavailable_on_error(method: Any) -> Any:
     """Redis errors on reads become StoreUnavailable, as the writes' do (API: 503)."""
     import functools
@@ -479,7 +495,7 @@ class RedisStore(Store):
 
     def _job_keys(self, job_id: str) -> list[str]:
         j = f"job:{{{job_id}}}"
-        return [
+        return [  # RECORD's keys (the others take the ones they need)
             self._k(j),
             self._k(j, "dec"),
             self._k(j, "out"),
@@ -491,6 +507,7 @@ class RedisStore(Store):
             self._k("open"),
             self._k("deferred", "state"),
             self._k(j, "acks"),
+            self._k("invalid-tokens"),
         ]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -634,6 +651,9 @@ class RedisStore(Store):
         finish: bool = False,
     ) -> None:
         args = [*self._decision_args(decisions, now, channels), *self._deferred_args(job_id, deferred), repr(now)]
+        dead = [(d.user_id, d.channel, token) for d in decisions if d.invalid_tokens for token in d.invalid_tokens]
+        if dead:
+            args += [len(dead), *(value for entry in dead for value in entry)]
         await self._call(self._record, self._job_keys(job_id), [job_id, cursor, *args])
         if finish:  # its own script: FINISH reads what RECORD wrote (deferred messages)
             await self.finish_job(job_id, now)
@@ -853,11 +873,75 @@ class RedisStore(Store):
     # -- email opt-outs --------------------------------------------------------------
     @_unavailable_on_error
     async def record_opt_out(self, address: str, campaign: str, now: float) -> None:
-        await self._r.sadd(self._k("optouts"), address.lower())
+        key = address.lower()
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._k("optouts"), key)
+            pipe.zadd(self._k("optouts", "by-time"), {key: now})
+            pipe.hset(self._k("optouts", "campaign"), key, campaign)
+            await pipe.execute()
 
     @_unavailable_on_error
     async def clear_opt_out(self, address: str) -> bool:
-        return bool(await self._r.srem(self._k("optouts"), address.lower()))
+        key = address.lower()
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.srem(self._k("optouts"), key)
+            pipe.zrem(self._k("optouts", "by-time"), key)
+            pipe.hdel(self._k("optouts", "campaign"), key)
+            removed, _, _ = await pipe.execute()
+        return bool(removed)
+
+    @_unavailable_on_error
+    async def opt_out_feed(
+        self, tenant: str, after: FeedCursor | None, limit: int
+    ) -> tuple[list[OptOut], FeedCursor | None]:
+        """Oldest first from the time index, keeping the tenant's, a bounded read per call."""
+        found: list[tuple[str, float]] = []
+        at, last = after if after is not None else (-1.0, "")
+        for _ in range(SCAN_PAGES):
+            rows: list[tuple[bytes, float]] = await self._r.zrangebyscore(  # type: ignore[assignment]
+                self._k("optouts", "by-time"), repr(at), "+inf", start=0, num=1000, withscores=True
+            )
+            page = [(_text(k), s) for k, s in rows if s > at or _text(k) > last]
+            found += [(k, s) for k, s in page if _tenant_of(k) == tenant][: limit - len(found)]
+            if len(found) == limit or len(rows) < 1000 or not page:
+                break
+            last, at = page[-1][0], page[-1][1]
+        campaigns = await self._r.hmget(self._k("optouts", "campaign"), [k for k, _ in found]) if found else []
+        entries = [
+            OptOut(address=k.rpartition("\x1f")[2], campaign=_text(c) if c else None, at=s)
+            for (k, s), c in zip(found, campaigns, strict=True)
+        ]
+        return entries, (found[-1][1], found[-1][0]) if len(found) == limit else None
+
+    @_unavailable_on_error
+    async def invalid_token_feed(
+        self, tenant: str, after: str | None, limit: int
+    ) -> tuple[list[InvalidTokenEntry], str | None]:
+        """From the stream every tenant's dead tokens go to, keeping the tenant's."""
+        found: list[InvalidTokenEntry] = []
+        start = f"({after}" if after else "-"
+        for _ in range(SCAN_PAGES):
+            rows: list[tuple[bytes, dict[bytes, bytes]]] = await self._r.xrange(  # type: ignore[assignment]
+                self._k("invalid-tokens"), start, "+", count=1000
+            )
+            for entry_id, fields in rows:
+                f = {_text(k): _text(v) for k, v in fields.items()}
+                start = f"({_text(entry_id)}"
+                if f["tenant"] == tenant:
+                    found.append(
+                        InvalidTokenEntry(
+                            channel=f["channel"],
+                            token=f["token"],
+                            user_id=f["user"],
+                            job_id=f["job"],
+                            at=float(f["at"]),
+                        )
+                    )
+                    if len(found) == limit:
+                        return found, _text(entry_id)
+            if len(rows) < 1000:
+                break
+        return found, None
 
     @_unavailable_on_error
     async def opt_outs(self) -> set[str]:

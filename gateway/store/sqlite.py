@@ -33,10 +33,13 @@ from gateway.store.base import (
     DecisionCursor,
     DecisionQuery,
     DeferredItem,
+    FeedCursor,
     IdempotencyRecord,
+    InvalidTokenEntry,
     JobCursor,
     JobQuery,
     JobRecord,
+    OptOut,
     Store,
     StoreUnavailable,
     pack_state,
@@ -82,6 +85,18 @@ CREATE TABLE IF NOT EXISTS cap_batches (at REAL NOT NULL, entries BLOB NOT NULL)
 CREATE INDEX IF NOT EXISTS cap_batches_at ON cap_batches(at);
 CREATE TABLE IF NOT EXISTS cap_refunds (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS opt_outs (address TEXT PRIMARY KEY, campaign TEXT, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS opt_outs_at ON opt_outs(at, address);
+-- Dead tokens and subscriptions, for the tenant's feed (written with their decisions).
+CREATE TABLE IF NOT EXISTS invalid_tokens (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    token TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invalid_tokens_by_tenant ON invalid_tokens(tenant, seq);
 CREATE TABLE IF NOT EXISTS health (probe TEXT PRIMARY KEY, at REAL NOT NULL, room BLOB);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
@@ -307,9 +322,17 @@ class SQLiteStore(Store):
         channels: Sequence[str] = (),
         finish: bool = False,
     ) -> None:
+        dead = _dead_tokens(job_id, decisions, now)
+
         def write(conn: sqlite3.Connection) -> str | None:
             decision_rows.put(conn, job_id, decisions, now, channels)
             _write_deferred(conn, deferred)
+            if dead:
+                conn.executemany(
+                    "INSERT INTO invalid_tokens (tenant, job_id, user_id, channel, token, at) "
+                    "SELECT tenant, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
+                    dead,
+                )
             if finish:
                 return _close_job(conn, job_id, now)
             if cursor >= 0:
@@ -390,6 +413,37 @@ class SQLiteStore(Store):
         await self._write(
             lambda c: c.execute("INSERT OR REPLACE INTO opt_outs VALUES (?, ?, ?)", (address.lower(), campaign, now))
         )
+
+    async def opt_out_feed(
+        self, tenant: str, after: FeedCursor | None, limit: int
+    ) -> tuple[list[OptOut], FeedCursor | None]:
+        at, address = after if after is not None else (-1.0, "")
+        if tenant == "default":  # keys without a tenant's prefix
+            scope, args = "instr(address, char(31)) = 0", []
+        else:
+            scope, args = "address >= ? AND address < ?", [f"{tenant}\x1f", f"{tenant}\x20"]
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT address, campaign, at FROM opt_outs WHERE {scope} AND (at > ? OR (at = ? AND address > ?)) "
+                "ORDER BY at, address LIMIT ?",
+                (*args, at, at, address, limit),
+            ).fetchall()
+        )
+        found = [OptOut(address=a.rpartition("\x1f")[2], campaign=c, at=t) for a, c, t in rows]
+        return found, (rows[-1][2], rows[-1][0]) if len(rows) == limit else None
+
+    async def invalid_token_feed(
+        self, tenant: str, after: str | None, limit: int
+    ) -> tuple[list[InvalidTokenEntry], str | None]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT seq, channel, token, user_id, job_id, at FROM invalid_tokens WHERE tenant = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (tenant, int(after) if after is not None and after.isdigit() else 0, limit),
+            ).fetchall()
+        )
+        found = [InvalidTokenEntry(channel=ch, token=t, user_id=u, job_id=j, at=a) for _, ch, t, u, j, a in rows]
+        return found, str(rows[-1][0]) if len(rows) == limit else None
 
     async def clear_opt_out(self, address: str) -> bool:
         return bool(
@@ -559,6 +613,15 @@ def _migrate_decision_rows(conn: sqlite3.Connection) -> None:
     )
     conn.execute("DROP TABLE decisions")
     conn.execute("COMMIT")
+
+
+def _dead_tokens(job_id: str, decisions: Sequence[Decision], now: float) -> list[tuple[Any, ...]]:
+    return [
+        (job_id, d.user_id, d.channel, token, d.at or now, job_id)
+        for d in decisions
+        if d.invalid_tokens
+        for token in d.invalid_tokens
+    ]
 
 
 def _write_deferred(conn: sqlite3.Connection, items: Sequence[DeferredItem]) -> None:

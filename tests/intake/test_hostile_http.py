@@ -31,6 +31,8 @@ ROUTES = [
     ("POST", "/v1/unsubscribe/{}"),
     ("GET", "/v1/unsubscribe/{}"),
     ("DELETE", "/v1/opt-outs/{}"),
+    ("GET", "/v1/opt-outs"),
+    ("GET", "/v1/invalid-tokens"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
