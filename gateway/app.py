@@ -16,6 +16,7 @@ from gateway.metrics import Metrics
 from gateway.personalize.templates import CACHE
 from gateway.pipeline import Pipeline
 from gateway.policy.engine import load_policy
+from gateway.retention import purge_ended
 from gateway.runner import Admission, Runner
 from gateway.scheduler import Scheduler
 from gateway.store import JobRecord, Store, make_store
@@ -151,6 +152,7 @@ class Gateway:
         while True:
             try:
                 now = self.clock.now()
+                await purge_ended(self.store, now - seconds(self.config.retention.jobs))
                 await self.store.purge_expired(now)
                 await self.store.prune_caps(now - self.policy.longest_window)
                 await self.store.housekeep()

@@ -202,6 +202,12 @@ class TenantConfig(_Section):
     api_keys: SecretRef
 
 
+class RetentionConfig(_Section):
+    # Ended jobs (completed, cancelled) are forgotten this long after they ended: their
+    # bodies (addresses, attributes) and decisions. Housekeeping runs every 10 minutes.
+    jobs: Duration = "30d"
+
+
 class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"  # json: one object per line, with each line's fields
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -221,6 +227,7 @@ class GatewayConfig(_Section):
     quiet_hours: QuietHoursConfig = msgspec.field(default_factory=QuietHoursConfig)
     schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     # Upstream systems apart: each tenant's keys see only its jobs, decisions, idempotency
     # keys and opt-outs, and its caps count apart.
     tenants: dict[TenantName, TenantConfig] = {}

@@ -90,6 +90,11 @@ class Scheduler:
         record = await self.store.get_job(running.id)
         return record is not None and record.cancelled_at is not None
 
+    def forget(self, job_ids: list[str]) -> None:
+        """Their stored bodies changed: load them again when next due."""
+        for job_id in job_ids:
+            self._jobs.pop(job_id, None)
+
     async def _job(self, job_id: str) -> RunningJob:
         running = self._jobs.get(job_id)
         if running is None:

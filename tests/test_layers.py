@@ -61,6 +61,7 @@ ALLOWED: dict[str, set[str]] = {
         "gateway.store",
     },
     "gateway.runner": {"gateway.clock", "gateway.pipeline", "gateway.store"},
+    "gateway.retention": {"gateway.store"},
     "gateway.scheduler": {"gateway.clock", "gateway.config", "gateway.pipeline", "gateway.store"},
     "gateway.preview": {
         "gateway.channel",

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway import retention
 from gateway.app import Gateway
 from gateway.config import DEFAULT_TENANT, ApiKey, seconds
 from gateway.intake import console
@@ -377,6 +378,17 @@ async def invalid_token_feed(request: web.Request) -> web.Response:
     return json_response(200, {"invalid_tokens": entries, "next_cursor": encode_cursor(last) if last else None})
 
 
+async def erase_user(request: web.Request) -> web.Response:
+    """`DELETE /v1/users/{user_id}`: the user's profile data is erased from the stored body of
+    every job of the tenant (an admin key: of every tenant), finished or not."""
+    gw = request.app[GATEWAY_KEY]
+    user_id = request.match_info["user_id"]
+    changed = await retention.erase_user(gw.store, None if request[ADMIN_KEY] else request[TENANT_KEY], user_id)
+    if gw.scheduler is not None:
+        gw.scheduler.forget(changed)  # released messages are planned from the erased body
+    return json_response(200, {"user_id": user_id, "jobs": len(changed)})
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     """`GET /v1/jobs?campaign=&state=&created_after=&limit=&cursor=`: the tenant's jobs,
     newest first (an admin's: every tenant's, or `?tenant=`)."""
@@ -526,6 +538,7 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("DELETE", "/v1/opt-outs/{address}", delete_opt_out),
     ("GET", "/v1/opt-outs", opt_out_feed),
     ("GET", "/v1/invalid-tokens", invalid_token_feed),
+    ("DELETE", "/v1/users/{user_id}", erase_user),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),

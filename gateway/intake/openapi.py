@@ -262,6 +262,15 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {"200": _json(_feed("invalid_tokens", _INVALID_TOKEN), "A page of dead tokens")},
                 }
             },
+            "/v1/users/{user_id}": {
+                "delete": {
+                    "summary": "Erase the user's profile data (attributes, events, address, devices) from the stored "
+                    "body of every job of the tenant, ended or not; decisions keep their outcomes",
+                    "security": bearer,
+                    "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "`{user_id, jobs}`: how many jobs held the user"}},
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {
                 "get": {

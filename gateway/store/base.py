@@ -330,6 +330,14 @@ class Store(abc.ABC):
         its next batch; the job ends `cancelled` once every message has its decision."""
 
     @abc.abstractmethod
+    async def delete_job(self, job_id: str) -> None:
+        """Forget an ended job: its record, body and decisions (retention)."""
+
+    @abc.abstractmethod
+    async def replace_job_body(self, job_id: str, body: bytes) -> None:
+        """A job's stored body rewritten (a user's profile data erased from it)."""
+
+    @abc.abstractmethod
     async def deferred_of(self, job_id: str) -> list[DeferredItem]:
         """The job's messages still waiting in the schedule."""
 

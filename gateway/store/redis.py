@@ -693,6 +693,23 @@ class RedisStore(Store):
         return _job_record(job_id, dict(zip(raw[::2], raw[1::2], strict=True)))
 
     @_unavailable_on_error
+    async def delete_job(self, job_id: str) -> None:
+        keys = self._job_keys(job_id)
+        record = await self.get_job(job_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(
+                keys[0], keys[1], keys[2], keys[3], keys[4], keys[7], keys[10], self._k(f"job:{{{job_id}}}", "body")
+            )
+            pipe.zrem(self._k("jobs-by-time"), job_id)
+            if record is not None:
+                pipe.zrem(self._k("jobs-by-time", record.tenant), job_id)
+            await pipe.execute()
+
+    @_unavailable_on_error
+    async def replace_job_body(self, job_id: str, body: bytes) -> None:
+        await self._r.set(self._k(f"job:{{{job_id}}}", "body"), body)
+
+    @_unavailable_on_error
     async def deferred_of(self, job_id: str) -> list[DeferredItem]:
         keys = self._job_keys(job_id)
         members = sorted(_text(m) for m in await self._r.smembers(keys[7]))

@@ -504,6 +504,29 @@ class SQLiteStore(Store):
 
         return await self._write(write)
 
+    async def delete_job(self, job_id: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            for table, column in (
+                ("decision_rows", "job_id"),
+                ("decision_counts", "job_id"),
+                ("deferred", "job_id"),
+                ("job_bodies", "id"),
+                ("jobs", "id"),
+            ):
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+
+        await self._write(write)
+
+    async def replace_job_body(self, job_id: str, body: bytes) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM job_bodies WHERE id = ?", (job_id,))
+            inline = body if len(body) <= INLINE_BODY_BYTES else b""
+            conn.execute("UPDATE jobs SET body = ? WHERE id = ?", (inline, job_id))
+            if not inline:
+                conn.execute("INSERT INTO job_bodies VALUES (?, ?)", (job_id, body))
+
+        await self._write(write)
+
     async def deferred_of(self, job_id: str) -> list[DeferredItem]:
         rows = await self._read(
             lambda c: c.execute(

@@ -33,6 +33,7 @@ ROUTES = [
     ("DELETE", "/v1/opt-outs/{}"),
     ("GET", "/v1/opt-outs"),
     ("GET", "/v1/invalid-tokens"),
+    ("DELETE", "/v1/users/{}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -168,6 +169,7 @@ def test_every_route_of_the_app_is_fuzzed() -> None:
         "/v1/unsubscribe/{}": "token",
         "/v1/opt-outs/{}": "address",
         "/console/{}": "name",
+        "/v1/users/{}": "user_id",
     }
     fuzzed = {(m, p.replace("{}", "{" + names.get(p, "x") + "}")) for m, p in ROUTES}
     assert served <= fuzzed, served - fuzzed
