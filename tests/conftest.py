@@ -178,6 +178,17 @@ def speaker_job(n: int = 3, **overrides: Any) -> dict[str, Any]:
     return job
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def both_stores(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config sections for a test to run on each store: the embedded one, then Redis (a
+    fresh key prefix on the session's redis-server)."""
+    if request.param == "sqlite":
+        return {}
+    import uuid
+
+    return {"store": {"url": request.getfixturevalue("redis_url"), "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}}
+
+
 def require_shared() -> bool:
     return bool(os.environ.get("GATEWAY_REQUIRE_SHARED"))
 

@@ -27,17 +27,10 @@ async def _cancel(running: Any, job_id: str) -> tuple[int, Any]:
         return r.status, await r.json()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return {"store": {"url": request.getfixturevalue("redis_url"), "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}}
-
-
-async def test_a_waiting_jobs_schedule_is_cancelled(start, tmp_path, store) -> None:
+async def test_a_waiting_jobs_schedule_is_cancelled(start, tmp_path, both_stores) -> None:
     Provider.received = []
     clock = FakeClock(at("2026-11-28T22:30:00Z"))  # 23:30 in Paris: quiet hours
-    running = await started(start, tmp_path, clock, **quiet(), **store)
+    running = await started(start, tmp_path, clock, **quiet(), **both_stores)
     _, body, _ = await running.post(push_job(["ana", "ben"]))
     waiting = await running.wait(body["job_id"], states=("waiting",))
     status, view = await _cancel(running, body["job_id"])
@@ -51,8 +44,8 @@ async def test_a_waiting_jobs_schedule_is_cancelled(start, tmp_path, store) -> N
     assert await running.gateway.scheduler.run_due() == 0 and Provider.received == []
 
 
-async def test_a_completed_job_is_a_409_and_another_tenants_a_404(start, tmp_path, store) -> None:
-    running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **store)
+async def test_a_completed_job_is_a_409_and_another_tenants_a_404(start, tmp_path, both_stores) -> None:
+    running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **both_stores)
     _, body, _ = await running.post(push_job(["ana"], category="transactional"))
     await running.wait(body["job_id"])
     status, answer = await _cancel(running, body["job_id"])
@@ -60,12 +53,12 @@ async def test_a_completed_job_is_a_409_and_another_tenants_a_404(start, tmp_pat
     assert (await _cancel(running, "no-such-job"))[0] == 404
 
 
-async def test_a_running_job_stops_at_its_next_batch(start, tmp_path, store) -> None:
+async def test_a_running_job_stops_at_its_next_batch(start, tmp_path, both_stores) -> None:
     """A slow hub holds each batch for a while: the cancel lands while the first batches
     are under way; they finish, no other starts."""
     async with WebhookReceiver(new_secret(), latency=0.3) as receiver:
         os.environ["GATEWAY_TEST_SPEAKER_SECRET"] = receiver.secret or ""
-        config = make_config(tmp_path, receiver.url, pipeline={"batch_size": 5, "workers": 1}, **store)
+        config = make_config(tmp_path, receiver.url, pipeline={"batch_size": 5, "workers": 1}, **both_stores)
         config.channels["speaker"]["concurrency"] = 5
         running = await start(config)
         _, body, _ = await running.post(speaker_job(40))

@@ -4,9 +4,6 @@ not (a deferred message released afterwards finds no device)."""
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 import msgspec
 import pytest
 
@@ -16,16 +13,9 @@ from gateway.retention import purge_ended
 from tests.policy.test_policy_pipeline import Provider, at, push_job, quiet, started
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return {"store": {"url": request.getfixturevalue("redis_url"), "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}}
-
-
-async def test_ended_jobs_are_forgotten_after_the_retention(start, tmp_path, store) -> None:
+async def test_ended_jobs_are_forgotten_after_the_retention(start, tmp_path, both_stores) -> None:
     clock = FakeClock(at("2026-11-28T22:30:00Z"))  # quiet hours in Paris: one job waits
-    running = await started(start, tmp_path, clock, **quiet(), **store)
+    running = await started(start, tmp_path, clock, **quiet(), **both_stores)
     _, old, _ = await running.post(push_job(["ana"], category="transactional"))
     _, waiting, _ = await running.post(push_job(["ben"]))
     await running.wait(old["job_id"])
@@ -46,10 +36,10 @@ async def test_ended_jobs_are_forgotten_after_the_retention(start, tmp_path, sto
         await gw.store.job_body(old["job_id"])
 
 
-async def test_erasing_a_user_removes_their_profile_from_every_job(start, tmp_path, store) -> None:
+async def test_erasing_a_user_removes_their_profile_from_every_job(start, tmp_path, both_stores) -> None:
     Provider.received = []
     clock = FakeClock(at("2026-11-28T22:30:00Z"))
-    running = await started(start, tmp_path, clock, **quiet(), **store)
+    running = await started(start, tmp_path, clock, **quiet(), **both_stores)
     job = push_job(["ana", "ben"])
     job["recipients"][0].update(email="ana@example.com", attributes={"first_name": "Ana"})
     _, body, _ = await running.post(job)

@@ -4,7 +4,6 @@ hold them."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -12,13 +11,6 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.store import sqlite_decisions
 from tests.policy.test_policy_pipeline import at, started
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return {"store": {"url": request.getfixturevalue("redis_url"), "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}}
 
 
 def mixed_job(n: int) -> dict[str, Any]:
@@ -58,8 +50,8 @@ async def _all(running: Any, job_id: str, **params: str) -> list[dict[str, Any]]
             return seen
 
 
-async def test_decisions_by_outcome_channel_and_user(start, tmp_path, store) -> None:
-    running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **store)
+async def test_decisions_by_outcome_channel_and_user(start, tmp_path, both_stores) -> None:
+    running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **both_stores)
     status, body, _ = await running.post(mixed_job(30))
     assert status == 202, body
     done = await running.wait(body["job_id"])

@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway.clock import FakeClock
 from gateway.model.delivery import InvalidToken, Sent
 from tests.policy.test_policy_pipeline import Provider, at, push_job, started
 from tests.test_tenants import CRM_KEY, tenant_config
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return {"store": {"url": request.getfixturevalue("redis_url"), "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}}
 
 
 async def _feed(running: Any, path: str, key: str | None = None, **params: str) -> list[dict[str, Any]]:
@@ -38,9 +29,9 @@ async def _feed(running: Any, path: str, key: str | None = None, **params: str) 
                 return seen
 
 
-async def test_opt_outs_feed_is_the_tenants_own(start, tmp_path, store, monkeypatch) -> None:
+async def test_opt_outs_feed_is_the_tenants_own(start, tmp_path, both_stores, monkeypatch) -> None:
     monkeypatch.setenv("GATEWAY_TEST_CRM_KEYS", CRM_KEY)
-    running = await start(tenant_config(tmp_path, **store))
+    running = await start(tenant_config(tmp_path, **both_stores))
     s = running.gateway.store
     for n, key in enumerate(["a@x.example", "crm\x1fb@x.example", "c@x.example", "crm\x1fd@x.example", "e@x.example"]):
         await s.record_opt_out(key, f"camp{n}", 1_800_000_000 + n)
@@ -57,11 +48,11 @@ async def test_opt_outs_feed_is_the_tenants_own(start, tmp_path, store, monkeypa
     assert [o["address"] for o in await _feed(running, "/v1/opt-outs")] == ["a@x.example", "e@x.example"]
 
 
-async def test_invalid_tokens_feed_lists_dead_tokens_once(start, tmp_path, store) -> None:
+async def test_invalid_tokens_feed_lists_dead_tokens_once(start, tmp_path, both_stores) -> None:
     Provider.received = []
     Provider.answer = staticmethod(lambda d: InvalidToken("Unregistered") if d.user_id in ("ben", "dan") else Sent())
     try:
-        running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **store)
+        running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **both_stores)
         _, body, _ = await running.post(push_job(["ana", "ben", "cat", "dan", "eve"], category="transactional"))
         await running.wait(body["job_id"])
     finally:
