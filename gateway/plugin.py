@@ -43,6 +43,7 @@ from gateway.transport.http1 import Response as Http1Response
 from gateway.transport.http2 import Http2Error, Http2Pool
 from gateway.transport.http2 import Response as Http2Response
 from gateway.transport.seam import ApnsTransport, Http1Transport, apns_transport, http1_transport
+from gateway.transport.webhooks import webhook_headers, webhook_key
 
 # Fakes speaking the providers' protocols, for plugin tests: imported on first use.
 _TESTING = (
@@ -107,6 +108,9 @@ __all__ = [
     "AddressNotAllowed",
     "apns_transport",
     "http1_transport",
+    # Standard Webhooks signing
+    "webhook_headers",
+    "webhook_key",
     # fake providers for tests
     *_TESTING,
 ]

@@ -14,10 +14,6 @@ cannot make the gateway call an arbitrary address.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -45,9 +41,10 @@ from gateway.plugin import (
     map_bounded,
     parse_retry_after,
     seconds,
+    webhook_headers,
+    webhook_key,
 )
 
-SECRET_PREFIX = "whsec_"
 # Statuses the Standard Webhooks guidance treats as "slow down", not "broken".
 THROTTLE_STATUSES = frozenset({408, 425, 429, 502, 503, 504})
 
@@ -65,20 +62,6 @@ class SpeakerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # "gateway": our HTTP/1.1 client (gateway/transport/http1.py, ~4x less CPU per request);
     # "aiohttp": aiohttp's client
     transport: Literal["gateway", "aiohttp"] = "gateway"
-
-
-def signing_key(secret: str) -> bytes:
-    if not secret.startswith(SECRET_PREFIX):
-        raise ValueError(f"expected a secret starting with {SECRET_PREFIX!r}")
-    try:
-        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-    except binascii.Error:
-        raise ValueError("the part after whsec_ is not base64") from None
-
-
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
 
 
 def classify(status: int, retry_after: float | None) -> Result:
@@ -124,7 +107,7 @@ class SpeakerChannel(Channel):
             if url.scheme not in ("http", "https") or not url.hostname:
                 problems.append(f"{where}.url: expected an http(s) URL, got {target.url!r}")
             try:
-                signing_key(target.secret.resolve(f"{where}.secret").reveal())
+                webhook_key(target.secret.resolve(f"{where}.secret").reveal())
             except ConfigError as exc:
                 problems += exc.problems
             except ValueError as exc:
@@ -137,7 +120,7 @@ class SpeakerChannel(Channel):
             name: _Target(
                 name,
                 t,
-                signing_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()),
+                webhook_key(t.secret.resolve(f"channels.speaker.targets.{name}.secret").reveal()),
                 config.concurrency,
                 config.transport,
             )
@@ -177,12 +160,7 @@ class SpeakerChannel(Channel):
             }
         )
         timestamp = int(time.time())
-        headers = (
-            ("content-type", "application/json"),
-            ("webhook-id", delivery.id),
-            ("webhook-timestamp", str(timestamp)),
-            ("webhook-signature", sign(target.key, delivery.id, timestamp, body)),
-        )
+        headers = webhook_headers(target.key, delivery.id, timestamp, body)
         try:
             response = await target.pool.post(target.pool.path, headers, body, timeout=target.timeout)
         except RequestError as exc:  # our side: a value that cannot go in a header

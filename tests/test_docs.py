@@ -98,6 +98,8 @@ def test_the_public_api_is_pinned() -> None:
             "ApnsFake",
             "ApnsTransport",
             "Http1Transport",
+            "webhook_headers",
+            "webhook_key",
             "apns_transport",
             "http1_transport",
             "EmailAddress",
