@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from gateway.callbacks import CallbackSender
 from gateway.channel import Channel
 from gateway.checkconfig import references
 from gateway.clock import Clock
@@ -15,6 +16,7 @@ from gateway.loader import channel_classes, configure_channels, plugin_manager
 from gateway.metrics import Metrics
 from gateway.personalize.templates import CACHE
 from gateway.pipeline import Pipeline
+from gateway.pipeline.events import Subscriptions
 from gateway.policy.engine import load_policy
 from gateway.retention import purge_ended
 from gateway.runner import Admission, Runner
@@ -63,6 +65,7 @@ class Gateway:
         self.runner: Runner | None = None
         self.scheduler: Scheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.senders: dict[str, CallbackSender] = {}
         self.accepting = False
         # Tests drive the scheduler themselves (with a fake clock): `run_background=False`.
         self.run_background = run_background
@@ -87,6 +90,13 @@ class Gateway:
             self.config.pipeline.batch_size,
             self.policy,
         )
+        self.pipeline.subscriptions = Subscriptions(
+            {tenant: frozenset(c.events) for tenant, c in self.config.callbacks.items()}, self._nudge
+        )
+        self.senders = {
+            tenant: CallbackSender(self.store, tenant, c, self.metrics, self.clock)
+            for tenant, c in self.config.callbacks.items()
+        }
         self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers, self.clock)
         self.scheduler = Scheduler(self.store, self.pipeline, self.config.schedule, self.clock)
         # Alive before resuming: no other process may take over the jobs resumed here.
@@ -99,6 +109,8 @@ class Gateway:
                 asyncio.create_task(self.scheduler.loop(), name="scheduler"),
                 asyncio.create_task(self._take_over_orphans(), name="takeover"),
             ]
+        for tenant, sender in self.senders.items():  # status callbacks: whatever the clock
+            self._tasks.append(asyncio.create_task(sender.run(), name=f"callbacks-{tenant}"))
         if self.store.shared_queue:  # intake itself: runs whatever the clock
             self._tasks.append(asyncio.create_task(self._take_jobs(), name="take-jobs"))
         self.accepting = True
@@ -160,6 +172,12 @@ class Gateway:
                 log.exception("housekeeping")
             await asyncio.sleep(every)
 
+    def _nudge(self, tenant: str) -> None:
+        """A write with status callbacks is on its way: its sender looks soon after."""
+        sender = self.senders.get(tenant)
+        if sender is not None:
+            asyncio.get_running_loop().call_later(0.02, sender.wake.set)
+
     async def _provider_summaries(self) -> None:
         """Provider trouble, one line per provider and interval (not one per message)."""
         every = seconds(self.config.logging.provider_summary)
@@ -182,6 +200,8 @@ class Gateway:
             await self.runner.stop(seconds(self.config.server.shutdown_timeout))
             await self.pipeline.acklog.drain()
             self.pipeline.dispatcher.trouble.flush(seconds(self.config.logging.provider_summary))
+        for sender in self.senders.values():
+            await sender.aclose()
         for channel in self.channels.values():
             try:
                 await channel.aclose()

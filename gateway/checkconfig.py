@@ -43,7 +43,7 @@ def check_config(path: str | Path | None) -> tuple[GatewayConfig, ChannelSpecs]:
     config = usable_part(data, problems)
     classes = channel_classes(plugin_manager(config))
     specs: ChannelSpecs = {}
-    for step in (_policy, _store, _keys):
+    for step in (_policy, _store, _keys, _callbacks):
         problems += _problems_of(step, config)
     try:
         specs = configure_channels(config, classes)
@@ -73,6 +73,10 @@ def references(
             problems += _channel_ref(f"caps[{i}].channels[{j}]", name, names)
     for name in _table(_table(raw, "delivery"), "concurrency_per_channel"):
         problems += _channel_ref(f"delivery.concurrency_per_channel.{name}", name, set(classes))
+    tenants = {"default", *config.tenants}
+    for name in config.callbacks:
+        if name not in tenants:
+            problems.append(f"callbacks.{name}: no tenant {name!r}{unknown_hint(name, tenants)}")
     plugins = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
     for i, name in enumerate(config.plugins.disable):
         if name not in plugins:
@@ -109,6 +113,25 @@ def _store(config: GatewayConfig) -> None:
 
 def _keys(config: GatewayConfig) -> None:
     key_table(config)
+
+
+def _callbacks(config: GatewayConfig) -> None:
+    from urllib.parse import urlsplit
+
+    from gateway.transport.webhooks import webhook_key
+
+    problems = []
+    for name, callback in config.callbacks.items():
+        if urlsplit(callback.url).scheme not in ("http", "https"):
+            problems.append(f"callbacks.{name}.url: expected an http(s) URL, got {callback.url!r}")
+        try:
+            webhook_key(callback.secret.resolve(f"callbacks.{name}.secret").reveal())
+        except ValueError as exc:
+            problems.append(f"callbacks.{name}.secret: {exc}")
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
 
 
 def _problems_of(step: Any, config: GatewayConfig) -> list[str]:

@@ -202,6 +202,21 @@ class TenantConfig(_Section):
     api_keys: SecretRef
 
 
+CallbackEvent = Literal["decisions", "job.completed", "job.cancelled", "token.invalidated", "opt_out.recorded"]
+
+
+class CallbackConfig(_Section):
+    url: str  # where the tenant's events are POSTed (from here only, never from a job)
+    secret: SecretRef  # whsec_<base64>: signs them (Standard Webhooks)
+    events: list[CallbackEvent] = msgspec.field(
+        default_factory=lambda: ["decisions", "job.completed", "job.cancelled", "token.invalidated", "opt_out.recorded"]
+    )
+    # An event not delivered by then (retried with backoff meanwhile) is given up, with a
+    # log line and gateway_callbacks_dropped_total.
+    max_age: Duration = "1d"
+    timeout: Duration = "10s"
+
+
 class RetentionConfig(_Section):
     # Ended jobs (completed, cancelled) are forgotten this long after they ended: their
     # bodies (addresses, attributes) and decisions. Housekeeping runs every 10 minutes.
@@ -228,6 +243,8 @@ class GatewayConfig(_Section):
     schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    # Status callbacks, by tenant (`default`: the tenant of server.api_keys_env's keys).
+    callbacks: dict[str, CallbackConfig] = {}
     # Upstream systems apart: each tenant's keys see only its jobs, decisions, idempotency
     # keys and opt-outs, and its caps count apart.
     tenants: dict[TenantName, TenantConfig] = {}

@@ -188,6 +188,22 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.history = History()
+        self.callbacks_delivered = Counter(
+            "gateway_callbacks_delivered_total", "Status callbacks the tenant's endpoint took (2xx).", ("tenant",)
+        )
+        self.callback_failures = Counter(
+            "gateway_callback_failures_total", "Status callback attempts that failed (retried).", ("tenant",)
+        )
+        self.callbacks_dropped = Counter(
+            "gateway_callbacks_dropped_total", "Status callbacks given up after callbacks.max_age.", ("tenant",)
+        )
+        self.callback_lag: dict[tuple[str, ...], float] = {}
+        self.callback_lag_gauge = LabelledGauge(
+            "gateway_callback_lag_seconds",
+            "Age of the oldest status callback not yet delivered, per tenant (0: none waiting).",
+            ("tenant",),
+            lambda: self.callback_lag,
+        )
 
     def all(self) -> list[Counter | Gauge | LabelledGauge | ReadCounter | Histogram]:
         return [
@@ -204,6 +220,10 @@ class Metrics:
             self.breaker_open,
             self.template_cache,
             self.delivery_latency,
+            self.callbacks_delivered,
+            self.callback_failures,
+            self.callbacks_dropped,
+            self.callback_lag_gauge,
         ]
 
     def names(self) -> set[str]:

@@ -73,8 +73,10 @@ class Scheduler:
             outcome = await self.pipeline.release(running, items)
         finally:
             self._under_way[channel] -= 1
+        now = self.clock.now()
+        outbox = self.pipeline.subscriptions.outbox(running, outcome.decisions, now)
         await self.store.settle_deferred(
-            job_id, outcome.decisions, outcome.deferred, self.clock.now(), channels=running.job.channels
+            job_id, outcome.decisions, outcome.deferred, now, channels=running.job.channels, outbox=outbox
         )
 
     async def _busy(self, running: RunningJob, items: list[DeferredItem]) -> None:

@@ -48,7 +48,14 @@ ALLOWED: dict[str, set[str]] = {
     },
     "gateway.loader": {"gateway.channel", "gateway.config", "gateway.hookspecs"},
     # Checking a whole config needs what the config refers to: plugins, policy, store URLs.
-    "gateway.checkconfig": {"gateway.channel", "gateway.config", "gateway.loader", "gateway.policy", "gateway.store"},
+    "gateway.checkconfig": {
+        "gateway.channel",
+        "gateway.config",
+        "gateway.loader",
+        "gateway.policy",
+        "gateway.store",
+        "gateway.transport",  # a callback secret is read as its signer reads it
+    },
     "gateway.pipeline": {
         "gateway.loader",
         "gateway.model",
@@ -62,6 +69,15 @@ ALLOWED: dict[str, set[str]] = {
     },
     "gateway.runner": {"gateway.clock", "gateway.pipeline", "gateway.store"},
     "gateway.retention": {"gateway.store"},
+    # Status callbacks: the outbox (store), sent over our HTTP client, signed, counted.
+    "gateway.callbacks": {
+        "gateway.clock",
+        "gateway.config",
+        "gateway.metrics",
+        "gateway.model",
+        "gateway.store",
+        "gateway.transport",
+    },
     "gateway.scheduler": {"gateway.clock", "gateway.config", "gateway.pipeline", "gateway.store"},
     "gateway.preview": {
         "gateway.channel",

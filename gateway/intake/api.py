@@ -269,7 +269,10 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
         return error(404, "not_found", "unknown unsubscribe link")
     address, campaign, tenant = (*found, DEFAULT_TENANT)[:3]
     key = tenant_key(tenant, opt_out_key(address))
-    await gw.store.record_opt_out(key, campaign, gw.clock.now())
+    now = gw.clock.now()
+    await gw.store.record_opt_out(key, campaign, now)
+    if (outbox := gw.pipeline.subscriptions.opt_out(tenant, opt_out_key(address), campaign, now)) is not None:
+        await gw.store.append_outbox(outbox)
     gw.policy.opt_outs.add(key)
     log.info("one-click unsubscribe recorded (campaign %s)", campaign)
     return web.Response(text="You are unsubscribed.", content_type="text/plain")

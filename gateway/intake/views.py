@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.model.decision import OUTCOMES, Decision
+from gateway.model.decision import OUTCOMES, Decision, decision_json
 from gateway.model.instant import rfc3339
 from gateway.store import JobRecord, Store
 
@@ -26,18 +26,7 @@ def decode_cursor(cursor: str, kind: Any) -> Any:
 
 
 def decision_view(decision: Decision) -> dict[str, Any]:
-    view: dict[str, Any] = msgspec.to_builtins(decision)
-    _times(view)
-    for earlier in view.get("history") or ():
-        _times(earlier)
-    return view
-
-
-def _times(view: dict[str, Any]) -> None:
-    if view.get("at"):
-        view["at"] = rfc3339(view["at"])
-    if view.get("until") is not None:
-        view["until"] = rfc3339(view["until"])
+    return decision_json(decision)
 
 
 def job_summary(record: JobRecord, counts: dict[str, int]) -> dict[str, Any]:

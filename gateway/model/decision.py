@@ -7,7 +7,7 @@ the missing template path).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,6 +41,19 @@ class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
     flags: list[str] | None = None
     # What it was before, oldest first: a message deferred and then sent keeps its deferral.
     history: list[Earlier] | None = None
+
+
+def decision_json(decision: Decision) -> dict[str, object]:
+    """A decision as the API and the status callbacks show it: times in RFC 3339."""
+    from gateway.model.instant import rfc3339
+
+    view: dict[str, Any] = msgspec.to_builtins(decision)
+    for entry in (view, *(view.get("history") or ())):
+        if entry.get("at"):
+            entry["at"] = rfc3339(entry["at"])
+        if entry.get("until") is not None:
+            entry["until"] = rfc3339(entry["until"])
+    return view
 
 
 # Reasons the core itself gives (channels add provider reasons of their own).

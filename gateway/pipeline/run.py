@@ -114,10 +114,14 @@ class Pipeline(Stages):
                 for i in range(lo, hi)
                 for channel in job.channels
             ]  # fmt: skip
-            await self.store.record_batch(running.id, hi, decisions, now, channels=job.channels, finish=hi == n)
+            outbox = self.subscriptions.outbox(running, decisions, now)
+            await self.store.record_batch(
+                running.id, hi, decisions, now, channels=job.channels, finish=hi == n, outbox=outbox
+            )
             self._observe(running, decisions)
         if start >= n and not running.finished:
-            await self.store.finish_job(running.id, self.clock.now())
+            now = self.clock.now()
+            await self.store.finish_job(running.id, now, self.subscriptions.outbox(running, [], now))
         running.cursor, running.finished = n, True
         await self.cancel_deferred(running)
         self.cancelled.discard(running.id)
@@ -147,7 +151,8 @@ class Pipeline(Stages):
                      history=item.as_earlier())
             for item in items
         ]  # fmt: skip
-        await self.store.settle_deferred(running.id, decisions, [], now, channels=running.job.channels)
+        outbox = self.subscriptions.outbox(running, decisions, now)
+        await self.store.settle_deferred(running.id, decisions, [], now, channels=running.job.channels, outbox=outbox)
         self._observe(running, decisions)
 
     async def _finished(self, running: RunningJob) -> bool:
@@ -158,7 +163,8 @@ class Pipeline(Stages):
         self.acklog.forget(running.id)
         self.cancelled.discard(running.id)
         if not running.finished:
-            await self.store.finish_job(running.id, self.clock.now())
+            now = self.clock.now()
+            await self.store.finish_job(running.id, now, self.subscriptions.outbox(running, [], now))
         self._log_end(running)
         return True
 
@@ -301,9 +307,17 @@ class Pipeline(Stages):
         # The job's last record closes it in the same write (a job of one batch makes two
         # writes in all: accepted, and decided).
         last = cursor == n
+        now = self.clock.now()
         try:
             await self.store.record_batch(
-                running.id, cursor, decisions, self.clock.now(), deferred, running.job.channels, finish=last
+                running.id,
+                cursor,
+                decisions,
+                now,
+                deferred,
+                running.job.channels,
+                finish=last,
+                outbox=self.subscriptions.outbox(running, decisions, now),
             )
         finally:
             span.inflight -= 1
@@ -313,7 +327,9 @@ class Pipeline(Stages):
         if span.unissued == 0 and span.inflight == 0:
             reach, passed = window.complete(span)
             if reach > window.cursor:
-                await self.store.record_batch(running.id, reach, [], self.clock.now(), finish=reach == n)
+                now = self.clock.now()
+                outbox = self.subscriptions.outbox(running, [], now) if reach == n else None
+                await self.store.record_batch(running.id, reach, [], now, finish=reach == n, outbox=outbox)
                 running.finished = reach == n
                 self._stored(running, window, reach)
             for done in passed:  # their decisions hold what their answers said
@@ -351,8 +367,9 @@ class Pipeline(Stages):
             running.cursor,
             len(job.recipients) - 1,
         )
+        outbox = self.subscriptions.outbox(running, decisions, at)
         await self.store.record_batch(
-            running.id, len(job.recipients), decisions, at, channels=job.channels, finish=True
+            running.id, len(job.recipients), decisions, at, channels=job.channels, finish=True, outbox=outbox
         )
         running.cursor = len(job.recipients)
         running.finished = True

@@ -34,6 +34,7 @@ from gateway.model.delivery import Delivery, InvalidToken, Result, Sent
 from gateway.personalize.render import Personalizer
 from gateway.pipeline.acks import AckLog
 from gateway.pipeline.batch import Batch, BatchOutcome, RunningJob, Target
+from gateway.pipeline.events import Subscriptions
 from gateway.pipeline.fold import Answer, fold_devices, retry_state, token_of
 from gateway.pipeline.plan import Ready, RecipientPlan, Verdict, plan_recipient
 from gateway.policy.engine import Policy, cap_verdict
@@ -64,6 +65,7 @@ class Stages:
     ):
         self.store = store
         self.channels = channels
+        self.subscriptions = Subscriptions()  # status callbacks, set from the config by the Gateway
         self.cancelled: set[str] = set()  # jobs a cancel was asked for in this process
         self.dispatcher = dispatcher
         self.pm = pm

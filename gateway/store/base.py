@@ -84,6 +84,28 @@ class InvalidTokenEntry(msgspec.Struct, kw_only=True):
 FeedCursor = tuple[float, str]  # opt-outs: (at, address) of the last shown
 
 
+class OutboxEvent(msgspec.Struct, kw_only=True):
+    """A status callback waiting to go to its tenant's endpoint: its id is fixed when it is
+    written, so a redelivery carries the same one."""
+
+    id: str
+    type: str  # decisions, job.completed, job.cancelled, token.invalidated, opt_out.recorded
+    data: bytes  # the event's `data`, JSON
+    at: float
+    job_id: str = ""
+    seq: str = ""  # its place in the tenant's outbox (set by the store)
+
+
+class Outbox(msgspec.Struct, kw_only=True):
+    """What a write adds to its tenant's outbox, in the same commit."""
+
+    tenant: str
+    events: list[OutboxEvent] = []
+    # Added only when this write ends the job, its type set to `job.completed` or
+    # `job.cancelled` by how it ended.
+    on_end: OutboxEvent | None = None
+
+
 class IdempotencyRecord(msgspec.Struct, kw_only=True):
     key: str  # scoped: "<api key id>:<Idempotency-Key header>"
     body_hash: str
@@ -232,13 +254,15 @@ class Store(abc.ABC):
         deferred: Sequence[DeferredItem] = (),
         channels: Sequence[str] = (),
         finish: bool = False,
+        outbox: Outbox | None = None,
     ) -> None:
         """Store decisions and deferred messages of a job's recipients and, unless `cursor`
         is -1, advance its cursor, atomically. Acknowledgements of recipients before the
         cursor are forgotten in the same commit: their decisions hold what they said.
         `channels`: the job's channel order, which `decisions` pages follow (default: the
         order channels first appear in). `finish`: this is the job's last record, and
-        `finish_job` is done with it (in the same commit where the store can)."""
+        `finish_job` is done with it (in the same commit where the store can). `outbox`:
+        status callbacks, written in the same commit."""
 
     @abc.abstractmethod
     async def record_acks(self, job_id: str, acks: Sequence[tuple[int, str, Result]]) -> None:
@@ -257,7 +281,7 @@ class Store(abc.ABC):
         A job that keeps failing at one place is finished rather than retried forever."""
 
     @abc.abstractmethod
-    async def finish_job(self, job_id: str, now: float) -> None:
+    async def finish_job(self, job_id: str, now: float, outbox: Outbox | None = None) -> None:
         """Every recipient has been through the pipeline: `completed`, or `waiting` while
         deferred messages remain."""
 
@@ -319,9 +343,28 @@ class Store(abc.ABC):
         deferred: Sequence[DeferredItem],
         now: float,
         channels: Sequence[str] = (),
+        outbox: Outbox | None = None,
     ) -> None:
         """Record released messages' decisions; those deferred again get their new due
         time, the rest leave the schedule; the job completes when nothing is left."""
+
+    # -- status callbacks (the outbox) --------------------------------------------------
+    @abc.abstractmethod
+    async def append_outbox(self, outbox: Outbox) -> None:
+        """Events that come with no other write (an opt-out recorded)."""
+
+    @abc.abstractmethod
+    async def outbox(self, tenant: str, limit: int) -> list[OutboxEvent]:
+        """The tenant's oldest undelivered events, in the order they were written."""
+
+    @abc.abstractmethod
+    async def outbox_done(self, tenant: str, seq: str) -> None:
+        """Events up to and including `seq` were delivered (or given up): forget them."""
+
+    async def outbox_lease(self, tenant: str, owner: str, ttl: float) -> bool:
+        """May `owner` deliver the tenant's events for `ttl` seconds (one process at a
+        time, so they go in order)? A store one process uses: always."""
+        return True
 
     @abc.abstractmethod
     async def cancel_job(self, job_id: str, now: float) -> JobRecord | None:

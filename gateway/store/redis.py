@@ -45,6 +45,8 @@ from gateway.store.base import (
     JobQuery,
     JobRecord,
     OptOut,
+    Outbox,
+    OutboxEvent,
     Store,
     StoreBusy,
     StoreUnavailable,
@@ -176,7 +178,9 @@ return out
 # deferred reasons hash, job's deferred set, open jobs zset.
 # ARGV: job id, cursor (or -1 to keep), n decisions, then per decision: field, outcome,
 # blob, order score; then n deferred, per item: member, due, reason; now; then n dead
-# tokens, per token: user, channel, token (to the invalid-tokens stream, KEYS[12]).
+# tokens, per token: user, channel, token (to the invalid-tokens stream, KEYS[12]); then n
+# status callbacks, per event: id, type, job, data, at (to the tenant's outbox, KEYS[13]);
+# then '1' and the end event's id, job, data, at (added if this write ends the job) or '0'.
 RECORD = """
 local n = tonumber(ARGV[3])
 local i = 4
@@ -216,15 +220,29 @@ if tonumber(ARGV[2]) >= 0 and state ~= 'completed' and state ~= 'cancelled' then
   if state == 'accepted' then redis.call('HSET', KEYS[1], 'state', 'running') end
   redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', '(' .. ARGV[2])
 end
+local now = ARGV[i]
+local ends = false
 if state == 'waiting' and redis.call('SCARD', KEYS[8]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', ended, 'finished_at', ARGV[i])
+  redis.call('HSET', KEYS[1], 'state', ended, 'finished_at', now)
   redis.call('DEL', KEYS[11])
+  ends = true
 end
 local t = tonumber(ARGV[i + 1] or '0')
 local tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
 for j = i + 2, i + 1 + 3 * t, 3 do
   redis.call('XADD', KEYS[12], 'MAXLEN', '~', 1000000, '*', 'tenant', tenant, 'job', ARGV[1],
-             'user', ARGV[j], 'channel', ARGV[j + 1], 'token', ARGV[j + 2], 'at', ARGV[i])
+             'user', ARGV[j], 'channel', ARGV[j + 1], 'token', ARGV[j + 2], 'at', now)
+end
+i = i + 2 + 3 * t
+local e = tonumber(ARGV[i] or '0')
+for j = i + 1, i + 5 * e, 5 do
+  redis.call('XADD', KEYS[13], '*', 'id', ARGV[j], 'type', ARGV[j + 1], 'job', ARGV[j + 2], 'data', ARGV[j + 3],
+             'at', ARGV[j + 4])
+end
+i = i + 1 + 5 * e
+if ends and ARGV[i] == '1' then
+  redis.call('XADD', KEYS[13], '*', 'id', ARGV[i + 1], 'type', 'job.' .. ended, 'job', ARGV[i + 2],
+             'data', ARGV[i + 3], 'at', ARGV[i + 4])
 end
 return true
 """
@@ -255,8 +273,8 @@ redis.call('HSET', KEYS[1], 'retry_cursor', ARGV[1], 'retries', 1)
 return 1
 """
 
-# KEYS: job hash, job's deferred set, open jobs zset, intake stream. ARGV: now, job id,
-# group.
+# KEYS: job hash, job's deferred set, open jobs zset, intake stream, acks, the tenant's
+# outbox. ARGV: now, job id, group, then '1' and the end event's id, job, data, at, or '0'.
 FINISH = """
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry then
@@ -273,7 +291,20 @@ else
 end
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[5])
+local state = redis.call('HGET', KEYS[1], 'state')
+if ARGV[4] == '1' and state ~= 'waiting' then
+  redis.call('XADD', KEYS[6], '*', 'id', ARGV[5], 'type', 'job.' .. state, 'job', ARGV[6], 'data', ARGV[7],
+             'at', ARGV[8])
+end
 return true
+"""
+
+# KEYS: the tenant's outbox lease. ARGV: owner, ttl ms. Taken, or renewed by its owner.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 # ARGV: now, dry (1: check only), then per request: user, id, n checks, then per check: rule, since, limit,
@@ -388,6 +419,11 @@ def _job_record(job_id: str, raw: dict[bytes | str, bytes | str]) -> JobRecord:
     )
 
 
+def _end_args(outbox: Outbox | None) -> list[Any]:
+    end = outbox.on_end if outbox is not None else None
+    return ["1", end.id, end.job_id, end.data, repr(end.at)] if end is not None else ["0"]
+
+
 def _tenant_of(key: str) -> str:
     """The tenant of a tenant-qualified key (`tenant_key`)."""
     tenant, separator, _ = key.partition("\x1f")
@@ -463,6 +499,7 @@ class RedisStore(Store):
         self._retry, self._acks = r.register_script(RETRY), r.register_script(ACKS)
         self._count_reasons = r.register_script(COUNT_REASONS)
         self._cancel = r.register_script(CANCEL)
+        self._lease = r.register_script(LEASE)
         await self._create_group()
 
     async def _create_group(self) -> None:
@@ -649,21 +686,69 @@ class RedisStore(Store):
         deferred: Sequence[DeferredItem] = (),
         channels: Sequence[str] = (),
         finish: bool = False,
+        outbox: Outbox | None = None,
     ) -> None:
         args = [*self._decision_args(decisions, now, channels), *self._deferred_args(job_id, deferred), repr(now)]
         dead = [(d.user_id, d.channel, token) for d in decisions if d.invalid_tokens for token in d.invalid_tokens]
-        if dead:
-            args += [len(dead), *(value for entry in dead for value in entry)]
-        await self._call(self._record, self._job_keys(job_id), [job_id, cursor, *args])
+        args += [len(dead), *(value for entry in dead for value in entry)]
+        events = outbox.events if outbox is not None else []
+        args += [len(events), *(v for e in events for v in (e.id, e.type, e.job_id, e.data, repr(e.at)))]
+        args += _end_args(outbox)
+        keys = [*self._job_keys(job_id), self._outbox_key(outbox)]
+        await self._call(self._record, keys, [job_id, cursor, *args])
         if finish:  # its own script: FINISH reads what RECORD wrote (deferred messages)
-            await self.finish_job(job_id, now)
+            await self.finish_job(job_id, now, outbox)
 
     async def count_retry(self, job_id: str, cursor: int) -> int:
         return int(await self._call(self._retry, [self._job_keys(job_id)[0]], [cursor]))
 
-    async def finish_job(self, job_id: str, now: float) -> None:
+    async def finish_job(self, job_id: str, now: float, outbox: Outbox | None = None) -> None:
         keys = self._job_keys(job_id)
-        await self._call(self._finish, [keys[0], keys[7], keys[8], self.stream, keys[10]], [repr(now), job_id, GROUP])
+        end = _end_args(outbox)
+        await self._call(
+            self._finish,
+            [keys[0], keys[7], keys[8], self.stream, keys[10], self._outbox_key(outbox)],
+            [repr(now), job_id, GROUP, *end],
+        )
+
+    def _outbox_key(self, outbox: Outbox | None) -> str:
+        return self._k("outbox", outbox.tenant if outbox is not None else "default")
+
+    @_unavailable_on_error
+    async def append_outbox(self, outbox: Outbox) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            for e in outbox.events:
+                pipe.xadd(
+                    self._outbox_key(outbox),
+                    {"id": e.id, "type": e.type, "job": e.job_id, "data": e.data, "at": repr(e.at)},
+                )
+            await pipe.execute()
+
+    @_unavailable_on_error
+    async def outbox(self, tenant: str, limit: int) -> list[OutboxEvent]:
+        rows: list[tuple[bytes, dict[bytes, bytes]]] = await self._r.xrange(  # type: ignore[assignment]
+            self._k("outbox", tenant), "-", "+", count=limit
+        )
+        return [
+            OutboxEvent(
+                seq=_text(entry_id),
+                id=_text(f[b"id"]),
+                type=_text(f[b"type"]),
+                job_id=_text(f[b"job"]),
+                data=_bytes(f[b"data"]),
+                at=float(f[b"at"]),
+            )
+            for entry_id, f in rows
+        ]
+
+    @_unavailable_on_error
+    async def outbox_done(self, tenant: str, seq: str) -> None:
+        ms, _, n = seq.partition("-")
+        await self._r.xtrim(self._k("outbox", tenant), minid=f"{ms}-{int(n) + 1}", approximate=False)
+
+    @_unavailable_on_error
+    async def outbox_lease(self, tenant: str, owner: str, ttl: float) -> bool:
+        return bool(await self._call(self._lease, [self._k("outbox-lease", tenant)], [owner, int(ttl * 1000)]))
 
     async def record_acks(self, job_id: str, acks: Sequence[tuple[int, str, Result]]) -> None:
         if not acks:
@@ -981,5 +1066,6 @@ class RedisStore(Store):
         deferred: Sequence[DeferredItem],
         now: float,
         channels: Sequence[str] = (),
+        outbox: Outbox | None = None,
     ) -> None:
-        await self.record_batch(job_id, -1, decisions, now, deferred, channels)
+        await self.record_batch(job_id, -1, decisions, now, deferred, channels, outbox=outbox)

@@ -40,6 +40,8 @@ from gateway.store.base import (
     JobQuery,
     JobRecord,
     OptOut,
+    Outbox,
+    OutboxEvent,
     Store,
     StoreUnavailable,
     pack_state,
@@ -97,6 +99,17 @@ CREATE TABLE IF NOT EXISTS invalid_tokens (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS invalid_tokens_by_tenant ON invalid_tokens(tenant, seq);
+-- Status callbacks waiting to be delivered, in order per tenant (written with the decisions).
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_tenant ON outbox(tenant, seq);
 CREATE TABLE IF NOT EXISTS health (probe TEXT PRIMARY KEY, at REAL NOT NULL, room BLOB);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
@@ -321,6 +334,7 @@ class SQLiteStore(Store):
         deferred: Sequence[DeferredItem] = (),
         channels: Sequence[str] = (),
         finish: bool = False,
+        outbox: Outbox | None = None,
     ) -> None:
         dead = _dead_tokens(job_id, decisions, now)
 
@@ -334,7 +348,10 @@ class SQLiteStore(Store):
                     dead,
                 )
             if finish:
-                return _close_job(conn, job_id, now)
+                state = _close_job(conn, job_id, now)
+                _write_outbox(conn, outbox, state)
+                return state
+            _write_outbox(conn, outbox, None)
             if cursor >= 0:
                 conn.execute(
                     "UPDATE jobs SET cursor = MAX(cursor, ?), state = 'running' WHERE id = ? "
@@ -373,8 +390,28 @@ class SQLiteStore(Store):
     async def acks(self, job_id: str) -> dict[int, dict[str, Result]]:
         return self.ackfile.answers(job_id)
 
-    async def finish_job(self, job_id: str, now: float) -> None:
-        self._closed(job_id, await self._write(lambda c: _close_job(c, job_id, now)))
+    async def finish_job(self, job_id: str, now: float, outbox: Outbox | None = None) -> None:
+        def write(conn: sqlite3.Connection) -> str:
+            state = _close_job(conn, job_id, now)
+            _write_outbox(conn, outbox, state)
+            return state
+
+        self._closed(job_id, await self._write(write))
+
+    async def append_outbox(self, outbox: Outbox) -> None:
+        await self._write(lambda c: _write_outbox(c, outbox, None))
+
+    async def outbox(self, tenant: str, limit: int) -> list[OutboxEvent]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT seq, id, type, job_id, data, at FROM outbox WHERE tenant = ? ORDER BY seq LIMIT ?",
+                (tenant, limit),
+            ).fetchall()
+        )
+        return [OutboxEvent(seq=str(s), id=i, type=t, job_id=j, data=d, at=a) for s, i, t, j, d, a in rows]
+
+    async def outbox_done(self, tenant: str, seq: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM outbox WHERE tenant = ? AND seq <= ?", (tenant, int(seq))))
 
     def _closed(self, job_id: str, state: str | None) -> None:
         if state in ENDED:
@@ -478,6 +515,7 @@ class SQLiteStore(Store):
         deferred: Sequence[DeferredItem],
         now: float,
         channels: Sequence[str] = (),
+        outbox: Outbox | None = None,
     ) -> None:
         again = {(item.recipient, item.channel) for item in deferred}
         done = [(job_id, d.recipient, d.channel) for d in decisions if (d.recipient, d.channel) not in again]
@@ -487,9 +525,9 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM deferred WHERE job_id = ? AND recipient = ? AND channel = ?", done)
             _write_deferred(conn, deferred)
             state = conn.execute("SELECT state, cursor, recipients FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if state is not None and state[0] == "waiting":
-                return _close_job(conn, job_id, now)
-            return None
+            ended = _close_job(conn, job_id, now) if state is not None and state[0] == "waiting" else None
+            _write_outbox(conn, outbox, ended)
+            return ended
 
         self._closed(job_id, await self._write(write))
 
@@ -636,6 +674,19 @@ def _migrate_decision_rows(conn: sqlite3.Connection) -> None:
     )
     conn.execute("DROP TABLE decisions")
     conn.execute("COMMIT")
+
+
+def _write_outbox(conn: sqlite3.Connection, outbox: Outbox | None, state: str | None) -> None:
+    """The write's events, and its end event when `state` says the job ended."""
+    if outbox is None:
+        return
+    events = list(outbox.events)
+    if state in ENDED and outbox.on_end is not None:
+        events.append(msgspec.structs.replace(outbox.on_end, type=f"job.{state}"))
+    conn.executemany(
+        "INSERT INTO outbox (tenant, id, type, job_id, data, at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(outbox.tenant, e.id, e.type, e.job_id, e.data, e.at) for e in events],
+    )
 
 
 def _dead_tokens(job_id: str, decisions: Sequence[Decision], now: float) -> list[tuple[Any, ...]]:

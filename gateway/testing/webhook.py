@@ -93,6 +93,11 @@ class WebhookReceiver(FakeServer):
                 return None
         return "no valid signature"
 
+    def events(self, type: str | None = None) -> list[dict[str, Any]]:
+        """Status callbacks received (their envelopes: id, type, created_at, data), in the
+        order they first arrived, once each; `type`: only those."""
+        return [r.payload for r in self.received.values() if type is None or r.payload.get("type") == type]
+
     def _handle(self, request: Request) -> Response | Awaitable[Response | None] | None:
         body = request.body
         problem = self.verify(request.headers, body) if self.secret is not None else None
