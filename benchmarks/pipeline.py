@@ -9,7 +9,12 @@ The per-record figures are the CPU between two consecutive record writes, per de
 one channel. Decode (msgspec) is measured beside it, and `json.loads` of the same body as
 the reference.
 
-    .venv/bin/python benchmarks/pipeline.py [--recipients 100000]
+    .venv/bin/python benchmarks/pipeline.py [--recipients 100000] [--callbacks]
+
+`--callbacks` runs the job twice in one process, without and with status callbacks for its
+tenant (every event type: each record also writes its events to the outbox, in the same
+commit), and reports both and the difference per message. Delivering them is one POST per
+recorded batch, outside the hot path.
 """
 
 from __future__ import annotations
@@ -41,9 +46,12 @@ from gateway.model.delivery import Delivery, Result, Sent  # noqa: E402
 from gateway.model.job import JOB_DECODER  # noqa: E402
 from gateway.personalize.templates import compile_job  # noqa: E402
 from gateway.pipeline import Pipeline, RunningJob  # noqa: E402
+from gateway.pipeline.events import Subscriptions  # noqa: E402
 from gateway.policy.engine import load_policy  # noqa: E402
 from gateway.store.base import JobRecord  # noqa: E402
 from gateway.store.sqlite import SQLiteStore  # noqa: E402
+
+EVERY_EVENT = frozenset({"decisions", "job.completed", "job.cancelled", "token.invalidated", "opt_out.recorded"})
 
 
 class Recorder:
@@ -77,7 +85,7 @@ def null_channel(real: type[Channel]) -> Channel:
     return Null()
 
 
-async def run(n: int, batch: int = 500) -> dict[str, Any]:
+async def run(n: int, batch: int = 500, callbacks: bool = False) -> dict[str, Any]:
     body = stages.scaled_cart(n)
     started = time.process_time()
     job = JOB_DECODER.decode(body)
@@ -112,6 +120,8 @@ async def run(n: int, batch: int = 500) -> dict[str, Any]:
             id="bench", campaign=job.campaign, state="accepted", recipients=n, cursor=0, warnings=[], created_at=0
         )
         await store.accept_job(record, body, None, stages.NOW)
+        if callbacks:
+            pipeline.subscriptions = Subscriptions({"default": EVERY_EVENT})
         running = RunningJob("bench", job, compile_job(job, 20_000), 0, 0.0)
         recorder = Recorder()
         pm.register(recorder)
@@ -138,8 +148,18 @@ def main() -> None:
     tune_gc()  # as `gateway serve` runs
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--callbacks", action="store_true", help="also with status callbacks, side by side")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.recipients)), indent=2))
+    if not args.callbacks:
+        print(json.dumps(asyncio.run(run(args.recipients)), indent=2))
+        return
+    without = asyncio.run(run(args.recipients))
+    with_callbacks = asyncio.run(run(args.recipients, callbacks=True))
+    key = "pipeline_us_per_message"
+    extra = round(with_callbacks[key] - without[key], 2)
+    print(
+        json.dumps({"without": without, "with_callbacks": with_callbacks, "callbacks_us_per_message": extra}, indent=2)
+    )
 
 
 if __name__ == "__main__":
