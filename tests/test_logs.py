@@ -124,12 +124,13 @@ async def test_a_busy_port_is_one_line(tmp_path: Path, receiver) -> None:
 
 
 def test_a_closed_pipe_and_a_missing_file_are_one_line(tmp_path: Path) -> None:
-    job = speaker_job(400)
+    job = speaker_job(3000)  # a table well past a pipe's buffer: the writer meets the closed pipe
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
-    shell = f"{sys.executable} -m gateway preview {path} | head -1"
+    shell = f"{sys.executable} -m gateway preview {path} | head -1; echo rc=${{PIPESTATUS[0]}} >&2"
     proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path)
     assert proc.stdout.startswith("campaign ") and "Traceback" not in proc.stderr and "Error" not in proc.stderr
+    assert proc.stderr.strip() == "rc=141"  # as a command killed by SIGPIPE says
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "preview", str(tmp_path / "nope.json")], capture_output=True, text=True
     )
