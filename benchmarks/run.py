@@ -70,6 +70,16 @@ def main() -> None:
     result["stages_us"] = _section("stages", stages.run(2_000 if quick else 10_000))
     result["render_us_per_field"] = _section("render", render.run())
     result["pipeline"] = _section("pipeline", asyncio.run(pipeline.run(5_000 if quick else 100_000)))
+    with_callbacks = asyncio.run(pipeline.run(5_000 if quick else 50_000, callbacks=True))
+    without = asyncio.run(pipeline.run(5_000 if quick else 50_000))  # beside it, in the same process
+    result["callbacks"] = _section(
+        "status callbacks, us per message (every event type written to the outbox)",
+        {
+            "without": without["pipeline_us_per_message"],
+            "with": with_callbacks["pipeline_us_per_message"],
+            "added": round(with_callbacks["pipeline_us_per_message"] - without["pipeline_us_per_message"], 2),
+        },
+    )
     result["webhook_end_to_end"] = _section(
         "webhook end to end", runner(webhook_e2e.run(10_000 if quick else 50_000, 1000))
     )

@@ -292,11 +292,11 @@ async def test_a_job_that_fails_twice_at_one_place_is_finished_not_retried_forev
     class RefusingStore(SQLiteStore):
         refused = 0
 
-        async def record_batch(self, job_id, cursor, decisions, now, deferred=(), channels=(), finish=False):
+        async def record_batch(self, job_id, cursor, decisions, now, deferred=(), channels=(), finish=False, **more):
             if any(d.user_id == "poison" for d in decisions) and decisions[0].outcome != "failed":
                 RefusingStore.refused += 1
                 raise RuntimeError("a write this store cannot make")
-            return await super().record_batch(job_id, cursor, decisions, now, deferred, channels, finish)
+            return await super().record_batch(job_id, cursor, decisions, now, deferred, channels, finish, **more)
 
     config = make_config(tmp_path, pipeline={"batch_size": 2, "workers": 1})
     running = await start(
