@@ -31,13 +31,15 @@ def callbacks(url: str, **values: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def upstream(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The upstream endpoint; tests ask for it before `start`, so it stops after the gateway
+    (whose sender keeps a connection to it open)."""
     secret = new_secret()
     monkeypatch.setenv("GATEWAY_TEST_CALLBACK_SECRET", secret)
     async with WebhookReceiver(secret) as receiver:
         yield receiver
 
 
-async def test_decisions_dead_tokens_and_the_end_arrive_signed_in_order(start, tmp_path, both_stores, upstream) -> None:
+async def test_decisions_dead_tokens_and_the_end_arrive_signed_in_order(upstream, start, tmp_path, both_stores) -> None:
     Provider.received = []
     Provider.answer = staticmethod(lambda d: InvalidToken("Unregistered") if d.user_id == "ben" else Sent())
     try:
@@ -70,7 +72,7 @@ async def test_decisions_dead_tokens_and_the_end_arrive_signed_in_order(start, t
     assert await running.gateway.store.outbox("default", 10) == []
 
 
-async def test_a_cancelled_waiting_job_and_an_opt_out(start, tmp_path, both_stores, upstream) -> None:
+async def test_a_cancelled_waiting_job_and_an_opt_out(upstream, start, tmp_path, both_stores) -> None:
     clock = FakeClock(at("2026-11-28T22:30:00Z"))
     running = await started(start, tmp_path, clock, **quiet(), **callbacks(upstream.url), **both_stores)
     _, body, _ = await running.post(push_job(["ana"]))
@@ -88,7 +90,7 @@ async def test_a_cancelled_waiting_job_and_an_opt_out(start, tmp_path, both_stor
     assert upstream.events("opt_out.recorded")[0]["data"] == {"address": "ana@example.com", "campaign": "c"}
 
 
-async def test_a_failing_endpoint_holds_events_in_order_and_gets_them_later(start, tmp_path, upstream) -> None:
+async def test_a_failing_endpoint_holds_events_in_order_and_gets_them_later(upstream, start, tmp_path) -> None:
     failing = {"on": True}
     upstream.fault = lambda payload, attempt: Fault(503) if failing["on"] else None
     running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **callbacks(upstream.url))

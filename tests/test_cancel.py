@@ -80,7 +80,8 @@ async def test_a_job_running_in_another_process_stops(start, tmp_path, redis_url
     secret = new_secret()
     async with WebhookReceiver(secret, latency=0.3) as receiver:
         os.environ["GATEWAY_TEST_SPEAKER_SECRET"] = secret
-        store = f'url = "{redis_url}"\nkey_prefix = "{prefix}"'
+        # Each process its own consumer name (as deployment.md says): one must not resume the other's jobs.
+        store = f'url = "{redis_url}"\nkey_prefix = "{prefix}"\ninstance = "worker"'
         worker = await serve(write_config(tmp_path, receiver.url, store=store), secret)
         try:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
@@ -88,7 +89,8 @@ async def test_a_job_running_in_another_process_stops(start, tmp_path, redis_url
                     job_id = (await r.json())["job_id"]
             await until(lambda: len(receiver.attempts) >= 1, what="the worker sending")
             # Another gateway, started once the worker has the job: the cancel goes to it.
-            other = await start(make_config(tmp_path, receiver.url, store={"url": redis_url, "key_prefix": prefix}))
+            shared = {"url": redis_url, "key_prefix": prefix, "instance": "other"}
+            other = await start(make_config(tmp_path, receiver.url, store=shared))
             status, view = await _cancel(other, job_id)
             assert status == 200 and view["state"] in ("accepted", "running")
             done = await other.wait(job_id, states=("cancelled",), timeout=30)

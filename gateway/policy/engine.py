@@ -60,6 +60,8 @@ class _JobRules:
     # The job's channel list identifies the job in the cache: holding it (a few names, not
     # the job with its recipients) keeps its id from being reused by another job's list.
     channels: list[str]
+    # What decides which cap rules apply to the job (with the channel): the key of its checks.
+    caps_key: tuple[str, frozenset[str], str]
 
 
 class Policy:
@@ -75,7 +77,7 @@ class Policy:
         self.quiet_channels = _expand(quiet.channels)
         self.spread = seconds(quiet.spread)
         self.caps = [Cap.from_rule(rule) for rule in caps]
-        self._checks_cache: dict[tuple[int, str, ZoneInfo], list[Check]] = {}
+        self._checks_cache: dict[tuple[tuple[str, frozenset[str], str], str, ZoneInfo], list[Check]] = {}
         self._checks_at = 0.0
         self._job_rules: dict[int, _JobRules] = {}
         self.longest_window = max([c.period or 8 * 86400 for c in self.caps], default=0.0)
@@ -94,6 +96,7 @@ class Policy:
                 action,
                 frozenset(c for c in job.channels if c in self.quiet_channels) if applies else frozenset(),
                 job.channels,
+                (job.category, frozenset(job.tags), job.campaign),
             )
             # Not the job itself: a finished job must not stay in memory for its rules' sake
             # (holding jobs here once kept hundreds of them, and their recipients, alive).
@@ -160,12 +163,15 @@ class Policy:
     def caps_request(
         self, job: Job, recipient: Recipient, name: str, tz: ZoneInfo, now: float, tenant: str = "default"
     ) -> CapRequest:
-        # A batch shares one `now`, so a message's checks depend only on (job, channel,
-        # zone): built once per batch and shared, not once per message.
+        # A batch shares one `now`, so a message's checks depend only on what the rules look
+        # at (the job's category, tags and campaign), the channel and the zone: built once
+        # per batch and shared, not once per message. (Keyed by the job's id, a job whose id
+        # was a finished job's got that job's checks when the clock stood still: found by the
+        # preview-truth fuzzer.)
         if now != self._checks_at:
             self._checks_cache.clear()
             self._checks_at = now
-        key = (id(job), name, tz)
+        key = (self._rules(job).caps_key, name, tz)
         checks = self._checks_cache.get(key)
         if checks is None:
             checks = []
