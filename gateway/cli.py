@@ -189,7 +189,13 @@ def cmd_fakes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.config import LoggingConfig
     from gateway.demo.run import demo
+    from gateway.logs import configure_logging
+
+    # The demo prints its own report; the gateway's job lines would interleave with it
+    # (`gateway -v demo` shows them, and everything else).
+    configure_logging(LoggingConfig(level="warning"), args.verbose)
 
     return run(demo(args.config or "config/demo.toml", args.recipients))
 
