@@ -27,8 +27,11 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.subprocess.Process, str]:
-    """Start a process and wait for its line starting with `ready`; (process, that line's last word)."""
+async def spawn(
+    *args: str, env: dict[str, str], ready: str, drain: bool = False
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a process and wait for its line starting with `ready`; (process, that line's last
+    word). `drain`: read and drop the rest of its output (else the caller reads it)."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
@@ -38,7 +41,17 @@ async def spawn(*args: str, env: dict[str, str], ready: str) -> tuple[asyncio.su
         if not line:
             raise SystemExit(f"{args} exited before it was ready")
         if line.startswith(ready):
+            if drain:  # a process writing to a full pipe (the gateway's job lines) would block on it
+                _DRAINS.add(asyncio.get_running_loop().create_task(_drain(proc.stdout)))
             return proc, line.split()[-1]
+
+
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
 
 
 async def start_gateway(
@@ -68,4 +81,5 @@ enabled = false
         "serve",
         env=env,
         ready="gateway listening on",
+        drain=True,
     )
