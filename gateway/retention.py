@@ -28,7 +28,12 @@ class _UserIds(msgspec.Struct):
     recipients: list[_Recipient]
 
 
-_user_ids = msgspec.json.Decoder(_UserIds).decode
+_decode_user_ids = msgspec.json.Decoder(_UserIds).decode
+
+
+def user_ids(body: bytes) -> list[str]:
+    """A stored job's recipients' user ids, in order (nothing else of the body decoded)."""
+    return [r.user_id for r in _decode_user_ids(body).recipients]
 
 
 async def purge_ended(store: Store, before: float) -> int:
@@ -56,7 +61,7 @@ async def erase_user(store: Store, tenant: str | None, user_id: str) -> list[str
         records, cursor = await store.list_jobs(JobQuery(tenant=tenant, limit=PAGE, before=cursor))
         for record in records:
             body = await store.job_body(record.id)
-            if not any(r.user_id == user_id for r in _user_ids(body).recipients):
+            if user_id not in user_ids(body):
                 continue
             job = msgspec.json.decode(body)
             job["recipients"] = [{"user_id": user_id} if r.get("user_id") == user_id else r for r in job["recipients"]]

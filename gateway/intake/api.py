@@ -20,9 +20,9 @@ from gateway.intake.guard import GUARDS
 from gateway.intake.openapi import openapi_spec
 from gateway.intake.service import Intake
 from gateway.intake.users import UserIndex
-from gateway.intake.views import decision_view, decode_cursor, encode_cursor, job_summary, job_view
+from gateway.intake.views import decode_cursor, encode_cursor, job_summary, job_view
 from gateway.model.address import opt_out_key, tenant_key
-from gateway.model.decision import OUTCOMES
+from gateway.model.decision import OUTCOMES, decision_json
 from gateway.model.instant import rfc3339
 from gateway.pipeline import load_job
 from gateway.preview import parse_instant
@@ -351,7 +351,7 @@ async def find_decisions(request: web.Request) -> web.Response:
     found, last = await gw.store.find_decisions(job_id, query)
     return json_response(
         200,
-        {"decisions": [decision_view(d) for d in found], "next_cursor": encode_cursor(last) if last else None},
+        {"decisions": [decision_json(d) for d in found], "next_cursor": encode_cursor(last) if last else None},
     )
 
 

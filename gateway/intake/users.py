@@ -8,20 +8,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import msgspec
-
+from gateway.retention import user_ids
 from gateway.store import Store
-
-
-class _Recipient(msgspec.Struct):
-    user_id: str
-
-
-class _Job(msgspec.Struct):
-    recipients: list[_Recipient]
-
-
-_decode = msgspec.json.Decoder(_Job).decode
 
 
 class UserIndex:
@@ -33,8 +21,8 @@ class UserIndex:
         places = self._places.get(job_id)
         if places is None:
             places = {}
-            for i, recipient in enumerate(_decode(await store.job_body(job_id)).recipients):
-                places.setdefault(recipient.user_id, []).append(i)
+            for i, user in enumerate(user_ids(await store.job_body(job_id))):
+                places.setdefault(user, []).append(i)
             self._places[job_id] = places
             if len(self._places) > self.jobs:
                 self._places.popitem(last=False)

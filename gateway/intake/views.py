@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.model.decision import OUTCOMES, Decision, decision_json
+from gateway.model.decision import OUTCOMES, decision_json
 from gateway.model.instant import rfc3339
 from gateway.store import JobRecord, Store
 
@@ -23,10 +23,6 @@ def decode_cursor(cursor: str, kind: Any) -> Any:
         return msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=kind)
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
         return None
-
-
-def decision_view(decision: Decision) -> dict[str, Any]:
-    return decision_json(decision)
 
 
 def job_summary(record: JobRecord, counts: dict[str, int]) -> dict[str, Any]:
@@ -48,7 +44,7 @@ async def job_view(store: Store, record: JobRecord, offset: int, limit: int) -> 
     decisions = await store.decisions(record.id, offset, limit)
     return {
         **job_summary(record, await store.outcome_counts(record.id)),
-        "decisions": [decision_view(d) for d in decisions],
+        "decisions": [decision_json(d) for d in decisions],
         "offset": offset,
         "next_offset": offset + limit if len(decisions) == limit else None,
     }

@@ -46,6 +46,21 @@ async def load_job(
     return running
 
 
+def every_channel(
+    running: RunningJob, recipients: range, outcome: d.Outcome, reason: str, detail: str, at: float
+) -> list[Decision]:
+    """The same decision for these recipients on every channel of the job (the rest of a job
+    given up on, or cancelled)."""
+    users = running.job.recipients
+    return [
+        Decision(
+            recipient=i, user_id=users[i].user_id, channel=channel, outcome=outcome, reason=reason, detail=detail, at=at
+        )
+        for i in recipients
+        for channel in running.job.channels
+    ]
+
+
 def _failed(task: asyncio.Task[None]) -> bool:
     return task.done() and not task.cancelled() and task.exception() is not None
 
@@ -108,12 +123,7 @@ class Pipeline(Stages):
         for lo in range(start, n, self.batch_size):
             hi = min(lo + self.batch_size, n)
             now = self.clock.now()
-            decisions = [
-                Decision(recipient=i, user_id=job.recipients[i].user_id, channel=channel, outcome="suppressed",
-                         reason=d.CANCELLED, detail="the job was cancelled", at=now)
-                for i in range(lo, hi)
-                for channel in job.channels
-            ]  # fmt: skip
+            decisions = every_channel(running, range(lo, hi), "suppressed", d.CANCELLED, "the job was cancelled", now)
             outbox = self.subscriptions.outbox(running, decisions, now)
             await self.store.record_batch(
                 running.id, hi, decisions, now, channels=job.channels, finish=hi == n, outbox=outbox
@@ -347,19 +357,9 @@ class Pipeline(Stages):
         failing at every restart."""
         job = running.job
         at = self.clock.now()
-        decisions = [
-            Decision(
-                recipient=i,
-                user_id=job.recipients[i].user_id,
-                channel=channel,
-                outcome="failed",
-                reason=d.INTERNAL_ERROR,
-                detail=why,
-                at=at,
-            )
-            for i in range(running.cursor, len(job.recipients))
-            for channel in job.channels
-        ]
+        decisions = every_channel(
+            running, range(running.cursor, len(job.recipients)), "failed", d.INTERNAL_ERROR, why, at
+        )
         log.error(
             "job %s: %s; recipients %d-%d are failed: internal_error",
             running.id,
