@@ -84,10 +84,10 @@ async def test_a_timing_out_provider_does_not_slow_another(start, tmp_path) -> N
     _, body, _ = await running.post(job(40, ["slow", "fast"]))
     status = await running.wait(body["job_id"], states=("waiting",))
     assert sorted(Fast.sent) == sorted(f"u{i}" for i in range(40))
-    # The batches went out side by side and each delivery was attempted once: the failures
-    # opened the circuit, and the retries waited in the store instead of the job waiting on
-    # the slow provider again (counted, not timed, so a loaded machine cannot make it fail).
-    assert Slow.attempts == 40
+    # Each delivery was attempted at most once: the failures opened the circuit, and the
+    # retries (and, on a loaded machine, batches planned after it opened) waited in the store
+    # instead of the job waiting on the slow provider again. Counted, not timed.
+    assert 3 <= Slow.attempts <= 40
     slow = [d for d in status["decisions"] if d["channel"] == "slow"]
     assert {(d["outcome"], d["reason"]) for d in slow} == {("deferred", "provider_unavailable")}
     assert {epoch(d["until"]) for d in slow} == {1_800_000_060}
