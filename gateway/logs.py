@@ -7,10 +7,11 @@ puts them in the object, the text format already has them in the message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -21,10 +22,31 @@ _encode = msgspec.json.Encoder().encode
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """The standard text format, its time formatted once a second rather than per line."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second, self._prefix = -1, ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        return f"{self._prefix},{int(record.msecs):03d}"
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second, self._prefix = -1, ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry: dict[str, Any] = {
-            "time": _iso(record.created),
+            "time": f"{self._prefix}.{int(record.created * 1000) % 1000:03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -37,21 +59,58 @@ class JsonFormatter(logging.Formatter):
         return _encode(entry).decode()
 
 
-def _iso(created: float) -> str:
-    millis = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+class TurnHandler(logging.StreamHandler):
+    """Lines logged in one turn of the event loop, written to the stream together at its
+    end: a busy gateway logs a line or two per job, and a write per line was a system call
+    per line. Warnings and worse, and lines logged outside the loop (the store's threads, at
+    exit), are written at once, with any lines before them."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+            if record.levelno >= logging.WARNING or not self._flush_later():
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _flush_later(self) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._flush_on is not loop:
+            loop.call_soon(self.flush)
+            self._flush_on = loop
+        return True
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._flush_on = None
+            if self._lines:
+                text = "\n".join(self._lines) + "\n"
+                self._lines.clear()
+                self.stream.write(text)
+                self.stream.flush()
 
 
 def configure_logging(config: LoggingConfig | None = None, verbose: bool = False) -> None:
     """One handler on stderr, in the configured format and level (`-v`: debug)."""
     config = config or LoggingConfig()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler = TurnHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else config.level.upper())
+    # Which file and line logged a record: neither format shows it, and finding it walks the
+    # stack for every line (the switch is documented in logging's source, not its manual).
+    logging._srcfile = None
     for noisy in ("aiohttp.access", "asyncio"):  # their per-request and debug chatter
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

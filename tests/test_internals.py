@@ -44,3 +44,11 @@ def test_aioapns_internals() -> None:
     assert APNsProductionClientProtocol.APNS_SERVER == "api.push.apple.com"
     assert APNsProductionClientProtocol.APNS_PORT == 443
     assert "protocol_class" in inspect.getsource(APNsKeyConnectionPool._create_connection)
+
+
+def test_logging_switch_for_finding_the_caller() -> None:
+    """gateway/logs.py turns off the stack walk for each record's file and line."""
+    import logging
+
+    assert hasattr(logging, "_srcfile")
+    assert "if _srcfile" in inspect.getsource(logging.Logger._log)

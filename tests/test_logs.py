@@ -4,6 +4,7 @@ machines, no line twice, no secret ever."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.dispatch.trouble import Trouble
+from gateway.logs import TEXT_FORMAT, TextFormatter, TurnHandler
 from gateway.model.delivery import InvalidToken, PermanentFailure, TransientFailure
 from gateway.testing import Fault, WebhookReceiver, new_secret
 from tests.conftest import API_KEY, make_config, speaker_job
@@ -165,3 +167,48 @@ def test_the_receiver_runs_as_a_module_without_warnings_and_prints_what_it_gets(
 
 
 del make_config
+
+
+class _Writes(io.StringIO):
+    """A stream that remembers each write (a system call each on a real stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_turn_are_written_together_and_warnings_at_once() -> None:
+    stream = _Writes()
+    handler = TurnHandler(stream)
+    handler.setFormatter(TextFormatter())
+    log = logging.getLogger("tests.turns")
+    log.addHandler(handler)
+    log.propagate, log.level = False, logging.INFO
+    try:
+        log.info("one")
+        log.info("two")
+        assert stream.writes == []  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        assert len(stream.writes) == 1 and stream.writes[0].count("\n") == 2
+        log.info("three")
+        log.warning("trouble")  # at once, with the line before it, in order
+        assert [w.split(": ", 1)[1] for w in stream.writes[1].splitlines()] == ["three", "trouble"]
+        await asyncio.to_thread(log.info, "from a thread")  # no loop there: at once
+        assert stream.writes[-1].endswith("from a thread\n")
+        log.info("last")
+        logging.shutdown([lambda: handler])  # at exit: nothing waiting is lost
+        assert stream.getvalue().endswith("last\n")
+        assert all(line[:4].isdigit() and line[19] == "," for line in stream.getvalue().splitlines())
+    finally:
+        log.removeHandler(handler)
+
+
+def test_the_time_formatted_once_a_second_matches_the_standard_format() -> None:
+    ours, standard = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    for created in (1_800_000_000.0, 1_800_000_000.999, 1_800_000_001.5, 1_799_999_999.25):
+        record = logging.makeLogRecord({"msg": "m", "created": created, "msecs": (created % 1) * 1000})
+        assert ours.format(record) == standard.format(record)
