@@ -277,12 +277,14 @@ class ApnsChannel(Channel):
 
             return on_outcome
 
-        await asyncio.gather(
-            *(
-                self.pools[name].request_all(requests, self.timeout, settled(indexes))
-                for name, (indexes, requests) in by_app.items()
-            )
-        )
+        sends = [
+            self.pools[name].request_all(requests, self.timeout, settled(indexes))
+            for name, (indexes, requests) in by_app.items()
+        ]
+        if len(sends) == 1:  # one app (the usual case): no task
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)
         return results  # type: ignore[return-value]  # every slot was filled
 
     def provider(self, delivery: Delivery) -> str:
