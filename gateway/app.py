@@ -97,7 +97,8 @@ class Gateway:
             tenant: CallbackSender(self.store, tenant, c, self.metrics, self.clock)
             for tenant, c in self.config.callbacks.items()
         }
-        self.runner = Runner(self.pipeline, self.admission, self.config.pipeline.workers, self.clock)
+        pipeline = self.config.pipeline
+        self.runner = Runner(self.pipeline, self.admission, pipeline.workers, self.clock, pipeline.small_job_workers)
         self.scheduler = Scheduler(self.store, self.pipeline, self.config.schedule, self.clock)
         # Alive before resuming: no other process may take over the jobs resumed here.
         await self.store.heartbeat(3 * seconds(self.config.store.heartbeat))

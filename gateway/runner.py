@@ -3,6 +3,8 @@
 `Admission` counts recipients accepted and not yet decided. Intake asks it before storing a
 job and answers 429 when the bound would be passed, so memory stays bounded whatever
 upstream sends. A fixed pool of workers runs jobs; each job is processed batch by batch.
+Jobs of one batch have workers of their own: they mostly wait (two commits and a provider's
+answer), and behind jobs of many batches they would wait for those too.
 """
 
 from __future__ import annotations
@@ -49,13 +51,20 @@ class Runner:
     taken from a shared queue, taken over), which a worker loads when it starts them so a
     queue of them holds no bodies in memory."""
 
-    def __init__(self, pipeline: Pipeline, admission: Admission, workers: int, clock: Clock):
+    def __init__(
+        self, pipeline: Pipeline, admission: Admission, workers: int, clock: Clock, small_job_workers: int = 0
+    ):
         self.pipeline = pipeline
         self.admission = admission
         self.clock = clock
         self.queue: asyncio.Queue[RunningJob | JobRecord] = asyncio.Queue()
+        self.small: asyncio.Queue[RunningJob | JobRecord] = asyncio.Queue() if small_job_workers else self.queue
         self.stopping = asyncio.Event()
-        self._workers = [asyncio.create_task(self._work(n), name=f"job-worker-{n}") for n in range(workers)]
+        self._workers = [
+            asyncio.create_task(self._work(self.queue), name=f"job-worker-{n}") for n in range(workers)
+        ] + [
+            asyncio.create_task(self._work(self.small), name=f"small-job-worker-{n}") for n in range(small_job_workers)
+        ]
         self.active: dict[str, RunningJob | JobRecord] = {}
         # Waiting for a worker, oldest first: since when. An OrderedDict: a dict whose front
         # entries are deleted one by one makes finding its first entry ever slower.
@@ -74,7 +83,10 @@ class Runner:
         self._queued.setdefault(item.id, self.clock.monotonic())
         if again:
             self._again.add(item.id)
-        self.queue.put_nowait(item)
+        self._queue_of(item).put_nowait(item)
+
+    def _queue_of(self, item: RunningJob | JobRecord) -> asyncio.Queue[RunningJob | JobRecord]:
+        return self.small if _left_to_run(item) <= self.pipeline.batch_size else self.queue
 
     def has(self, job_id: str) -> bool:
         """Queued or running here."""
@@ -105,7 +117,7 @@ class Runner:
     @property
     def load(self) -> int:
         """Jobs running or waiting for a worker."""
-        return len(self.active) + self.queue.qsize()
+        return len(self.active) + self.queue.qsize() + (self.small.qsize() if self.small is not self.queue else 0)
 
     async def wait_for_change(self, timeout: float = 1.0) -> None:
         """Until a job finishes (or `timeout`)."""
@@ -115,12 +127,12 @@ class Runner:
         except TimeoutError:
             pass
 
-    async def _work(self, n: int) -> None:
+    async def _work(self, queue: asyncio.Queue[RunningJob | JobRecord]) -> None:
         while True:
-            item = await self.queue.get()
+            item = await queue.get()
             self._queued.pop(item.id, None)
             self.active[item.id] = item
-            held = (item.recipients if isinstance(item, JobRecord) else len(item.job.recipients)) - item.cursor
+            held = _left_to_run(item)
             try:
                 await self._run(item)
             except asyncio.CancelledError:
@@ -132,9 +144,9 @@ class Runner:
                 self.admission.release(held)
                 del self.active[item.id]
                 self._left(item.id)
-                self.queue.task_done()
+                queue.task_done()
                 self._changed.set()
-                if not self.active and self.queue.empty():
+                if not self.active and self.queue.empty() and self.small.empty():
                     self.idle.set()
 
     async def _after_failure(self, item: RunningJob | JobRecord) -> None:
@@ -190,11 +202,12 @@ class Runner:
         """Stop taking new batches; let batches under way finish and record, up to
         `timeout`. Whatever is left resumes from the store on the next start."""
         self.stopping.set()
-        while not self.queue.empty():  # not started: they stay in the store as accepted
-            job_id = self.queue.get_nowait().id
-            self._queued.pop(job_id, None)
-            self._left(job_id)
-            self.queue.task_done()
+        for queue in {self.queue, self.small}:
+            while not queue.empty():  # not started: they stay in the store as accepted
+                job_id = queue.get_nowait().id
+                self._queued.pop(job_id, None)
+                self._left(job_id)
+                queue.task_done()
         if self.active:
             try:
                 await asyncio.wait_for(self.idle.wait(), timeout)
@@ -207,3 +220,8 @@ class Runner:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+def _left_to_run(item: RunningJob | JobRecord) -> int:
+    """Recipients from its cursor on."""
+    return (item.recipients if isinstance(item, JobRecord) else len(item.job.recipients)) - item.cursor

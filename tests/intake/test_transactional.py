@@ -39,7 +39,7 @@ def one(n: int) -> dict[str, Any]:
 
 async def gated(start, tmp_path, clock: FakeClock | None = None, **intake: Any):
     Gated.gate = asyncio.Event()
-    config = make_config(tmp_path, pipeline={"workers": 1}, intake=intake)
+    config = make_config(tmp_path, pipeline={"workers": 1, "small_job_workers": 1}, intake=intake)
     kwargs = {"clock": clock} if clock else {}
     return await start(config, extra_plugins=(Channels(Gated),), **kwargs)
 
@@ -76,6 +76,23 @@ async def test_a_queued_job_older_than_the_bound_gets_429(start, tmp_path) -> No
     assert status == 429
     assert body["message"] == "the oldest queued job has waited 2.5s (limit 2s); retry later"
     Gated.gate.set()
+
+
+async def test_a_job_of_one_batch_does_not_wait_behind_jobs_of_many(start, receiver, tmp_path) -> None:
+    """Jobs of many batches hold every worker (here one, held by a gated job); a job of one
+    batch has workers of its own and is decided meanwhile."""
+    Gated.gate = asyncio.Event()
+    config = make_config(tmp_path, receiver.url, pipeline={"workers": 1, "small_job_workers": 2, "batch_size": 2})
+    running = await start(config, extra_plugins=(Channels(Gated),))
+    many = job([recipient(f"u{n}", [f"gated:d{n}"], properties={"order": "1"}) for n in range(5)], ["gated"])
+    status, big, _ = await post(running, many)
+    assert status == 202
+    await until(lambda: big["job_id"] in running.gateway.runner.active, what="the big job holds the worker")
+    status, body, _ = await post(running, speaker_job(1), "?wait=10s")  # the speaker channel is not gated
+    assert status == 200 and body["state"] == "completed"
+    assert running.gateway.runner.has(big["job_id"])  # still held at the gate
+    Gated.gate.set()
+    await running.wait(big["job_id"])
 
 
 async def test_wait_answers_200_with_the_decisions(start, receiver, tmp_path) -> None:
