@@ -104,10 +104,11 @@ async def serve(config: GatewayConfig, host: str | None = None, port: int | None
         loop.add_signal_handler(sig, stop.set)
     gw = server.gateway
     log.info(
-        "gateway started: channels %s; store %s; %d workers",
+        "gateway started: channels %s; store %s; %d workers, %d more for jobs of one batch",
         ", ".join(sorted(gw.channels)) or "none",
         redact_url(config.store.url),
         config.pipeline.workers,
+        config.pipeline.small_job_workers,
         extra={"event": "started", "channels": sorted(gw.channels), "store": redact_url(config.store.url)},
     )
     announce(server.url)
