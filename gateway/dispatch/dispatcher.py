@@ -11,6 +11,10 @@ Deliveries go out in chunks that each hold part of the channel's in-flight budge
 circuit breakers of its deliveries' providers (`breaker.Breaker`): a provider that opens
 mid-batch holds back the rest of the batch at once. Answers are passed on as they arrive
 (`answered`), so the pipeline can record them before the batch is over.
+
+Small sends to one channel made in the same turn of the event loop (jobs of one recipient
+come in groups, as their accepts share a commit) share one attempt: one channel call, one
+budget grant, one HTTP/2 batch for all of them (`Shared`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,26 @@ from gateway.model.delivery import Delivery, PermanentFailure, Result, Sent, Tra
 log = logging.getLogger(__name__)
 Answer = Result | Postponed
 Answered = Callable[[Delivery, Result], None]
+Attempted = list[Result | Postponed | PermanentFailure]
+# Sends of at most this many deliveries share an attempt with the channel's other small
+# sends of the same turn; larger ones are a batch already.
+SHARED_AT_MOST = 8
+
+
+class Shared:
+    """Small sends to one channel in one turn of the event loop. The first to come waits
+    the turn out, then makes one attempt for all of them; each of the others waits for its
+    part. What the channel answers is per delivery, so sharing a call changes no decision."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[list[Delivery], Answered | None, asyncio.Future[Attempted]]] = []
+
+    def join(self, batch: list[Delivery], answered: Answered | None) -> asyncio.Future[Attempted]:
+        future: asyncio.Future[Attempted] = asyncio.get_running_loop().create_future()
+        self.parts.append((batch, answered, future))
+        return future
 
 
 class Dispatcher:
@@ -56,6 +80,8 @@ class Dispatcher:
         self._breakers: dict[tuple[str, str], Breaker] = {}
         self._budgets: dict[str, InFlight] = {}
         self._limits: dict[str, dict[int, Gate]] = {}  # the channels' map_bounded limiters
+        self._shared: dict[str, Shared] = {}  # by channel: small sends of this turn
+        self._detached: set[asyncio.Task[None]] = set()  # shared attempts whose first sender left
         self.trouble = Trouble()  # failures by provider, logged once per interval
 
     # -- breakers and budgets ---------------------------------------------------------------
@@ -106,7 +132,7 @@ class Dispatcher:
 
     # -- sending ------------------------------------------------------------------------
     async def send(
-        self, job_id: str, channel: Channel, deliveries: Sequence[Delivery], answered: Answered | None = None
+        self, channel: Channel, deliveries: Sequence[Delivery], answered: Answered | None = None
     ) -> list[Answer]:
         """One final answer per delivery; `answered(d, r)` is told of each final answer
         from the provider as it arrives."""
@@ -114,7 +140,11 @@ class Dispatcher:
         pending = list(range(len(deliveries)))
         started = self.clock.now()
         while pending:
-            results = await self._attempt(job_id, channel, [deliveries[i] for i in pending], answered)
+            batch = [deliveries[i] for i in pending]
+            if len(batch) <= SHARED_AT_MOST:
+                results = await self._shared_attempt(channel, batch, answered)
+            else:
+                results = await self._attempt(channel, batch, answered)
             now = self.clock.now()
             retry: list[int] = []
             delay = 0.0
@@ -138,9 +168,61 @@ class Dispatcher:
             pending = retry
         return final  # type: ignore[return-value]  # every slot was filled
 
-    async def _attempt(
-        self, job_id: str, channel: Channel, batch: list[Delivery], answered: Answered | None
-    ) -> list[Result | Postponed | PermanentFailure]:
+    async def _shared_attempt(self, channel: Channel, batch: list[Delivery], answered: Answered | None) -> Attempted:
+        """One attempt of these deliveries, made together with the channel's other small
+        sends of this turn."""
+        shared = self._shared.get(channel.name)
+        if shared is not None:  # another send waits this turn out: go with it
+            return await shared.join(batch, answered)
+        shared = self._shared[channel.name] = Shared()
+        mine = shared.join(batch, answered)
+        try:
+            await asyncio.sleep(0)  # the rest of this turn's small sends join
+        except asyncio.CancelledError:  # the others still go: on their own
+            del self._shared[channel.name]
+            if len(shared.parts) > 1:
+                task = asyncio.ensure_future(self._attempt_parts(channel, shared.parts[1:]))
+                self._detached.add(task)
+                task.add_done_callback(self._detached.discard)
+            raise
+        del self._shared[channel.name]
+        await self._attempt_parts(channel, shared.parts)
+        return await mine  # its answers, or what ended the attempt
+
+    async def _attempt_parts(
+        self, channel: Channel, parts: list[tuple[list[Delivery], Answered | None, asyncio.Future[Attempted]]]
+    ) -> None:
+        """One attempt for every part's deliveries; each part's future gets its answers (or
+        what ended the attempt)."""
+        if len(parts) == 1:
+            batch, answered, future = parts[0]
+        else:
+            batch = [delivery for part in parts for delivery in part[0]]
+            routes = {id(delivery): part[1] for part in parts if part[1] is not None for delivery in part[0]}
+
+            def answered(delivery: Delivery, result: Result) -> None:
+                route = routes.get(id(delivery))
+                if route is not None:
+                    route(delivery, result)
+
+        try:
+            results = await self._attempt(channel, batch, answered)
+        except asyncio.CancelledError:  # shut down past its timeout: the others too
+            for _, _, future in parts:
+                future.cancel()
+            raise
+        except Exception as exc:  # a bug: each part's sender raises it
+            for _, _, future in parts:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for part, _, future in parts:
+            if not future.done():
+                future.set_result(results[start : start + len(part)])
+            start += len(part)
+
+    async def _attempt(self, channel: Channel, batch: list[Delivery], answered: Answered | None) -> Attempted:
         """One attempt of each delivery, in chunks sent as the channel's in-flight budget
         frees (side by side); each chunk first asks its deliveries' breakers."""
         budget = self.budget(channel)
@@ -163,9 +245,9 @@ class Dispatcher:
                         results[j] = held
                 budget.release(granted - len(chunk))
                 if chunk and not pending and not chunks:  # all in one chunk (a small batch): no task
-                    await self._chunk(job_id, channel, batch, chunk, results, answered)
+                    await self._chunk(channel, batch, chunk, results, answered)
                 elif chunk:
-                    chunks.append(asyncio.create_task(self._chunk(job_id, channel, batch, chunk, results, answered)))
+                    chunks.append(asyncio.create_task(self._chunk(channel, batch, chunk, results, answered)))
             if chunks:
                 await asyncio.gather(*chunks)
         except BaseException:
@@ -177,7 +259,6 @@ class Dispatcher:
 
     async def _chunk(
         self,
-        job_id: str,
         channel: Channel,
         batch: list[Delivery],
         chunk: list[int],
@@ -194,7 +275,7 @@ class Dispatcher:
             answers = await self._call(channel, going, answered)
         finally:
             self.budget(channel).release(len(going))
-        observe(self.pm, "delivery_results", job_id=job_id, channel=channel.name, deliveries=going, results=answers)
+        self._observe(channel, going, answers)
         now = self.clock.now()
         for j, delivery, answer in zip(chunk, going, answers, strict=True):
             results[j] = answer
@@ -202,6 +283,21 @@ class Dispatcher:
             breaker.record(delivery.id, answer, now)
             if type(answer) is not Sent:
                 self.trouble.failure(breaker.name, answer)
+
+    def _observe(self, channel: Channel, going: list[Delivery], answers: list[Result]) -> None:
+        """The `delivery_results` hook, each job's part of a chunk on its own (a shared
+        attempt holds several jobs' deliveries)."""
+        if not self.pm.hook.delivery_results.get_hookimpls():
+            return
+        by_job: dict[str, tuple[list[Delivery], list[Result]]] = {}
+        for delivery, answer in zip(going, answers, strict=True):
+            part = by_job.setdefault(delivery.job_id, ([], []))
+            part[0].append(delivery)
+            part[1].append(answer)
+        for job_id, (deliveries, theirs) in by_job.items():
+            observe(
+                self.pm, "delivery_results", job_id=job_id, channel=channel.name, deliveries=deliveries, results=theirs
+            )
 
     async def _call(self, channel: Channel, batch: list[Delivery], answered: Answered | None) -> list[Result]:
         """`channel.send_batch`, with its answers passed on as they arrive. A channel that

@@ -2,13 +2,15 @@
 
 Each final answer goes in the job's in-memory map at once (so a batch run again after a
 failed store write does not send it again) and into a buffer the store takes at the end
-of the event loop's next turn, the answers of those turns in one write (the embedded store
-appends them to a file at once, `store/ackfile.py`; Redis adds them to a sorted set).
+of the event loop's turn after next, the answers of those turns in one write (the embedded
+store appends them to a file at once, `store/ackfile.py`; Redis adds them to a sorted set).
 After a crash or a takeover only deliveries without a recorded answer go again:
-duplicates are bounded by the requests in flight, plus the answers of the last two turns.
+duplicates are bounded by the requests in flight, plus the answers of the last three turns.
 
-A batch whose decisions are recorded meanwhile (the turn after its last answer: a job of
-one batch, the last batch of a job) drops its buffered answers instead of writing them.
+A batch whose decisions are recorded meanwhile (a job of one batch, the last batch of a
+job) drops its buffered answers instead of writing them: its task resumes the turn after its
+last answer, or the turn after that when its send shared an attempt with other jobs'
+(`dispatch/dispatcher.py`: the attempt's first sender hands the others their answers).
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ class AckLog:
     def add(self, job_id: str, delivery: Delivery, result: Result) -> None:
         self._pending.setdefault(job_id, {})[delivery.id] = (delivery.recipient, result)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_soon(self._next_turn)
+            self._timer = asyncio.get_running_loop().call_soon(self._wait, 2)
 
-    def _next_turn(self) -> None:
-        # An answer is the last thing a batch waits for: its task resumes in the turn after
+    def _wait(self, turns: int) -> None:
+        # An answer is the last thing a batch waits for: its task resumes a turn or two after
         # the answer arrived and, when that records its decisions, drops the answer before
         # this flush runs; one write instead of two.
-        self._timer = asyncio.get_running_loop().call_soon(self.flush)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_soon(self._wait, turns - 1) if turns > 1 else loop.call_soon(self.flush)
 
     def drop(self, job_id: str, delivery_ids: Iterable[str]) -> None:
         """Their decisions are being recorded: no need to write their answers too."""

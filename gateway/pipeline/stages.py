@@ -245,7 +245,7 @@ class Stages:
                 acks.setdefault(delivery.recipient, {})[delivery.id] = result
                 acklog.add(running.id, delivery, result)
 
-            results = await self.dispatcher.send(running.id, self.channels[name], outgoing, answered)
+            results = await self.dispatcher.send(self.channels[name], outgoing, answered)
             for (target, k), result in zip(slots, results, strict=True):
                 answers[target][k] = result
         self.fold(batch, name, [(t, list(zip(shares[t], answers[t], strict=True))) for t in targets])  # type: ignore[arg-type]
