@@ -14,7 +14,7 @@ from gateway.config import ConfigError, GatewayConfig, seconds
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.loader import channel_classes, configure_channels, plugin_manager
 from gateway.metrics import Metrics
-from gateway.personalize.templates import CACHE
+from gateway.personalize.templates import cache_lookups
 from gateway.pipeline import Pipeline
 from gateway.pipeline.events import Subscriptions
 from gateway.policy.engine import load_policy
@@ -56,7 +56,7 @@ class Gateway:
         self.admission = Admission(config.intake.max_inflight_recipients)
         self.metrics = Metrics(
             queue_depth=lambda: self.admission.inflight,
-            template_cache=lambda: {("hit",): CACHE.hits, ("miss",): CACHE.misses},
+            template_cache=cache_lookups,
             jobs_queued=lambda: self.runner.backlog() if self.runner is not None else (0, 0.0),
             breakers=lambda: self.pipeline.dispatcher.breaker_gauge() if self.runner is not None else {},
         )

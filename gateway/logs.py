@@ -111,6 +111,8 @@ def configure_logging(config: LoggingConfig | None = None, verbose: bool = False
     # Which file and line logged a record: neither format shows it, and finding it walks the
     # stack for every line (the switch is documented in logging's source, not its manual).
     logging._srcfile = None
+    # Nor the thread, process and process name each record would look up (public switches).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for noisy in ("aiohttp.access", "asyncio"):  # their per-request and debug chatter
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

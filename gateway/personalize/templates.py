@@ -180,11 +180,11 @@ class TemplateCache:
 
     def __init__(self, size: int = 4096):
         self.size = size
-        self.entries: OrderedDict[tuple[str, bool, str], Any] = OrderedDict()
+        self.entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, bool, str]) -> Any:
+    def get(self, key: tuple[Any, ...]) -> Any:
         found = self.entries.get(key)
         if found is None:
             self.misses += 1
@@ -193,13 +193,19 @@ class TemplateCache:
         self.entries.move_to_end(key)
         return found
 
-    def put(self, key: tuple[str, bool, str], value: Any) -> None:
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
         self.entries[key] = value
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)
 
 
 CACHE = TemplateCache()
+_PARTS = TemplateCache(1024)  # compiled content parts, by their values (`_compile_content`)
+
+
+def cache_lookups() -> dict[tuple[str, ...], float]:
+    """Look-ups of compiled templates and content parts, found and not (for /metrics)."""
+    return {("hit",): CACHE.hits + _PARTS.hits, ("miss",): CACHE.misses + _PARTS.misses}
 
 
 def compile_job(job: Job, max_template_chars: int) -> list[CompiledVariant]:
@@ -229,21 +235,38 @@ def _compile_content(content: Content, path: str, limit: int) -> dict[str, Compi
         part = getattr(content, kind)
         if part is None:
             continue
-        compiled = CompiledContent()
-        for name, value in msgspec.structs.asdict(part).items():
-            where = f"{path}.{kind}.{name}"
-            if value is None:
-                continue
-            if isinstance(value, str):
-                env = HTML_ENV if (kind, name) == ("email", "html") else ENV
-                compiled.fields[name] = _compile(value, where, limit, env)
-            elif isinstance(value, dict):
-                compiled.data = {k: _compile(v, f"{where}.{k}", limit, ENV) for k, v in value.items()}
-            else:
-                compiled.literals[name] = value
-        compiled.uses_channel = any(f.uses_channel for f in compiled.all_fields())
+        # A stream of jobs sends the same content again and again: one look-up for the whole
+        # part, by its values and the length limit they were checked against (jobs are never
+        # changed once compiled, so jobs may share what they compile to).
+        values = (kind, limit, msgspec.structs.astuple(part))
+        key: tuple[Any, ...] | None = values
+        try:
+            compiled: CompiledContent | None = _PARTS.get(values)
+        except TypeError:  # unhashable values (push data): field by field
+            key, compiled = None, None
+        if compiled is None:
+            compiled = _compile_part(kind, part, f"{path}.{kind}", limit)
+            if key is not None:
+                _PARTS.put(key, compiled)
         kinds[kind] = compiled
     return kinds
+
+
+def _compile_part(kind: str, part: Any, path: str, limit: int) -> CompiledContent:
+    compiled = CompiledContent()
+    for name, value in msgspec.structs.asdict(part).items():
+        where = f"{path}.{name}"
+        if value is None:
+            continue
+        if isinstance(value, str):
+            env = HTML_ENV if (kind, name) == ("email", "html") else ENV
+            compiled.fields[name] = _compile(value, where, limit, env)
+        elif isinstance(value, dict):
+            compiled.data = {k: _compile(v, f"{where}.{k}", limit, ENV) for k, v in value.items()}
+        else:
+            compiled.literals[name] = value
+    compiled.uses_channel = any(f.uses_channel for f in compiled.all_fields())
+    return compiled
 
 
 def _check_length(source: str, path: str, limit: int) -> None:

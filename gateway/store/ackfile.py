@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +39,9 @@ class AckFile:
         self.live: dict[str, dict[int, dict[str, Result]]] = {}  # job -> recipient -> id -> answer
         self.size = 0
         self._fd: int | None = None
-        self._done: dict[str, None] = {}  # jobs finished lately: a late write of theirs is dropped
+        # Jobs finished lately: a late write of theirs is dropped. An OrderedDict: a dict whose
+        # first entries are deleted one by one takes ever longer to find its first entry.
+        self._done: OrderedDict[str, None] = OrderedDict()
 
     def open(self) -> None:
         if self.path is None:
@@ -77,7 +80,7 @@ class AckFile:
         self.live.pop(job_id, None)
         self._done[job_id] = None
         if len(self._done) > 10_000:
-            del self._done[next(iter(self._done))]
+            self._done.popitem(last=False)
         self._compact_if_large()
 
     # -- the file -------------------------------------------------------------------------
