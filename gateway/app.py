@@ -122,10 +122,9 @@ class Gateway:
         the rest to the other processes."""
         runner = self.runner
         assert runner is not None
-        workers = self.config.pipeline.workers
         while True:
             try:
-                room = workers + 1 - runner.load
+                room = runner.room()
                 if room <= 0 or self.admission.inflight >= self.admission.limit:
                     await runner.wait_for_change()
                     continue

@@ -74,6 +74,8 @@ class Runner:
         self.idle = asyncio.Event()
         self.idle.set()
         self._changed = asyncio.Event()
+        self._lanes = (workers, small_job_workers)
+        self._small_load = 0  # jobs of one batch running or waiting in their own lane
 
     def submit(self, item: RunningJob | JobRecord, again: bool = False) -> None:
         """A job just accepted (decoded), or a stored one (loaded when a worker starts it).
@@ -83,7 +85,10 @@ class Runner:
         self._queued.setdefault(item.id, self.clock.monotonic())
         if again:
             self._again.add(item.id)
-        self._queue_of(item).put_nowait(item)
+        queue = self._queue_of(item)
+        if queue is not self.queue:
+            self._small_load += 1
+        queue.put_nowait(item)
 
     def _queue_of(self, item: RunningJob | JobRecord) -> asyncio.Queue[RunningJob | JobRecord]:
         return self.small if _left_to_run(item) <= self.pipeline.batch_size else self.queue
@@ -119,6 +124,21 @@ class Runner:
         """Jobs running or waiting for a worker."""
         return len(self.active) + self.queue.qsize() + (self.small.qsize() if self.small is not self.queue else 0)
 
+    def room(self) -> int:
+        """How many more jobs to take from a shared queue, whose sizes are known only once
+        taken: no more than either lane has workers for, and one more waiting."""
+        workers, small_workers = self._lanes
+        large_free = workers + 1 - (self.load - self._small_load)
+        if not small_workers:
+            return large_free
+        small_free = small_workers + 1 - self._small_load
+        if large_free > 0:
+            return min(large_free, small_free)
+        # Every worker for jobs of many batches busy, one such job waiting: jobs of one
+        # batch still come in, one at a time; a large one taken so waits too, and then no
+        # more are taken until a worker frees (at most two large jobs wait here).
+        return 1 if small_free > 0 and self.queue.qsize() <= 1 else 0
+
     async def wait_for_change(self, timeout: float = 1.0) -> None:
         """Until a job finishes (or `timeout`)."""
         self._changed.clear()
@@ -145,6 +165,8 @@ class Runner:
                 del self.active[item.id]
                 self._left(item.id)
                 queue.task_done()
+                if queue is not self.queue:
+                    self._small_load -= 1
                 self._changed.set()
                 if not self.active and self.queue.empty() and self.small.empty():
                     self.idle.set()
@@ -208,6 +230,8 @@ class Runner:
                 self._queued.pop(job_id, None)
                 self._left(job_id)
                 queue.task_done()
+                if queue is not self.queue:
+                    self._small_load -= 1
         if self.active:
             try:
                 await asyncio.wait_for(self.idle.wait(), timeout)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from gateway.channel import Channel
 from gateway.clock import FakeClock
 from gateway.model.delivery import Delivery, Result, Sent
+from gateway.pipeline import RunningJob
+from gateway.runner import Admission, Runner
 from tests.conftest import make_config, speaker_job
 from tests.test_pipeline import Channels, job, recipient
 from tests.waiting import until
@@ -140,3 +143,42 @@ async def test_a_malformed_wait_is_400_with_its_path(start, tmp_path, value: str
     status, body, _ = await post(running, one(0), f"?wait={value}")
     assert status == 400 and body["path"] == "wait"
     assert running.gateway.runner.load == 0  # nothing was accepted
+
+
+class _Held:
+    """A pipeline whose jobs run until the test lets them end."""
+
+    batch_size = 10
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def run(self, item: Any, stopping: asyncio.Event) -> bool:
+        await self.gate.wait()
+        return True
+
+
+def _running(n: int, size: int) -> RunningJob:
+    return RunningJob(f"j{n}", SimpleNamespace(recipients=[None] * size), [], 0, 0.0)  # type: ignore[arg-type]
+
+
+async def test_a_shared_queue_is_taken_from_as_each_lane_has_room() -> None:
+    """On a shared queue (Redis) a job's size is known once it is taken: take no more than
+    either lane has workers for; with the large lane full, jobs of one batch one at a time."""
+    pipeline = _Held()
+    runner = Runner(pipeline, Admission(10**6), 2, FakeClock(), small_job_workers=3)  # type: ignore[arg-type]
+    try:
+        assert runner.room() == 3  # min(2 + 1, 3 + 1)
+        for n, size in enumerate([50, 50, 1, 1]):  # two large running, two small running
+            runner.submit(_running(n, size))
+        await until(lambda: len(runner.active) == 4, what="the jobs start")
+        assert runner.room() == 1  # the large lane: one more may wait
+        runner.submit(_running(5, 50))  # it waits for a large worker
+        assert runner.room() == 1  # still one at a time: the next may be small
+        runner.submit(_running(6, 50))  # it was large: two wait now
+        assert runner.room() == 0
+        pipeline.gate.set()
+        await until(lambda: not runner.active and runner.load == 0, what="all done")
+        assert runner.room() == 3
+    finally:
+        await runner.stop(1.0)
