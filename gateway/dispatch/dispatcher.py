@@ -50,7 +50,8 @@ SHARED_AT_MOST = 8
 class Shared:
     """Small sends to one channel in one turn of the event loop. The first to come waits
     the turn out, then makes one attempt for all of them; each of the others waits for its
-    part. What the channel answers is per delivery, so sharing a call changes no decision."""
+    part. What the channel answers is per delivery, so sharing a call changes no decision
+    (but a channel that raises fails its whole call, shared or not: `docs/plugins.md`)."""
 
     __slots__ = ("parts",)
 
