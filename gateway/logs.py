@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import msgspec
@@ -22,31 +23,39 @@ _encode = msgspec.json.Encoder().encode
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _Seconds:
+    """A record's time to the second, formatted once a second rather than per line."""
+
+    def __init__(self, fmt: str, convert: Callable[[float], time.struct_time]):
+        self.fmt, self.convert = fmt, convert
+        self._second, self._text = -1, ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self.fmt, self.convert(second))
+        return self._text
+
+
 class TextFormatter(logging.Formatter):
-    """The standard text format, its time formatted once a second rather than per line."""
+    """The standard text format."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._second, self._prefix = -1, ""
+        self._seconds = _Seconds("%Y-%m-%d %H:%M:%S", self.converter)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._prefix = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._prefix},{int(record.msecs):03d}"
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
-        self._second, self._prefix = -1, ""
+        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S", time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry: dict[str, Any] = {
-            "time": f"{self._prefix}.{int(record.created * 1000) % 1000:03d}Z",
+            "time": f"{self._seconds(record.created)}.{int(record.created * 1000) % 1000:03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -238,15 +238,14 @@ def _compile_content(content: Content, path: str, limit: int) -> dict[str, Compi
         # A stream of jobs sends the same content again and again: one look-up for the whole
         # part, by its values and the length limit they were checked against (jobs are never
         # changed once compiled, so jobs may share what they compile to).
-        values = (kind, limit, msgspec.structs.astuple(part))
-        key: tuple[Any, ...] | None = values
+        key = (kind, limit, msgspec.structs.astuple(part))
         try:
-            compiled: CompiledContent | None = _PARTS.get(values)
-        except TypeError:  # unhashable values (push data): field by field
-            key, compiled = None, None
-        if compiled is None:
+            compiled = _PARTS.get(key)
+        except TypeError:  # unhashable values (push data): field by field, not kept
             compiled = _compile_part(kind, part, f"{path}.{kind}", limit)
-            if key is not None:
+        else:
+            if compiled is None:
+                compiled = _compile_part(kind, part, f"{path}.{kind}", limit)
                 _PARTS.put(key, compiled)
         kinds[kind] = compiled
     return kinds
