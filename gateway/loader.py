@@ -12,7 +12,7 @@ import pluggy
 
 from gateway import hookspecs
 from gateway.channel import Channel
-from gateway.config import ConfigError, GatewayConfig, struct_problems, without_problems
+from gateway.config import ConfigError, GatewayConfig, did_you_mean, struct_problems, without_problems
 
 ENTRY_POINT_GROUP = "gateway"
 # Set to a comma-separated list of entry-point names to load only those (datasette-style).
@@ -93,7 +93,8 @@ def configure_channels(
     for name in config.channels:
         if name not in classes:
             known = ", ".join(sorted(classes)) or "none"
-            problems.append(f"channels.{name}: no plugin provides this channel (loaded: {known})")
+            hint = did_you_mean(name, classes)
+            problems.append(f"channels.{name}: no plugin provides this channel{hint} (loaded: {known})")
     for name, cls in classes.items():
         table = config.channels.get(name)
         if table is None and cls.requires_config:

@@ -45,8 +45,10 @@ from gateway.plugin import (
     Result,
     SecretRef,
     Sent,
+    Throttled,
     TransientFailure,
     apns_transport,
+    did_you_mean,
     hookimpl,
     invalid_request,
     report_answers,
@@ -54,6 +56,7 @@ from gateway.plugin import (
 )
 
 log = logging.getLogger(__name__)
+advice = Throttled(log)  # per failed delivery: at most a line a minute
 HOSTS = {False: "api.push.apple.com", True: "api.sandbox.push.apple.com"}
 TOKEN_SECONDS = 30 * 60  # Apple: refresh no more often than every 20 minutes, at least every 60
 MAX_PAYLOAD_BYTES = 4096
@@ -106,7 +109,7 @@ def classify(status: str, reason: str) -> Result:
     if reason in TOKEN_ERRORS:
         return InvalidToken(reason)
     if reason in CREDENTIAL_ERRORS:
-        log.error("apns: %s: the provider token was refused; check team_id, key_id and the key", reason)
+        advice.error("apns: %s: the provider token was refused; check team_id, key_id and the key", reason)
         return PermanentFailure("credentials", reason)
     if reason in TRANSIENT_ERRORS or status in ("429", "500", "503"):
         return TransientFailure(reason or f"http_{status}")
@@ -187,7 +190,8 @@ class ApnsChannel(Channel):
         if not config.apps:
             problems.append(f"{path}.apps: configure at least one app")
         if config.default_app is not None and config.default_app not in config.apps:
-            problems.append(f"{path}.default_app: no app named {config.default_app!r}")
+            hint = did_you_mean(config.default_app, config.apps)
+            problems.append(f"{path}.default_app: no app named {config.default_app!r}{hint}")
         if config.default_app is None and len(config.apps) > 1:
             problems.append(f"{path}.default_app: required with several apps")
         for name, app in config.apps.items():

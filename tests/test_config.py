@@ -109,13 +109,16 @@ url = "ftp://hub"
 secret = { env = "HUB_SECRET" }
 [channels.sms]
 key = "x"
+[channels.emial]
+host = "x"
 """,
     )
     proc = check_config_cli(path)
     assert proc.returncode == 2
     err = proc.stderr
     assert "channels.speaker.concurency: unknown key (did you mean 'concurrency'?)" in err
-    assert "channels.sms: no plugin provides this channel" in err
+    assert "channels.sms: no plugin provides this channel (loaded: " in err
+    assert "channels.emial: no plugin provides this channel (did you mean 'email'?) (loaded: " in err
     # Every problem in one run: the channel's other keys are checked beside its typo.
     assert "channels.speaker.targets.hub.url: expected an http(s) URL" in err
     assert "channels.speaker.targets.hub.secret.env: environment variable HUB_SECRET is not set" in err

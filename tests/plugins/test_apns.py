@@ -189,13 +189,13 @@ def test_config_checks_name_the_key(tmp_path, monkeypatch) -> None:
                     "b": {**app, "topic": "com.shop\r\nx: y"},
                     "c2": {**app, "key": {"env": "TEST_RSA_KEY"}},
                 },
-                "default_app": "c",
+                "default_app": "c22",
             }
         }
     )
     with pytest.raises(ConfigError) as err:
         configure_channels(config, channel_classes(plugin_manager(config)))
-    assert "channels.apns.default_app: no app named 'c'" in err.value.problems
+    assert "channels.apns.default_app: no app named 'c22' (did you mean 'c2'?)" in err.value.problems
     assert (
         "channels.apns.apps.b.topic: expected a bundle id (letters, digits, '.', '-', '_')" in err.value.problems
     )  # it goes into a header as it is
