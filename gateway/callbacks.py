@@ -47,6 +47,9 @@ class CallbackSender:
         self.timeout = seconds(config.timeout)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         self.wake = asyncio.Event()
+        self.failing_since: float | None = None  # monotonic time of the streak's first failure
+        self.said_at = 0.0
+        self.failures = 0
 
     async def run(self) -> None:
         while True:
@@ -84,8 +87,10 @@ class CallbackSender:
             problem = await self._post(event, body)
             if problem is None:
                 self.metrics.callbacks_delivered.inc(self.tenant)
+                self._streak_ends()
                 return
             self.metrics.callback_failures.inc(self.tenant)
+            self._streak_goes_on(problem)
             if self.clock.now() - event.at > self.max_age:
                 self.metrics.callbacks_dropped.inc(self.tenant)
                 log.warning(
@@ -97,6 +102,32 @@ class CallbackSender:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
             await self.store.outbox_lease(self.tenant, self.owner, LEASE)
+
+    def _streak_goes_on(self, problem: str) -> None:
+        """A failing endpoint is said when it starts failing, then once a minute while it
+        goes on (its events wait meanwhile), never once per attempt."""
+        now = self.clock.monotonic()
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = self.said_at = now
+        elif now - self.said_at < 60:
+            return
+        self.said_at = now
+        log.warning(
+            "status callbacks of tenant %s: the endpoint fails (%s; %d attempts in %.0fs); events wait and are retried",
+            self.tenant, problem, self.failures, now - self.failing_since,
+            extra={"event": "callback.failing", "tenant": self.tenant, "problem": problem, "attempts": self.failures},
+        )  # fmt: skip
+
+    def _streak_ends(self) -> None:
+        if self.failing_since is None:
+            return
+        log.info(
+            "status callbacks of tenant %s: the endpoint takes events again after %d failed attempts in %.0fs",
+            self.tenant, self.failures, self.clock.monotonic() - self.failing_since,
+            extra={"event": "callback.recovered", "tenant": self.tenant},
+        )  # fmt: skip
+        self.failing_since, self.failures = None, 0
 
     async def _post(self, event: OutboxEvent, body: bytes) -> str | None:
         headers = webhook_headers(self.key, event.id, int(time.time()), body)

@@ -128,3 +128,38 @@ def configure_logging(config: LoggingConfig | None = None, verbose: bool = False
 
 def json_logs() -> bool:
     return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+class Throttled:
+    """For what a provider's failure means rather than that it happened ("check team_id,
+    key_id and the key"): each message, told apart by its format string, at most once per
+    `interval` seconds, and the next one says how many were held back. A provider that
+    refuses 10,000 deliveries leaves one such line (and its counts in the per-provider
+    trouble summary), not 10,000."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}  # keyed by format strings: as many as call sites
+        self._held: dict[str, int] = {}
+
+    def error(self, msg: str, *args: Any) -> None:
+        self._log(logging.ERROR, msg, args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._log(logging.WARNING, msg, args)
+
+    def _log(self, level: int, msg: str, args: tuple[Any, ...]) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        now = self.clock()
+        last = self._last.get(msg)
+        if last is not None and now - last < self.interval:
+            self._held[msg] = self._held.get(msg, 0) + 1
+            return
+        self._last[msg] = now
+        held = self._held.pop(msg, 0)
+        if held:
+            msg, args = f"{msg} (%d more like this since the last such line)", (*args, held)
+        self.logger.log(level, msg, *args)

@@ -23,8 +23,9 @@ from gateway.channel import (
     parse_retry_after,
     report_answers,
 )
-from gateway.config import ConfigError, Duration, Secret, SecretRef, seconds
+from gateway.config import ConfigError, Duration, Secret, SecretRef, did_you_mean, seconds
 from gateway.hookspecs import hookimpl
+from gateway.logs import Throttled
 from gateway.model.address import AddressError, EmailAddress, parse_email
 from gateway.model.decision import Decision
 from gateway.model.delivery import (
@@ -91,6 +92,8 @@ __all__ = [
     "hookimpl",
     # configuration and secrets
     "ConfigError",
+    "did_you_mean",
+    "Throttled",
     "Duration",
     "Secret",
     "SecretRef",

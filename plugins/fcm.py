@@ -32,6 +32,7 @@ from gateway.plugin import (
     Result,
     SecretRef,
     Sent,
+    Throttled,
     TransientFailure,
     hookimpl,
     http1_transport,
@@ -42,6 +43,7 @@ from gateway.plugin import (
 )
 
 log = logging.getLogger(__name__)
+advice = Throttled(log)  # per failed delivery: at most a line a minute
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 MAX_PAYLOAD_BYTES = 4096
 
@@ -239,10 +241,10 @@ class FcmChannel(Channel):
             try:
                 token = await self.tokens.get(stale)
             except _AuthRefused as exc:  # the service account itself: no retry fixes it
-                log.error("fcm: the token endpoint refused the service account: %s", exc)
+                advice.error("fcm: the token endpoint refused the service account: %s", exc)
                 return PermanentFailure("credentials", str(exc)[:200])
             except (_AuthFailed, aiohttp.ClientError, TimeoutError) as exc:
-                log.error("fcm: cannot get an OAuth token: %s", exc)
+                advice.error("fcm: cannot get an OAuth token: %s", exc)
                 return TransientFailure("oauth_unavailable")
             try:
                 response = await self.pool.post(
@@ -266,7 +268,7 @@ class FcmChannel(Channel):
                 stale = token
                 continue
             return classify(status, code, message, parse_retry_after(response.headers.get("retry-after"), time.time()))
-        log.error("fcm: credentials refused after a token refresh")
+        advice.error("fcm: credentials refused after a token refresh")
         return PermanentFailure("credentials", "UNAUTHENTICATED after refreshing the OAuth token")
 
     async def aclose(self) -> None:
@@ -289,7 +291,7 @@ def classify(status: int, code: str | None, message: str, retry_after: float | N
     if kind == "transient" or status in (429, 500, 502, 503, 504):
         return TransientFailure((code or f"http_{status}").lower(), retry_after)
     if kind == "configuration":
-        log.error("fcm: %s: %s (fix the credentials in Firebase, not the token)", code, message)
+        advice.error("fcm: %s: %s (fix the credentials in Firebase, not the token)", code, message)
         return PermanentFailure("third_party_auth_error", message[:200] or None)
     if code == "INVALID_ARGUMENT" and "registration token" in message.lower():
         return InvalidToken("invalid_registration")

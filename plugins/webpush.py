@@ -53,6 +53,7 @@ from gateway.plugin import (
     Result,
     SecretRef,
     Sent,
+    Throttled,
     TransientFailure,
     hookimpl,
     http1_transport,
@@ -63,6 +64,7 @@ from gateway.plugin import (
 )
 
 log = logging.getLogger(__name__)
+advice = Throttled(log)  # per failed delivery: at most a line a minute
 # RFC 8291 with one 4096-byte record: 4096 - 16 (tag) - 1 (padding delimiter) - 86 (header).
 MAX_PLAINTEXT_BYTES = 3993
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows up to 24 h; refreshed an hour before it ends
@@ -159,7 +161,7 @@ def classify(status: int, retry_after: float | None) -> Result:
     if status == 429 or status >= 500:
         return TransientFailure(f"http_{status}", retry_after)
     if status in (400, 401, 403):
-        log.error("webpush: HTTP %d: check the VAPID key and subject", status)
+        advice.error("webpush: HTTP %d: check the VAPID key and subject", status)
     return PermanentFailure(f"http_{status}")
 
 

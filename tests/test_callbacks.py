@@ -3,6 +3,7 @@ order per job, at least once with stable ids, on both stores; and through `kill 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections import Counter
@@ -90,7 +91,8 @@ async def test_a_cancelled_waiting_job_and_an_opt_out(upstream, start, tmp_path,
     assert upstream.events("opt_out.recorded")[0]["data"] == {"address": "ana@example.com", "campaign": "c"}
 
 
-async def test_a_failing_endpoint_holds_events_in_order_and_gets_them_later(upstream, start, tmp_path) -> None:
+async def test_a_failing_endpoint_holds_events_in_order_and_gets_them_later(upstream, start, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, "gateway.callbacks")
     failing = {"on": True}
     upstream.fault = lambda payload, attempt: Fault(503) if failing["on"] else None
     running = await started(start, tmp_path, FakeClock(at("2026-11-28T12:00:00Z")), **callbacks(upstream.url))
@@ -105,6 +107,11 @@ async def test_a_failing_endpoint_holds_events_in_order_and_gets_them_later(upst
     )
     order = [(e["data"]["job_id"], e["type"]) for e in upstream.events()]
     assert order == [(j, t) for j in first for t in ("decisions", "job.completed")]
+    # Said when it starts failing and when it recovers, not per attempt (the clock stood still).
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.callbacks"]
+    assert len(said) == 2, said
+    assert said[0].startswith("status callbacks of tenant default: the endpoint fails (HTTP 503; 1 attempts in 0s)")
+    assert said[1].startswith("status callbacks of tenant default: the endpoint takes events again after ")
 
 
 @pytest.mark.timeout(90)

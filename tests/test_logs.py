@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import FakeClock
 from gateway.dispatch.trouble import Trouble
-from gateway.logs import TEXT_FORMAT, TextFormatter, TurnHandler
+from gateway.logs import TEXT_FORMAT, TextFormatter, Throttled, TurnHandler
 from gateway.model.delivery import InvalidToken, PermanentFailure, TransientFailure
 from gateway.testing import Fault, WebhookReceiver, new_secret
 from tests.conftest import API_KEY, make_config, speaker_job
@@ -212,3 +213,19 @@ def test_the_time_formatted_once_a_second_matches_the_standard_format() -> None:
     for created in (1_800_000_000.0, 1_800_000_000.999, 1_800_000_001.5, 1_799_999_999.25):
         record = logging.makeLogRecord({"msg": "m", "created": created, "msecs": (created % 1) * 1000})
         assert ours.format(record) == standard.format(record)
+
+
+def test_throttled_advice_is_said_once_an_interval_with_what_it_held_back(caplog) -> None:
+    clock = FakeClock(0)
+    advice = Throttled(logging.getLogger("plugins.x"), interval=60, clock=clock.monotonic)
+    with caplog.at_level(logging.WARNING, "plugins.x"):
+        for i in range(1000):
+            advice.error("x: HTTP %d: check the key", 403)
+            advice.warning("x: slow %s", i)
+        clock.advance(60)
+        advice.error("x: HTTP %d: check the key", 401)
+    assert [r.getMessage() for r in caplog.records] == [
+        "x: HTTP 403: check the key",
+        "x: slow 0",
+        "x: HTTP 401: check the key (999 more like this since the last such line)",
+    ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import plugins.fcm
 from gateway.clock import FakeClock
+from gateway.plugin import Throttled
 from gateway.testing import FcmFake, FcmFault
 from tests.conftest import epoch, make_config
 from tests.plugins.tables import attempted, decide
@@ -152,3 +155,17 @@ async def test_dropped_or_slow_requests_are_retried(start, tmp_path, fcm, fault)
     _, body, _ = await running.post(fcm_job(["t"]))
     assert (await running.wait(body["job_id"]))["decisions"][0]["outcome"] == "sent"
     assert fcm.attempts["t"] == 2
+
+
+async def test_a_refused_credential_is_one_log_line_not_one_per_message(
+    start, tmp_path, fcm, caplog, monkeypatch
+) -> None:
+    monkeypatch.setattr(plugins.fcm, "advice", Throttled(plugins.fcm.log))  # not what earlier tests said
+    fcm.fault = lambda token, attempt: FcmFault(401, "THIRD_PARTY_AUTH_ERROR")
+    running = await start(fcm_config(tmp_path, fcm))
+    with caplog.at_level(logging.ERROR, "plugins.fcm"):
+        _, body, _ = await running.post(fcm_job([f"t{i}" for i in range(20)]))
+        status = await running.wait(body["job_id"])
+    assert {d["reason"] for d in status["decisions"]} == {"third_party_auth_error"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "plugins.fcm"]
+    assert len(lines) == 1 and "fix the credentials in Firebase" in lines[0], lines
