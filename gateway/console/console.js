@@ -88,7 +88,7 @@ function mix(hex, amount) {  // towards white by `amount` (0..1)
 
 function barChart(container, rows, legend) {
   // rows: [{label, parts: [{name, value, color}]}]: one stacked horizontal bar per row.
-  const width = 640, rowHeight = 22, left = 150, top = legend ? 22 : 4;
+  const width = Math.max(320, Math.min(640, container.clientWidth || 640)), rowHeight = 22, left = 150, top = legend ? 22 : 4;
   const max = Math.max(1, ...rows.map(r => r.parts.reduce((s, p) => s + p.value, 0)));
   const svg = el("svg:svg", {width, height: top + rows.length * rowHeight + 4, role: "img"});
   rows.forEach((row, i) => {
@@ -116,7 +116,7 @@ function barChart(container, rows, legend) {
 }
 
 function lineChart(container, series, field, unit) {
-  const width = 460, height = 160, left = 44, bottom = 18;
+  const width = Math.max(320, container.clientWidth || 460), height = 160, left = 44, bottom = 18;  // the panel's width
   const names = Object.keys(series);
   const max = Math.max(1e-9, ...names.flatMap(n => series[n].map(p => p[field])));
   const svg = el("svg:svg", {width, height, role: "img", "data-series": names.join(",")});
