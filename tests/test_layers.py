@@ -42,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
         "gateway.channel",
         "gateway.config",
         "gateway.hookspecs",
+        "gateway.logs",  # Throttled: a channel's advice at most once a minute
         "gateway.model",
         "gateway.transport",
         "gateway.testing",
