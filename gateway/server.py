@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.config import ApiKey, ConfigError, GatewayConfig, key_table, redact_url, seconds
-from gateway.intake.api import make_app
+from gateway.intake.api import INTAKE_KEY, make_app
+from gateway.intake.fastpath import FastIntake, PlainProtocol
 from gateway.intake.guard import GuardedProtocol
 from gateway.intake.guard import log as http_log
 from gateway.logs import json_logs
@@ -54,6 +55,7 @@ class RunningServer:
     runner: web.AppRunner
     server: asyncio.Server
     url: str
+    fast: FastIntake | None = None
     stopped: bool = False
 
     async def stop(self) -> None:
@@ -63,6 +65,8 @@ class RunningServer:
         self.stopped = True
         self.gateway.accepting = False
         self.server.close()
+        if self.fast is not None:
+            self.fast.stop()
         await self.server.wait_closed()
         await self.gateway.stop()
         await self.runner.cleanup()
@@ -80,12 +84,18 @@ async def start_server(
     await runner.setup()
     assert runner.server is not None
     handlers, header_timeout = runner.server, seconds(config.server.header_timeout)
+
+    def aiohttp_protocol() -> asyncio.Protocol:
+        return GuardedProtocol(handlers(), header_timeout)
+
+    # Plain job posts are read by intake/fastpath.py (with API keys only: without them the
+    # loopback checks of the aiohttp middleware apply to every request).
+    fast = FastIntake(gateway, runner.app[INTAKE_KEY], keys) if config.server.fast_intake and keys else None
+    protocol = aiohttp_protocol if fast is None else lambda: PlainProtocol(fast, aiohttp_protocol)
     # Our own listening socket rather than aiohttp's TCPSite: each connection goes through
     # the header clock (intake/guard.py), which aiohttp's server does not have.
     try:
-        server = await asyncio.get_running_loop().create_server(
-            lambda: GuardedProtocol(handlers(), header_timeout), host, port, reuse_address=True
-        )
+        server = await asyncio.get_running_loop().create_server(protocol, host, port, reuse_address=True)
     except OSError as exc:  # a busy port, an address not on this host: one line, not a trace
         await gateway.stop()
         await runner.cleanup()
@@ -93,7 +103,7 @@ async def start_server(
         raise StartError(f"cannot listen on {host}:{port}: {why}") from None
     bound = server.sockets[0].getsockname()[1]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
-    return RunningServer(gateway, runner, server, url)
+    return RunningServer(gateway, runner, server, url, fast)
 
 
 async def serve(config: GatewayConfig, host: str | None = None, port: int | None = None) -> None:

@@ -44,7 +44,8 @@ MAX_PAGE = 1000
 MAX_JOBS_PAGE = 200  # jobs listed per page (each with its counts)
 JOB_STATES = ("accepted", "running", "waiting", "completed", "cancelled")
 DECIDED = ("completed", "waiting", "cancelled")  # job states once every recipient has a decision
-_DURATION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?(ms|s)")
+WAIT_PATTERN = r"[0-9]{1,6}(?:\.[0-9]{1,3})?(?:ms|s)"  # ?wait=
+_DURATION = re.compile(WAIT_PATTERN)
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -81,22 +82,32 @@ async def api_middleware(
         try:
             return await handler(request)
         except StoreUnavailable as exc:  # the caller retries, never a 500
-            log.warning("store unavailable: %s", exc)
-            retry_after = str(request.app[GATEWAY_KEY].config.intake.retry_after)
-            return error(
-                503, "store_unavailable", "the store is unreachable; retry later", {"Retry-After": retry_after}
-            )
+            return json_response(*store_unavailable(request.app[GATEWAY_KEY], exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error(exc.status, _CODES.get(exc.status, "error"), exc.reason, headers)
     except Exception:
-        log.exception("unexpected error answering %s %s", request.method, request.path)
-        return error(500, "internal_error", "the gateway failed to answer this request; the log has the trace")
+        return json_response(*internal_error(request.method, request.path))
     finally:
         if guard is not None:
             guard.request_finished()
+
+
+Answer = tuple[int, object, dict[str, str] | None]  # status, JSON body (or its bytes), headers
+
+
+def store_unavailable(gw: Gateway, exc: StoreUnavailable) -> Answer:
+    log.warning("store unavailable: %s", exc)
+    retry_after = {"Retry-After": str(gw.config.intake.retry_after)}
+    return 503, {"error": "store_unavailable", "message": "the store is unreachable; retry later"}, retry_after
+
+
+def internal_error(method: str, path: str) -> Answer:
+    log.exception("unexpected error answering %s %s", method, path)
+    message = "the gateway failed to answer this request; the log has the trace"
+    return 500, {"error": "internal_error", "message": message}, None
 
 
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
@@ -130,15 +141,20 @@ def _authenticate(request: web.Request) -> web.Response | None:
     challenge = {"WWW-Authenticate": 'Bearer realm="gateway"'}
     if scheme.lower() != "bearer" or not token:
         return error(401, "unauthorized", "missing `Authorization: Bearer <api key>` header", challenge)
-    if not _VISIBLE_ASCII.fullmatch(token):  # keys are visible ASCII; anything else is no key of ours
+    key = key_for(keys, token)
+    if key is None:
         return error(401, "unauthorized", "unknown API key", challenge)
-    # Compare against every key so the time taken does not reveal which prefix matched.
-    matched = [hmac.compare_digest(token.encode(), k.secret.reveal().encode()) for k in keys]
-    if not any(matched):
-        return error(401, "unauthorized", "unknown API key", challenge)
-    key = keys[matched.index(True)]
     request[TENANT_KEY], request[ADMIN_KEY] = key.tenant, key.admin
     return None
+
+
+def key_for(keys: list[ApiKey], token: str) -> ApiKey | None:
+    """The API key `token` is, if any."""
+    if not _VISIBLE_ASCII.fullmatch(token):  # keys are visible ASCII; anything else is no key of ours
+        return None
+    # Compare against every key so the time taken does not reveal which prefix matched.
+    matched = [hmac.compare_digest(token.encode(), k.secret.reveal().encode()) for k in keys]
+    return keys[matched.index(True)] if any(matched) else None
 
 
 def visible(request: web.Request, record: JobRecord | None) -> bool:
@@ -169,12 +185,18 @@ async def post_job(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         gw.metrics.jobs_rejected.inc(str(body.status))
         return body
-    reply = await request.app[INTAKE_KEY].submit(body, request[TENANT_KEY], key)
+    return json_response(*await submit_job(gw, request.app[INTAKE_KEY], body, request[TENANT_KEY], key, wait))
+
+
+async def submit_job(gw: Gateway, intake: Intake, body: bytes, tenant: str, key: str | None, wait: float) -> Answer:
+    """A job's body through intake, and with `wait`, its decisions if they come in time
+    (the aiohttp handler and the plain-request path of fastpath.py both answer with it)."""
+    reply = await intake.submit(body, tenant, key)
     if wait and reply.status == 202 and reply.job_id is not None:
         view = await _job_when_decided(gw, reply.job_id, wait)
         if view is not None:
-            return json_response(200, view, {"Location": f"/v1/jobs/{reply.job_id}"})
-    return json_response(reply.status, reply.body, reply.headers)
+            return 200, view, {"Location": f"/v1/jobs/{reply.job_id}"}
+    return reply.status, reply.body, reply.headers
 
 
 def _wait_query(request: web.Request) -> float | web.Response:
@@ -188,7 +210,11 @@ def _wait_query(request: web.Request) -> float | web.Response:
             400,
             {"error": "invalid_query", "path": "wait", "message": "wait must be a duration such as 500ms or 2s"},
         )
-    return min(seconds(raw), seconds(request.app[GATEWAY_KEY].config.intake.max_wait))
+    return wait_seconds(request.app[GATEWAY_KEY], raw)
+
+
+def wait_seconds(gw: Gateway, raw: str) -> float:
+    return min(seconds(raw), seconds(gw.config.intake.max_wait))
 
 
 async def _job_when_decided(gw: Gateway, job_id: str, wait: float) -> dict[str, object] | None:

@@ -1,16 +1,24 @@
 """Slow clients: a request's head must arrive within server.header_timeout and its body
-within server.body_timeout; an idle kept-alive connection is left alone."""
+within server.body_timeout; an idle kept-alive connection is left alone. On both paths a
+job post can take (intake/fastpath.py and aiohttp's server)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
+import pytest
 from aiohttp.web_protocol import RequestHandler
 
 from tests.conftest import make_config, speaker_job
 
 TIMEOUTS = {"header_timeout": "300ms", "body_timeout": "300ms"}
+
+
+@pytest.fixture(params=[True, False], ids=["plain-path", "aiohttp"])
+def server(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The timeouts, for job posts read by intake/fastpath.py and by aiohttp's server."""
+    return {**TIMEOUTS, "fast_intake": request.param}
 
 
 def test_the_aiohttp_internal_the_guard_reads_still_exists() -> None:
@@ -31,8 +39,8 @@ def _head(body: bytes, length: int | None = None) -> bytes:
     ).encode()
 
 
-async def test_a_head_trickled_slower_than_the_timeout_is_cut_off(start, tmp_path) -> None:
-    running = await start(make_config(tmp_path, server=TIMEOUTS))
+async def test_a_head_trickled_slower_than_the_timeout_is_cut_off(start, tmp_path, server) -> None:
+    running = await start(make_config(tmp_path, server=server))
     reader, writer = await _open(running.server.url)
     writer.write(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
     loop = asyncio.get_running_loop()
@@ -43,8 +51,8 @@ async def test_a_head_trickled_slower_than_the_timeout_is_cut_off(start, tmp_pat
     writer.close()
 
 
-async def test_a_body_slower_than_the_timeout_is_a_408(start, tmp_path) -> None:
-    running = await start(make_config(tmp_path, server=TIMEOUTS))
+async def test_a_body_slower_than_the_timeout_is_a_408(start, tmp_path, server) -> None:
+    running = await start(make_config(tmp_path, server=server))
     reader, writer = await _open(running.server.url)
     body = json.dumps(speaker_job(1)).encode()
     writer.write(_head(body) + body[:10])  # the head, then a tenth of the body
@@ -54,8 +62,8 @@ async def test_a_body_slower_than_the_timeout_is_a_408(start, tmp_path) -> None:
     writer.close()
 
 
-async def test_an_idle_kept_alive_connection_is_not_cut(start, tmp_path) -> None:
-    running = await start(make_config(tmp_path, server=TIMEOUTS))
+async def test_an_idle_kept_alive_connection_is_not_cut(start, tmp_path, server) -> None:
+    running = await start(make_config(tmp_path, server=server))
     reader, writer = await _open(running.server.url)
     body = json.dumps(speaker_job(1)).encode()
     for _ in range(2):
