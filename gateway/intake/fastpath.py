@@ -279,6 +279,7 @@ class PlainProtocol(asyncio.Protocol):
         waited = self.loop.time() - self.since
         if self.answering is None:
             if self.head is not None and waited > self.fast.body_timeout:
+                self.fast.gw.metrics.jobs_rejected.inc("408")
                 message = {"error": "request_timeout", "message": "the body did not arrive in time"}
                 self.transport.write(response(408, message, None, close=True))
                 self._close()

@@ -60,6 +60,7 @@ async def test_a_body_slower_than_the_timeout_is_a_408(start, tmp_path, server) 
         status_line = await reader.readline()
     assert status_line.split()[1] == b"408"
     writer.close()
+    assert running.gateway.metrics.jobs_rejected.values[("408",)] == 1
 
 
 async def test_an_idle_kept_alive_connection_is_not_cut(start, tmp_path, server) -> None:
