@@ -144,7 +144,8 @@ async def _preview(config: GatewayConfig, job_path: str, now: float | None, as_j
             check = store.check_caps if store is not None else None
             try:
                 everything = {**channels, **stand_ins}
-                result = await preview(accepted, everything, policy, now if now is not None else time.time(), check)
+                at = now if now is not None else time.time()
+                result = await preview(accepted, everything, policy, at, check, batch_size=config.pipeline.batch_size)
                 mark_not_configured(result, set(stand_ins) & set(accepted.job.channels))
             except OverRenderLimit as exc:
                 print(f"{job_path}: 400: {exc.path}: {exc.message}", file=sys.stderr)

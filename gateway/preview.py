@@ -76,9 +76,11 @@ async def preview(
     now: float,
     check_caps: CheckCaps | None = None,
     tenant: str = "default",
+    batch_size: int | None = None,
 ) -> Preview:
     """`check_caps`: the store's read-only check; without one, caps are not evaluated (a
-    warning says so). `tenant`: whose opt-outs and caps apply."""
+    warning says so). `tenant`: whose opt-outs and caps apply. `batch_size`: the pipeline's
+    (routing `first` walks each batch down the ladder in turn, as the send does)."""
     job = accepted.job
     personalizer = Personalizer(job, accepted.variants, {n: c.content_kind for n, c in channels.items()})
     plans = []
@@ -95,7 +97,9 @@ async def preview(
     }
     caps = _Caps(job, policy, steps, now, check_caps, tenant)
     if job.routing == "first":
-        await _walk_ladder(job, steps, caps)
+        n = len(job.recipients)
+        for lo in range(0, n, batch_size or n or 1):
+            await _walk_ladder(job, steps, caps, range(lo, min(lo + (batch_size or n), n)))
     else:
         await caps.check([t for t, step in steps.items() if isinstance(step, Ready)])
     out = [_recipient_preview(i, job, plan, steps) for i, plan in enumerate(plans)]
@@ -157,11 +161,12 @@ class _Caps:
                 self.granted.append(request)
 
 
-async def _walk_ladder(job: Job, steps: dict[tuple[int, str], Step], caps: _Caps) -> None:
-    """Routing `first`, as a send walks it when every delivery is accepted: a recipient is
-    reached by its first channel that would send (or waits on one that is deferred); the
-    channels after it read `fallback_not_needed`."""
-    pending = set(range(len(job.recipients)))
+async def _walk_ladder(job: Job, steps: dict[tuple[int, str], Step], caps: _Caps, batch: range) -> None:
+    """Routing `first`, as a send walks a batch when every delivery is accepted: a recipient
+    is reached by its first channel that would send (or waits on one that is deferred); the
+    channels after it read `fallback_not_needed`. Caps count channel by channel within the
+    batch, and batch after batch (the send takes a user's caps in that order too)."""
+    pending = set(batch)
     for position, name in enumerate(job.channels):
         await caps.check([(i, name) for i in sorted(pending) if isinstance(steps[(i, name)], Ready)])
         for i in sorted(pending):

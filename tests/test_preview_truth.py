@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from gateway.clock import FakeClock
 from gateway.testing.examples import example_jobs
 from gateway.testing.fleet import CHANNELS
+from gateway.testing.webhook import Fault
 from tests.fleet import Fleet
 from tests.hostile import SCALE
 
@@ -142,3 +143,31 @@ def jobs(draw: st.DrawFn, fleet: Fleet) -> dict[str, Any]:
 def test_preview_is_what_a_generated_job_does(fleet: Fleet, data: st.DataObject) -> None:
     job = data.draw(jobs(fleet))
     assert_preview_is_the_send(*preview_then_send(fleet, job))
+
+
+@pytest.mark.parametrize("first_push", ["apns", "webpush"])
+def test_a_user_in_two_batches_is_capped_as_preview_says(fleet: Fleet, first_push: str) -> None:
+    """Found by the generated jobs: routing `first`, one user in two batches (of 4). The
+    first batch waits on a slow speaker before its push channels; the second has no speaker
+    message and reached push first, taking the user's daily push cap from the first batch.
+    Preview walks batch after batch, channel by channel, and the send now does too."""
+    run = uuid.uuid4().hex[:6]
+
+    def reached(channel: str, user: str, n: int) -> dict[str, Any]:
+        recipient = fleet.fakes.recipient(channel, n)
+        subscribed = {"push": "subscribed", "speaker": "subscribed"}
+        return {**recipient, "user_id": f"{user}-{run}", "timezone": "UTC", "subscriptions": subscribed}
+
+    slow = reached("speaker", "bo", 900_001)
+    fleet.hostile[slow["devices"][0]["device_id"]] = Fault(delay=0.5)
+    recipients = [slow, reached(first_push, "ana", 900_002)]
+    recipients += [
+        reached("speaker", "cy", 900_003),
+        reached("speaker", "cy", 900_004),
+        reached("apns", "ana", 900_005),
+    ]
+    job = fleet.fakes.job(["speaker", "apns", "webpush"], recipients, category="marketing", routing="first")
+    preview, done = preview_then_send(fleet, job)
+    assert_preview_is_the_send(preview, done)
+    outcomes = {(d["recipient"], d["channel"]): d["outcome"] for d in done["decisions"]}
+    assert (outcomes[(1, first_push)], outcomes[(4, "apns")]) == ("sent", "capped")  # the cap goes in order

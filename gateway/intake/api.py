@@ -273,7 +273,15 @@ async def post_preview(request: web.Request) -> web.Response:
     except JobError as exc:
         return json_response(exc.status, exc.body())
     try:
-        result = await preview(accepted, gw.channels, gw.policy, now, gw.store.check_caps, request[TENANT_KEY])
+        result = await preview(
+            accepted,
+            gw.channels,
+            gw.policy,
+            now,
+            gw.store.check_caps,
+            request[TENANT_KEY],
+            gw.config.pipeline.batch_size,
+        )
     except OverRenderLimit as exc:
         return json_response(400, {"error": "render_limit", "path": exc.path, "message": exc.message})
     return json_response(200, result)

@@ -221,7 +221,11 @@ class Pipeline(Stages):
             await self._by_channel(batch, window, span)
             return
         span.admitted.set()
-        await route_first(batch, running.job.channels, self.deliver)
+        try:
+            await window.after_earlier_with(span, running.job.recipients)
+            await route_first(batch, running.job.channels, self.deliver)
+        finally:
+            span.routed.set()
         outcome = self.outcome(batch, targets)
         span.unissued = 1
         await self._record(batch, window, span, outcome.decisions, outcome.deferred, self._sent_ids(batch))

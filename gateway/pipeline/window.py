@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from gateway.model.job import Recipient
 
 MAX_BATCHES = 16  # a job's batches in flight at most, whatever its budgets
 
@@ -81,6 +83,20 @@ class Window:
 
         return callback
 
+    async def after_earlier_with(self, span: Span, recipients: Sequence[Recipient]) -> None:
+        """Routing `first`: a batch takes its caps after the batches before it that hold any
+        of its users have taken theirs. A user's messages are then capped batch by batch and,
+        within a batch, channel by channel, as preview counts them; without this a later batch
+        with nothing to send on the first channel could take a user's cap from an earlier one
+        still waiting on that channel's provider."""
+        earlier = [s for s in self.spans[: self.spans.index(span)] if not s.routed.is_set()]
+        if not earlier:
+            return
+        users = span.users_in(recipients)
+        for other in earlier:
+            if not other.routed.is_set() and not users.isdisjoint(other.users_in(recipients)):
+                await other.routed.wait()
+
     # -- the cursor ------------------------------------------------------------------
     def start(self, lo: int, hi: int) -> Span:
         span = Span(lo, hi)
@@ -114,11 +130,18 @@ class Window:
 class Span:
     """One batch of a job: its recipients and its record writes."""
 
-    __slots__ = ("admitted", "done", "hi", "inflight", "lo", "unissued")
+    __slots__ = ("_users", "admitted", "done", "hi", "inflight", "lo", "routed", "unissued")
 
     def __init__(self, lo: int, hi: int):
         self.lo, self.hi = lo, hi
         self.admitted = asyncio.Event()  # it has taken its lanes: the next may be planned
+        self.routed = asyncio.Event()  # routing `first`: its ladder is walked, its caps taken
+        self._users: frozenset[str] | None = None
         self.done = False
         self.unissued = 0  # record writes not yet issued
         self.inflight = 0  # issued, not yet committed
+
+    def users_in(self, recipients: Sequence[Recipient]) -> frozenset[str]:
+        if self._users is None:
+            self._users = frozenset(r.user_id for r in recipients[self.lo : self.hi])
+        return self._users
