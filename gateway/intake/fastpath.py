@@ -45,9 +45,11 @@ PREFIX = b"POST /v1/jobs"
 MAX_HEAD = 8192  # bytes up to the blank line; a longer head is aiohttp's to judge
 MAX_FIELDS = 64
 KEEPALIVE = 75.0  # aiohttp's keepalive_timeout default
-_REQUEST_LINE = re.compile(rb"POST /v1/jobs(?:\?wait=(" + api.WAIT_PATTERN.encode() + rb"))? HTTP/1\.1")
-# RFC 9110 field-name (a token), then a value of visible ASCII with inner spaces and tabs.
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[!-~](?:[ \t!-~]*[!-~])?)?)[ \t]*")
+_PLAIN_LINE = b"POST /v1/jobs HTTP/1.1"
+_WAIT_LINE = re.compile(rb"POST /v1/jobs\?wait=(" + api.WAIT_PATTERN.encode() + rb") HTTP/1\.1")
+# RFC 9110: a field name is a token; values here are visible ASCII with inner spaces and tabs.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_IN_HEAD = bytes(range(0x21, 0x7F)) + b" \t\r\n"  # every byte a plain head may hold
 _NOT_PLAIN = (b"transfer-encoding", b"upgrade")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _encode = msgspec.json.Encoder().encode
@@ -76,19 +78,28 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | str | None:
     end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
     if end < 0:
         return NEED_MORE if len(buf) < MAX_HEAD else None
-    lines = bytes(buf[:end]).split(b"\r\n")
-    line = _REQUEST_LINE.fullmatch(lines[0])
-    if line is None or len(lines) > MAX_FIELDS + 1:
+    block = bytes(buf[:end])
+    crlf = block.count(b"\r\n")
+    if block.translate(None, _IN_HEAD) or block.count(b"\r") != crlf or block.count(b"\n") != crlf:
+        return None  # a byte outside visible ASCII, or a CR or LF on its own
+    lines = block.split(b"\r\n")
+    if lines[0] == _PLAIN_LINE:
+        wait = None
+    elif (line := _WAIT_LINE.fullmatch(lines[0])) is not None:
+        wait = line[1].decode()
+    else:
+        return None
+    if len(lines) > MAX_FIELDS + 1:
         return None
     fields: dict[bytes, bytes] = {}
     for raw in lines[1:]:
-        field = _FIELD.fullmatch(raw)
-        if field is None:
-            return None
-        name = field[1].lower()
+        name, colon, value = raw.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN):
+            return None  # no colon, or a name that is not a token (obs-fold, spaces)
+        name = name.lower()
         if name in fields or name in _NOT_PLAIN:
             return None
-        fields[name] = field[2]
+        fields[name] = value.strip(b" \t")
     length, auth = fields.get(b"content-length", b""), fields.get(b"authorization", b"")
     key = fields.get(b"idempotency-key")
     if b"host" not in fields or not (0 < len(length) <= 10 and length.isdigit()) or int(length) > max_body:
@@ -98,13 +109,13 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | str | None:
         return None
     if key is not None and (not key or b" " in key or b"\t" in key):
         return None
-    connection = {t.strip() for t in fields.get(b"connection", b"").lower().split(b",")}
+    connection = fields.get(b"connection")
+    options = {t.strip() for t in connection.lower().split(b",")} if connection is not None else ()
     expect = fields.get(b"expect")
-    if b"upgrade" in connection or (expect is not None and expect.lower() != b"100-continue"):
+    if b"upgrade" in options or (expect is not None and expect.lower() != b"100-continue"):
         return None  # aiohttp answers 417 to any other expectation
-    wait = line[1].decode() if line[1] else None
     idempotency_key = key.decode() if key else None
-    return Head(end + 4, int(length), wait, token.decode(), idempotency_key, b"close" in connection, expect is not None)
+    return Head(end + 4, int(length), wait, token.decode(), idempotency_key, b"close" in options, expect is not None)
 
 
 class _Date:
