@@ -72,12 +72,12 @@ class Intake:
         if len(idempotency_key) > 255:
             return _error(400, "invalid_idempotency_key", "Idempotency-Key is longer than 255 characters")
         key = f"{tenant}:{idempotency_key}"  # a tenant's keys are its own
+        body_hash = meaning_hash(body)  # before the key is claimed: nothing may leave it claimed
         while (pending := self._inflight_keys.get(key)) is not None:
             await asyncio.shield(pending)
         # Claim the key with no await between the check above and this line.
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight_keys[key] = done
-        body_hash = meaning_hash(body)
         try:
             existing = await self.gw.store.get_idempotency(key, self.gw.clock.now())
             if existing is not None:
@@ -99,7 +99,7 @@ class Intake:
                     msgspec.json.decode(await self.gw.store.job_body(job_id)), msgspec.json.decode(body)
                 )
                 where = f"; it differs at {', '.join(found)}" if found else ""
-            except (msgspec.DecodeError, KeyError, LookupError):
+            except (msgspec.DecodeError, KeyError, LookupError, RecursionError):
                 pass  # the first job's body is gone (retention): the message stays general
         return _error(
             409,
@@ -218,7 +218,7 @@ def meaning_hash(body: bytes) -> str:
     key order (a body that is not JSON: its bytes)."""
     try:
         canonical = _sorted.encode(msgspec.json.decode(body))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply (a 400 later)
         canonical = body
     return hashlib.sha256(canonical).hexdigest()
 

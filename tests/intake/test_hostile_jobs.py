@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from hypothesis.control import current_build_context
 
 from gateway.testing import WebhookReceiver, new_secret
@@ -112,9 +114,13 @@ def note(value: str) -> None:
     event(value)
 
 
-def post_and_settle(gateway: GatewayThread, job: Any) -> None:
-    status, body = gateway.json("POST", "/v1/jobs", job, key=API_KEY)
+def post_and_settle(gateway: GatewayThread, job: Any, idempotency_key: str | None = None) -> None:
+    """With an Idempotency-Key, the job is posted twice: the second answer is the first's."""
+    status, body = post(gateway, job, idempotency_key)
     assert status is not None and status < 500, (status, body)
+    if idempotency_key is not None:
+        again = post(gateway, job, idempotency_key)
+        assert again == (status, body), (again, status, body)
     if status != 202:
         assert 400 <= status < 500 and body["error"] and "message" in body, body
         if status in (400, 413):
@@ -133,6 +139,16 @@ def post_and_settle(gateway: GatewayThread, job: Any) -> None:
     n, channels = state["recipients"], len(job["channels"])
     assert len(state["decisions"]) == n * channels, state
     assert all(d["outcome"] and (d["outcome"] == "sent" or d.get("reason")) for d in state["decisions"])
+
+
+def post(gateway: GatewayThread, job: Any, idempotency_key: str | None) -> tuple[int | None, Any]:
+    if idempotency_key is None:
+        return gateway.json("POST", "/v1/jobs", job, key=API_KEY)
+    raw = job if isinstance(job, bytes) else json.dumps(job).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    headers["Idempotency-Key"] = idempotency_key
+    status, _, answer = gateway.request("POST", "/v1/jobs", raw, headers)
+    return status, json.loads(answer) if answer else None
 
 
 def preview(gateway: GatewayThread, job: Any) -> None:
@@ -160,16 +176,20 @@ def test_reported_inputs_are_a_400_or_a_settled_job(gateway, caplog, path, value
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-@given(job=mutated(base_job()))
-@example(job=copy.deepcopy(base_job()))
-def test_hostile_job_fields_are_a_4xx_or_a_settled_job(gateway: GatewayThread, job: Any) -> None:
-    post_and_settle(gateway, job)
+@given(job=mutated(base_job()), keyed=st.booleans())
+@example(job=copy.deepcopy(base_job()), keyed=True)
+def test_hostile_job_fields_are_a_4xx_or_a_settled_job(gateway: GatewayThread, job: Any, keyed: bool) -> None:
+    post_and_settle(gateway, job, uuid.uuid4().hex if keyed else None)
     preview(gateway, job)
 
 
-def test_json_nested_a_thousand_deep_is_a_400(gateway: GatewayThread) -> None:
+@pytest.mark.parametrize("idempotency_key", [None, "deep"])
+def test_json_nested_a_thousand_deep_is_a_400(gateway: GatewayThread, idempotency_key: str | None) -> None:
+    """With an Idempotency-Key too (the key's comparison decoded the body first, raised, and
+    left the key claimed: a 500, then every later request with the key waited forever)."""
     job = base_job()
     job["recipients"][0]["attributes"]["x"] = "@@DEEP@@"
     raw = json.dumps(job).replace('"@@DEEP@@"', "[" * 1000 + "1" + "]" * 1000).encode()
-    status, body = gateway.json("POST", "/v1/jobs", raw, key=API_KEY)
-    assert status == 400 and body["message"] == "JSON nested too deeply", body
+    for _ in range(2):
+        status, body = post(gateway, raw, idempotency_key)
+        assert status == 400 and body["message"] == "JSON nested too deeply", body
