@@ -1,8 +1,9 @@
 """Plain `POST /v1/jobs` requests answered without aiohttp's server.
 
-A job of one recipient costs the gateway ~170 us of CPU on a fast day, and aiohttp's server
-(request and response objects, its handler loop) was ~15% of it. Here a connection starts
-on a protocol of our own that takes plain job posts only:
+For a job of one recipient, aiohttp's server (request and response objects, its handler
+loop) was ~23% of the event loop's time; this path takes ~19% off the job's CPU
+(benchmarks/README.md). Here a connection starts on a protocol of our own that takes
+plain job posts only:
 
     POST /v1/jobs HTTP/1.1            (or /v1/jobs?wait=2s)
     Host, Content-Length within the limit, Authorization: Bearer <a known key>,
@@ -24,7 +25,6 @@ after 75 s (aiohttp's keep-alive default).
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -40,7 +40,6 @@ from gateway.intake import api
 from gateway.intake.service import Intake
 from gateway.store import StoreUnavailable
 
-log = logging.getLogger(__name__)
 PREFIX = b"POST /v1/jobs"
 MAX_HEAD = 8192  # bytes up to the blank line; a longer head is aiohttp's to judge
 MAX_FIELDS = 64
