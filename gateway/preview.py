@@ -98,8 +98,9 @@ async def preview(
     caps = _Caps(job, policy, steps, now, check_caps, tenant)
     if job.routing == "first":
         n = len(job.recipients)
-        for lo in range(0, n, batch_size or n or 1):
-            await _walk_ladder(job, steps, caps, range(lo, min(lo + (batch_size or n), n)))
+        size = batch_size or max(n, 1)
+        for lo in range(0, n, size):
+            await _walk_ladder(job, steps, caps, range(lo, min(lo + size, n)))
     else:
         await caps.check([t for t, step in steps.items() if isinstance(step, Ready)])
     out = [_recipient_preview(i, job, plan, steps) for i, plan in enumerate(plans)]

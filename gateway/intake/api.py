@@ -98,6 +98,9 @@ async def api_middleware(
 Answer = tuple[int, object, dict[str, str] | None]  # status, JSON body (or its bytes), headers
 
 
+BODY_TIMEOUT: Answer = (408, {"error": "request_timeout", "message": "the body did not arrive in time"}, None)
+
+
 def store_unavailable(gw: Gateway, exc: StoreUnavailable) -> Answer:
     log.warning("store unavailable: %s", exc)
     retry_after = {"Retry-After": str(gw.config.intake.retry_after)}
@@ -251,7 +254,7 @@ async def read_body(request: web.Request) -> bytes | web.Response:
     except web.HTTPRequestEntityTooLarge:
         return json_response(413, {"error": "too_large", "path": "$", "message": f"body exceeds {limit} bytes"})
     except TimeoutError:
-        return error(408, "request_timeout", "the body did not arrive in time")
+        return json_response(*BODY_TIMEOUT)
 
 
 async def post_preview(request: web.Request) -> web.Response:

@@ -225,11 +225,9 @@ class PlainProtocol(asyncio.Protocol):
             head = parse_head(self.buf, self.fast.max_body)
             if head == NEED_MORE:
                 return
-            key = api.key_for(self.fast.keys, head.token) if isinstance(head, Head) else None
-            if key is None:
+            if not isinstance(head, Head) or (key := api.key_for(self.fast.keys, head.token)) is None:
                 self.hand_off()
                 return
-            assert isinstance(head, Head)
             self.head, self.key, self.since = head, key, self.loop.time()
             if head.expect and len(self.buf) < head.end + head.length:
                 self.transport.write(CONTINUE)
@@ -290,8 +288,7 @@ class PlainProtocol(asyncio.Protocol):
         if self.answering is None:
             if self.head is not None and waited > self.fast.body_timeout:
                 self.fast.gw.metrics.jobs_rejected.inc("408")
-                message = {"error": "request_timeout", "message": "the body did not arrive in time"}
-                self.transport.write(response(408, message, None, close=True))
+                self.transport.write(response(*api.BODY_TIMEOUT, close=True))
                 self._close()
                 return
             if self.head is None and (waited > self.fast.header_timeout if self.buf else waited > self.fast.keepalive):
