@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,17 +33,23 @@ _replayed = msgspec.json.Decoder(_Accepted)
 
 
 class _JobIds:
-    """Job ids: 128 random bits in hex, unguessable like uuid4's, with the randomness
-    read 4 KiB at a time (one system call per 256 jobs, not one each)."""
+    """Job ids: 32 hex digits, the milliseconds since 1970 (48 bits) then 80 random bits, so
+    unguessable and time-ordered, like a UUIDv7. Ordered because every table keyed by job
+    (the jobs' primary key, decision rows and counts) then grows at its right edge: with
+    random ids each job dirtied a leaf page of its own in each of them, and a group commit
+    of 30 one-recipient jobs wrote ~90 pages (bare SQLite, 60,000 jobs: 85-93 us of CPU a
+    job with random ids, 38-40 with ordered ones). The randomness is read 4 KiB at a time
+    (one system call per 409 jobs)."""
 
     def __init__(self) -> None:
         self._pool, self._at = b"", 0
 
     def next(self) -> str:
         if self._at >= len(self._pool):
-            self._pool, self._at = os.urandom(4096), 0
-        self._at += 16
-        return self._pool[self._at - 16 : self._at].hex()
+            self._pool, self._at = os.urandom(4090), 0
+        self._at += 10
+        millis = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF
+        return f"{millis:012x}{self._pool[self._at - 10 : self._at].hex()}"
 
 
 _job_ids = _JobIds()
