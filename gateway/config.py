@@ -138,6 +138,10 @@ class StoreConfig(_Section):
     # "full" fsyncs each group commit: an accepted job survives a power cut, not only a crash.
     synchronous: Literal["normal", "full"] = "full"
     group_commit_max: Annotated[int, msgspec.Meta(ge=1)] = 512
+    # While writes arrive from many requests at once, a commit waits up to this long for
+    # more to share it ("0ms": never): at 1,000 one-message jobs/s, 2ms of wait cut the
+    # gateway's CPU per message by a fifth. A lone caller never waits.
+    group_commit_wait: Duration = "2ms"
     key_prefix: str = "gw:"  # Redis: every key starts with this (several gateways on one Redis)
     # Redis: this process's consumer name in the intake stream's group; at start-up a
     # process resumes the jobs it had taken under this name. Default: the host name; give

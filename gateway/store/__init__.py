@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import ConfigError, StoreConfig
+from gateway.config import ConfigError, StoreConfig, seconds
 from gateway.store.base import (
     DecisionCursor,
     DecisionQuery,
@@ -39,7 +39,9 @@ def make_store(config: StoreConfig, queue_limit: int = 0, queue_jobs: int = 0, q
         from gateway.store.sqlite import SQLiteStore
 
         path = url.removeprefix("sqlite:").removeprefix("//")
-        return SQLiteStore(path or ":memory:", config.synchronous, config.group_commit_max)
+        return SQLiteStore(
+            path or ":memory:", config.synchronous, config.group_commit_max, seconds(config.group_commit_wait)
+        )
     if url.startswith(("redis://", "rediss://", "unix://")):
         import socket
 

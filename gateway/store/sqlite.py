@@ -4,7 +4,9 @@ Every write is a small function queued to the writer thread. The thread takes wh
 has queued up (up to `group_commit_max`), runs it in one transaction, with a savepoint per
 write so one failing write does not undo the others, commits once (one fsync), and only
 then resolves the callers' futures. So a `202` waits for durability, but a burst of
-accepted jobs and recorded batches shares fsyncs instead of paying one each.
+accepted jobs and recorded batches shares fsyncs instead of paying one each. While writes
+come from many callers at once, a group also waits up to `group_commit_wait` for more
+(`_Gathering`): a steady stream of small jobs otherwise commits each write alone.
 Reads go through a second connection on its own thread: WAL lets them run beside writes.
 """
 
@@ -137,11 +139,38 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 INLINE_BODY_BYTES = 4096
 
 
+class _Gathering:
+    """Whether a group should wait for more writes before it commits. A commit costs the
+    same for one write as for several (bare SQLite, one-recipient jobs, synchronous=full:
+    250 us of CPU a job committed alone, 94 with four a commit), but waiting only pays
+    while other callers are writing: a caller that awaits each write before the next
+    would wait for nothing. So it waits only within `MEMORY` seconds of a commit during
+    which another write arrived, which a lone caller never causes."""
+
+    MEMORY = 0.1
+
+    def __init__(self, wait: float, clock: Callable[[], float] = time.monotonic):
+        self.wait, self.clock = wait, clock
+        self._until = -1.0  # gather while the clock is before this
+
+    def deadline(self) -> float:
+        """Until when the group now starting may wait for more (in the past: not at all)."""
+        now = self.clock()
+        return now + self.wait if self.wait > 0 and now < self._until else now
+
+    def committed(self, arrived_meanwhile: bool) -> None:
+        if arrived_meanwhile:
+            self._until = self.clock() + self.MEMORY
+
+
 class SQLiteStore(Store):
-    def __init__(self, path: str, synchronous: str = "full", group_commit_max: int = 512):
+    def __init__(
+        self, path: str, synchronous: str = "full", group_commit_max: int = 512, group_commit_wait: float = 0.002
+    ):
         self.path = path
         self.synchronous = synchronous.upper()
         self.group_commit_max = group_commit_max
+        self.gathering = _Gathering(group_commit_wait)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
@@ -231,11 +260,18 @@ class SQLiteStore(Store):
                 conn.close()
                 return
             group = [item]
+            deadline = self.gathering.deadline()
             while len(group) < self.group_commit_max:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=wait)
+                    except queue.Empty:
+                        break
                 if nxt is _STOP:
                     self._queue.put(_STOP)
                     break
@@ -255,6 +291,7 @@ class SQLiteStore(Store):
                 cause = exc.__cause__ if isinstance(exc, _Aborted) else exc
                 error = StoreUnavailable(f"commit failed: {cause}")
                 outcomes = [(future, None, error) for _, future, _ in group]
+            self.gathering.committed(not self._queue.empty())
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, outcomes)
 

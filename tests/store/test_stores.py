@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections import Counter
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.model.decision import OUTCOMES, Decision
 from gateway.store.base import IdempotencyRecord, JobRecord
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite import SQLiteStore, _Gathering
 from tests.waiting import until
 
 
@@ -47,6 +48,52 @@ async def test_concurrent_writes_share_commits(sqlite_store) -> None:
     await asyncio.gather(*(store.accept_job(record(f"j{i}"), b"{}", None, 1.0) for i in range(200)))
     assert len(await store.resumable_jobs()) == 200
     assert store.commits < 200  # fsyncs were shared
+
+
+def test_gathering_waits_only_after_a_commit_that_others_wrote_during() -> None:
+    now = [100.0]
+    gathering = _Gathering(0.002, clock=lambda: now[0])
+    assert gathering.deadline() == 100.0  # a lone caller: no wait
+    gathering.committed(arrived_meanwhile=False)
+    assert gathering.deadline() == 100.0
+    gathering.committed(arrived_meanwhile=True)  # writes from several callers at once
+    assert gathering.deadline() == 100.002
+    now[0] += _Gathering.MEMORY + 0.001  # and it wears off when they stop
+    assert gathering.deadline() == now[0]
+    gathering.committed(arrived_meanwhile=True)
+    assert _Gathering(0.0, clock=lambda: now[0]).deadline() == now[0]  # "0ms": never
+
+
+async def test_a_steady_stream_of_writes_shares_commits(tmp_path) -> None:
+    """Writes from many callers, one every millisecond or so (a stream of one-message
+    jobs): with a wait they share commits; a commit's cost is then shared too."""
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), "full", group_commit_wait=0.05)
+    await store.open()
+    try:
+        writes = []
+        for i in range(200):
+            writes.append(asyncio.ensure_future(store.accept_job(record(f"j{i}"), b"{}", None, 1.0)))
+            await asyncio.sleep(0.001)  # the pace of the callers (not a wait for a result)
+        await asyncio.gather(*writes)
+        assert len(await store.resumable_jobs()) == 200
+        assert store.commits < 200 / 3
+    finally:
+        await store.close()
+
+
+async def test_a_lone_caller_does_not_wait_for_company(tmp_path) -> None:
+    """Each write awaited before the next: nothing arrives during a commit, so no group
+    waits (with a wait of 0.5 s each, 30 writes would take 15 s)."""
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), "full", group_commit_wait=0.5)
+    await store.open()
+    try:
+        started = time.monotonic()
+        for i in range(30):
+            await store.accept_job(record(f"j{i}"), b"{}", None, 1.0)
+        assert time.monotonic() - started < 5
+        assert store.commits >= 30
+    finally:
+        await store.close()
 
 
 async def test_a_failing_write_does_not_undo_its_neighbours(sqlite_store) -> None:
