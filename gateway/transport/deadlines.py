@@ -41,8 +41,9 @@ class Deadlines(Generic[K]):
         self._timer = None
         now = loop.time()
         for key in [key for key, deadline in self.at.items() if deadline <= now]:
-            del self.at[key]
-            self.expired(key)
+            if key in self.at:  # an earlier one's expiry may have ended it (a batch, its streams)
+                del self.at[key]
+                self.expired(key)
         if self.at:
             self._timer = loop.call_later(SWEEP_SECONDS, self._sweep)
 

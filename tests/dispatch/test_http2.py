@@ -456,6 +456,21 @@ async def test_a_batch_past_its_deadline_times_out_queued_and_open_requests(serv
     assert not pool.deadlines and not pool.starved
 
 
+async def test_a_starved_batch_and_its_late_streams_expire_in_one_sweep(serve) -> None:
+    """A batch waits for a stream (the sweeper watches it), gets one late, and both expire
+    at the same sweep: the batch's expiry ends its stream, which the sweep then skips."""
+    silent = H2Origin(lambda *a: None, {SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    pool = await serve(silent, max_connections=1)
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    first = asyncio.ensure_future(pool.request_all([(request(), b"")], 0.15))
+    await until(lambda: any(isinstance(e, RequestReceived) for e in silent.events))
+    late = await pool.request_all([(request(), b""), (request(), b"")], 0.5)
+    assert all(isinstance(o, TimeoutError) for o in [*await first, *late])
+    assert len([e for e in silent.events if isinstance(e, RequestReceived)]) == 2  # one of the late ones started
+    assert not errors and not pool.deadlines and not pool.starved
+
+
 async def test_a_cancelled_batch_frees_its_streams(serve) -> None:
     silent = H2Origin(lambda *a: None)
     pool = await serve(silent)
