@@ -140,26 +140,26 @@ INLINE_BODY_BYTES = 4096
 
 
 class _Gathering:
-    """Whether a group should wait for more writes before it commits. A commit costs the
-    same for one write as for several (bare SQLite, one-recipient jobs, synchronous=full:
-    250 us of CPU a job committed alone, 94 with four a commit), but waiting only pays
-    while other callers are writing: a caller that awaits each write before the next
-    would wait for nothing. So it waits only within `MEMORY` seconds of a commit during
-    which another write arrived, which a lone caller never causes."""
+    """Whether a small group should wait for more writes before it commits. A commit costs
+    about the same for one write as for several (bare SQLite, one-recipient jobs,
+    synchronous=full: 250 us of CPU a job committed alone, 94 with four a commit), but
+    waiting only pays while other callers are writing: a caller that awaits each write
+    before the next would wait for nothing. So a group of fewer than `SMALL` writes waits
+    only within `MEMORY` seconds of a sign of several callers: a group of more than one
+    write, or a write arriving while a commit ran. A lone caller gives neither."""
 
     MEMORY = 0.1
+    SMALL = 8
 
     def __init__(self, wait: float, clock: Callable[[], float] = time.monotonic):
         self.wait, self.clock = wait, clock
         self._until = -1.0  # gather while the clock is before this
 
-    def deadline(self) -> float:
-        """Until when the group now starting may wait for more (in the past: not at all)."""
-        now = self.clock()
-        return now + self.wait if self.wait > 0 and now < self._until else now
+    def worth_waiting(self, group_size: int) -> bool:
+        return self.wait > 0 and group_size < self.SMALL and self.clock() < self._until
 
-    def committed(self, arrived_meanwhile: bool) -> None:
-        if arrived_meanwhile:
+    def committed(self, group_size: int, arrived_meanwhile: bool) -> None:
+        if group_size > 1 or arrived_meanwhile:
             self._until = self.clock() + self.MEMORY
 
 
@@ -260,22 +260,9 @@ class SQLiteStore(Store):
                 conn.close()
                 return
             group = [item]
-            deadline = self.gathering.deadline()
-            while len(group) < self.group_commit_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
-                        break
-                    try:
-                        nxt = self._queue.get(timeout=wait)
-                    except queue.Empty:
-                        break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                group.append(nxt)
+            if not self._take(group) and self.gathering.worth_waiting(len(group)):
+                time.sleep(self.gathering.wait)  # one wake-up, not one per write arriving meanwhile
+                self._take(group)
             synchronous = self.synchronous if any(fsync for _, _, fsync in group) else "NORMAL"
             if synchronous != current:
                 conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -291,9 +278,23 @@ class SQLiteStore(Store):
                 cause = exc.__cause__ if isinstance(exc, _Aborted) else exc
                 error = StoreUnavailable(f"commit failed: {cause}")
                 outcomes = [(future, None, error) for _, future, _ in group]
-            self.gathering.committed(not self._queue.empty())
+            self.gathering.committed(len(group), not self._queue.empty())
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, outcomes)
+
+    def _take(self, group: list[Any]) -> bool:
+        """Add what has queued up to the group (up to `group_commit_max`); True at a stop
+        (left in the queue for the loop)."""
+        while len(group) < self.group_commit_max:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                self._queue.put(_STOP)
+                return True
+            group.append(nxt)
+        return False
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._loop is not None and self._read_conn is not None

@@ -53,15 +53,17 @@ async def test_concurrent_writes_share_commits(sqlite_store) -> None:
 def test_gathering_waits_only_after_a_commit_that_others_wrote_during() -> None:
     now = [100.0]
     gathering = _Gathering(0.002, clock=lambda: now[0])
-    assert gathering.deadline() == 100.0  # a lone caller: no wait
-    gathering.committed(arrived_meanwhile=False)
-    assert gathering.deadline() == 100.0
-    gathering.committed(arrived_meanwhile=True)  # writes from several callers at once
-    assert gathering.deadline() == 100.002
+    assert not gathering.worth_waiting(1)  # a lone caller: no wait
+    gathering.committed(1, arrived_meanwhile=False)
+    assert not gathering.worth_waiting(1)
+    gathering.committed(1, arrived_meanwhile=True)  # writes from several callers at once
+    assert gathering.worth_waiting(1) and gathering.worth_waiting(_Gathering.SMALL - 1)
+    assert not gathering.worth_waiting(_Gathering.SMALL)  # enough to share a commit already
     now[0] += _Gathering.MEMORY + 0.001  # and it wears off when they stop
-    assert gathering.deadline() == now[0]
-    gathering.committed(arrived_meanwhile=True)
-    assert _Gathering(0.0, clock=lambda: now[0]).deadline() == now[0]  # "0ms": never
+    assert not gathering.worth_waiting(1)
+    gathering.committed(2, arrived_meanwhile=False)  # two callers' writes in one group
+    assert gathering.worth_waiting(1)
+    assert not _Gathering(0.0, clock=lambda: now[0]).worth_waiting(1)  # "0ms": never
 
 
 async def test_a_steady_stream_of_writes_shares_commits(tmp_path) -> None:
@@ -71,8 +73,9 @@ async def test_a_steady_stream_of_writes_shares_commits(tmp_path) -> None:
     await store.open()
     try:
         writes = []
-        for i in range(200):
+        for i in range(0, 200, 2):  # two callers at a time
             writes.append(asyncio.ensure_future(store.accept_job(record(f"j{i}"), b"{}", None, 1.0)))
+            writes.append(asyncio.ensure_future(store.accept_job(record(f"j{i + 1}"), b"{}", None, 1.0)))
             await asyncio.sleep(0.001)  # the pace of the callers (not a wait for a result)
         await asyncio.gather(*writes)
         assert len(await store.resumable_jobs()) == 200
