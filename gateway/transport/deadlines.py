@@ -40,12 +40,14 @@ class Deadlines(Generic[K]):
         loop = asyncio.get_running_loop()
         self._timer = None
         now = loop.time()
-        for key in [key for key, deadline in self.at.items() if deadline <= now]:
-            if key in self.at:  # an earlier one's expiry may have ended it (a batch, its streams)
-                del self.at[key]
-                self.expired(key)
-        if self.at:
-            self._timer = loop.call_later(SWEEP_SECONDS, self._sweep)
+        try:
+            for key in [key for key, deadline in self.at.items() if deadline <= now]:
+                if key in self.at:  # an earlier one's expiry may have ended it (a batch, its streams)
+                    del self.at[key]
+                    self.expired(key)
+        finally:  # an expiry that raised (a bug) leaves the rest to the next sweep, not to none
+            if self.at and self._timer is None:  # (an expiry may have watched a key, and armed it)
+                self._timer = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     def close(self) -> None:
         if self._timer is not None:
