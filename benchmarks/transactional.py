@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from fake_process import FakeProcess  # noqa: E402
-from procs import cpu_seconds, spawn, start_gateway  # noqa: E402
+from procs import cpu_seconds, spawn, start_gateway, thread_cpu_seconds  # noqa: E402
 
 CHANNELS = ("apns", "speaker")
 
@@ -137,12 +137,15 @@ async def measure(
             )
             try:
                 cpu_before = cpu_seconds(gateway.pid)
+                threads_before = thread_cpu_seconds(gateway.pid)
                 started = time.monotonic()
                 posted_at = await _post_all(url, api_key, bodies, concurrency, rate)
                 while fake.count < jobs:
                     await asyncio.sleep(0.02)
                 elapsed = fake.at - started
                 gateway_cpu = cpu_seconds(gateway.pid) - cpu_before
+                threads = thread_cpu_seconds(gateway.pid)
+                loop_cpu = threads.get(gateway.pid, 0.0) - threads_before.get(gateway.pid, 0.0)
             finally:
                 gateway.terminate()
                 await gateway.wait()
@@ -155,6 +158,8 @@ async def measure(
         "rate": rate or None,
         "delivered_per_s": round(jobs / elapsed),
         "gateway_cpu_us_per_message": round(gateway_cpu / jobs * 1e6, 1),
+        # of which the event loop's thread; the rest is the store's threads (its writer, mostly)
+        "loop_thread_cpu_us_per_message": round(loop_cpu / jobs * 1e6, 1),
         "latency_ms_p50": _percentile_ms(latencies, 0.5),
         "latency_ms_p99": _percentile_ms(latencies, 0.99),
     }
