@@ -5,8 +5,10 @@ recipient with one device. `gateway serve` runs in a process of its own (embedde
 synchronous=full, as shipped), the channel's fake in another (`fake_process.py`), and this
 driver posts from a third. Reported per channel: delivered/s, the gateway process's CPU
 per message (utime + stime of all its threads, from /proc), and p50/p99 from each job's
-POST to the fake's receipt of its message. Beside them, the floor: the same POSTs to an
-aiohttp server that answers 202 and does nothing else.
+POST to the fake's receipt of its message. Beside them, in the same run: the peer, a plain
+push gateway (`push_relay.py`: aiohttp and aioapns, nothing stored) given the same APNs
+jobs, and the ratio of the two; and the floor, the same POSTs to an aiohttp server that
+answers 202 and does nothing else.
 
     .venv/bin/python benchmarks/transactional.py [--jobs 20000] [--concurrency 128] [--only apns]
     .venv/bin/python benchmarks/transactional.py --rate 1000 --jobs 10000   # paced: latency at a load
@@ -34,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from fake_process import FakeProcess  # noqa: E402
 from procs import cpu_seconds, spawn, start_gateway, thread_cpu_seconds  # noqa: E402
+from push_relay import serve_jobs  # noqa: E402
 
 CHANNELS = ("apns", "speaker")
 
@@ -124,7 +127,6 @@ async def measure(
 ) -> dict[str, Any]:
     api_key = secrets.token_urlsafe(16)
     env = dict(os.environ, BENCH_API_KEYS=api_key)
-    bodies = [_job(kind, n) for n in range(jobs)]
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeProcess(kind, tmp) as fake:
             gateway, url = await start_gateway(
@@ -135,34 +137,60 @@ async def measure(
                 env=env,
                 profile=profile,
             )
-            try:
-                cpu_before = cpu_seconds(gateway.pid)
-                threads_before = thread_cpu_seconds(gateway.pid)
-                started = time.monotonic()
-                posted_at = await _post_all(url, api_key, bodies, concurrency, rate)
-                while fake.count < jobs:
-                    await asyncio.sleep(0.02)
-                elapsed = fake.at - started
-                gateway_cpu = cpu_seconds(gateway.pid) - cpu_before
-                threads = thread_cpu_seconds(gateway.pid)
-                loop_cpu = threads.get(gateway.pid, 0.0) - threads_before.get(gateway.pid, 0.0)
-            finally:
-                gateway.terminate()
-                await gateway.wait()
-            records = await fake.records()
+            result = await _drive(gateway, url, api_key, fake, kind, jobs, concurrency, rate)
+    return {"channel": kind, "jobs": jobs, "concurrency": concurrency, "rate": rate or None} | result
+
+
+async def _drive(
+    server: asyncio.subprocess.Process,
+    url: str,
+    api_key: str,
+    fake: FakeProcess,
+    kind: str,
+    jobs: int,
+    concurrency: int,
+    rate: float,
+) -> dict[str, Any]:
+    """POST the jobs to the server until the fake has every message; its figures."""
+    bodies = [_job(kind, n) for n in range(jobs)]
+    try:
+        cpu_before = cpu_seconds(server.pid)
+        threads_before = thread_cpu_seconds(server.pid)
+        started = time.monotonic()
+        posted_at = await _post_all(url, api_key, bodies, concurrency, rate)
+        while fake.count < jobs:
+            await asyncio.sleep(0.02)
+        elapsed = fake.at - started
+        cpu = cpu_seconds(server.pid) - cpu_before
+        threads = thread_cpu_seconds(server.pid)
+        loop_cpu = threads.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
+    finally:
+        server.terminate()
+        await server.wait()
+    records = await fake.records()
     latencies = sorted(at - posted_at[n] for n, at in records)
     return {
-        "channel": kind,
-        "jobs": jobs,
-        "concurrency": concurrency,
-        "rate": rate or None,
         "delivered_per_s": round(jobs / elapsed),
-        "gateway_cpu_us_per_message": round(gateway_cpu / jobs * 1e6, 1),
+        "gateway_cpu_us_per_message": round(cpu / jobs * 1e6, 1),
         # of which the event loop's thread; the rest is the store's threads (its writer, mostly)
         "loop_thread_cpu_us_per_message": round(loop_cpu / jobs * 1e6, 1),
         "latency_ms_p50": _percentile_ms(latencies, 0.5),
         "latency_ms_p99": _percentile_ms(latencies, 0.99),
     }
+
+
+async def relay(jobs: int, concurrency: int, rate: float = 0.0) -> dict[str, Any]:
+    """The same APNs jobs to a plain push gateway (`push_relay.py`: aiohttp and aioapns,
+    nothing stored), against a fake APNs process of its own: the peer in the same run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with FakeProcess("apns", tmp) as fake:
+            env = dict(os.environ, BENCH_RELAY=json.dumps(fake.info))
+            server, url = await spawn(sys.executable, str(HERE / "push_relay.py"), env=env, ready="relay listening on")
+            result = await _drive(server, url, "-", fake, "apns", jobs, concurrency, rate)
+    result["relay_cpu_us_per_message"] = result.pop("gateway_cpu_us_per_message")
+    del result["loop_thread_cpu_us_per_message"]
+    peer = {"channel": "apns, plain push relay (aiohttp + aioapns)", "jobs": jobs, "concurrency": concurrency}
+    return peer | {"rate": rate or None} | result
 
 
 # -- the floor: aiohttp's server answering 202 and doing nothing else ------------------------
@@ -175,15 +203,7 @@ async def _serve_floor() -> None:
         await request.read()
         return web.json_response({"job_id": "0" * 32, "recipients": 1}, status=202)
 
-    app = web.Application()
-    app.router.add_post("/v1/jobs", accept)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    print(f"floor listening on http://127.0.0.1:{port}", flush=True)
-    await asyncio.Event().wait()
+    await serve_jobs(accept, "floor")
 
 
 async def floor(jobs: int, concurrency: int) -> dict[str, Any]:
@@ -210,13 +230,26 @@ async def floor(jobs: int, concurrency: int) -> dict[str, Any]:
 
 
 async def run(
-    jobs: int, concurrency: int, only: list[str] | None = None, rate: float = 0.0, profile: str | None = None
+    jobs: int,
+    concurrency: int,
+    only: list[str] | None = None,
+    rate: float = 0.0,
+    profile: str | None = None,
+    no_relay: bool = False,
 ) -> list[dict[str, Any]]:
     results = []
     for kind in only or CHANNELS:
         result = await measure(kind, jobs, concurrency, rate, f"{profile}.{kind}" if profile else None)
         print(json.dumps(result), flush=True)
         results.append(result)
+    if "apns" in (only or CHANNELS) and not no_relay:
+        peer = await relay(jobs, concurrency, rate)
+        print(json.dumps(peer), flush=True)
+        results.append(peer)
+        gateway = next(r for r in results if r["channel"] == "apns")["gateway_cpu_us_per_message"]
+        share = {"apns_gateway_cpu_over_relay": round(gateway / peer["relay_cpu_us_per_message"], 2)}
+        print(json.dumps(share), flush=True)
+        results.append(share)
     if not rate:
         result = await floor(jobs, concurrency)
         print(json.dumps(result), flush=True)
@@ -231,6 +264,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="jobs per second (default: as fast as answered)")
     parser.add_argument("--only", help=f"comma-separated: {', '.join(CHANNELS)}")
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile: FILE.<channel> (slower)")
+    parser.add_argument("--no-relay", action="store_true", help="skip the plain push relay run beside APNs")
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)  # the floor's server process
     args = parser.parse_args()
     if args.serve_floor:
@@ -239,7 +273,7 @@ def main() -> None:
         uvloop.run(_serve_floor())
         return
     only = args.only.split(",") if args.only else None
-    asyncio.run(run(args.jobs, args.concurrency, only, args.rate, args.profile))
+    asyncio.run(run(args.jobs, args.concurrency, only, args.rate, args.profile, args.no_relay))
 
 
 if __name__ == "__main__":
