@@ -1,4 +1,5 @@
-"""The processes the benchmark drivers start: starting them, and what /proc says of them."""
+"""The processes the benchmark drivers start: starting them, what /proc says of them, and
+the small job server the reference processes run (`serve_jobs`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def cpu_seconds(pid: int) -> float:
@@ -100,3 +102,18 @@ enabled = false
         ready="gateway listening on",
         drain=True,
     )
+
+
+async def serve_jobs(handler: Any, name: str) -> None:
+    """An aiohttp server on a free port with `handler` at `POST /v1/jobs`; it prints
+    `<name> listening on <url>` and runs until killed."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/v1/jobs", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"{name} listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()

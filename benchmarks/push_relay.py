@@ -15,11 +15,16 @@ compare).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
+import sys
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import serve_jobs
 
 
 def _client(info: dict[str, Any]) -> Any:
@@ -58,21 +63,6 @@ async def serve() -> None:
         return web.json_response({"rejected": rejected})
 
     await serve_jobs(notify, "relay")
-
-
-async def serve_jobs(handler: Any, name: str) -> None:
-    """An aiohttp server on a free port with `handler` at `POST /v1/jobs`; it prints
-    `<name> listening on <url>` and runs until killed."""
-    from aiohttp import web
-
-    app = web.Application()
-    app.router.add_post("/v1/jobs", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(f"{name} listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -35,8 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from fake_process import FakeProcess  # noqa: E402
-from procs import cpu_seconds, spawn, start_gateway, thread_cpu_seconds  # noqa: E402
-from push_relay import serve_jobs  # noqa: E402
+from procs import cpu_seconds, serve_jobs, spawn, start_gateway, thread_cpu_seconds  # noqa: E402
 
 CHANNELS = ("apns", "speaker")
 
